@@ -1,1 +1,209 @@
-//! lem-kv
+//! The KV cache, owned by the sequence, never by the model.
+//!
+//! A [`SeqCache`] is one sequence's attention state: one [`LayerCache`] per layer, each of
+//! the [`LayerKind`] the model declares. Every cell records the absolute position of the
+//! token it holds, so masks and rotary positions stay right after a sliding window wraps,
+//! after truncation and after a restore. The model's forward pass appends to it and reads
+//! it through [`lem_kernels::ops::KvView`]; everything else (truncate, fork, export,
+//! import) is a sequence operation here.
+//!
+//! Storage type is a property of the cache ([`KvDtype`]); today cells are f32, and the
+//! one place that converts is [`LayerCache::append`].
+
+mod layer;
+
+pub use layer::{LayerCache, LayerExport};
+
+use serde::{Deserialize, Serialize};
+
+/// How one layer attends, and so how its cache keeps cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Attends to every earlier position: the cache keeps every cell.
+    Full,
+    /// Attends to the `window` most recent positions: the cache is a ring that keeps the
+    /// window plus room for one batch of new tokens.
+    SlidingWindow {
+        /// Window length in positions.
+        window: u32,
+    },
+}
+
+impl LayerKind {
+    /// The attention mask this kind implies.
+    pub fn mask(self) -> lem_kernels::ops::Mask {
+        match self {
+            LayerKind::Full => lem_kernels::ops::Mask::Causal,
+            LayerKind::SlidingWindow { window } => lem_kernels::ops::Mask::SlidingWindow { window },
+        }
+    }
+}
+
+/// Element type of stored keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KvDtype {
+    /// 32-bit floats: exact, what attention reads directly.
+    #[default]
+    F32,
+}
+
+/// What a layer's cache holds per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Attention kind.
+    pub kind: LayerKind,
+    /// Key/value heads.
+    pub n_kv: usize,
+    /// Dimension of each head.
+    pub head_dim: usize,
+}
+
+/// The cache layout a model declares: one spec per layer, plus the storage type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CacheLayout {
+    /// Per-layer specs, in layer order.
+    pub layers: Vec<LayerSpec>,
+    /// Storage type of every layer.
+    pub dtype: KvDtype,
+    /// Most tokens one forward call appends (sizes sliding-window rings).
+    pub max_batch: usize,
+}
+
+/// Errors of sequence operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// A sliding-window layer no longer holds positions that the truncated sequence
+    /// would need.
+    #[error(
+        "cannot truncate to {len} tokens: layer {layer} (sliding window) already evicted positions below {oldest}"
+    )]
+    EvictedByWindow {
+        /// Layer index.
+        layer: usize,
+        /// Requested length.
+        len: u32,
+        /// Oldest position still held.
+        oldest: u32,
+    },
+    /// Imported data does not match the layer's shape.
+    #[error("layer {layer}: {what}")]
+    Shape {
+        /// Layer index.
+        layer: usize,
+        /// What differs.
+        what: String,
+    },
+}
+
+/// One sequence's KV state: a cache per layer and the number of positions filled.
+#[derive(Debug, Clone)]
+pub struct SeqCache {
+    layout: CacheLayout,
+    layers: Vec<LayerCache>,
+    len: u32,
+}
+
+impl SeqCache {
+    /// An empty cache for `layout`.
+    pub fn new(layout: &CacheLayout) -> SeqCache {
+        let layers = layout
+            .layers
+            .iter()
+            .map(|spec| LayerCache::new(*spec, layout.max_batch))
+            .collect();
+        SeqCache { layout: layout.clone(), layers, len: 0 }
+    }
+
+    /// The layout this cache was made for.
+    pub fn layout(&self) -> &CacheLayout {
+        &self.layout
+    }
+
+    /// Number of positions the sequence has (the next token goes at this position).
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether no token has been appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes room for `total` positions so that appending up to there does not allocate.
+    pub fn reserve(&mut self, total: usize) {
+        for l in &mut self.layers {
+            l.reserve(total);
+        }
+    }
+
+    /// Layer `i`'s cache.
+    pub fn layer(&self, i: usize) -> &LayerCache {
+        &self.layers[i]
+    }
+
+    /// Layer `i`'s cache, mutably (the forward pass appends through this).
+    pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache {
+        &mut self.layers[i]
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Records that `n` more positions were appended to every layer.
+    pub fn advance(&mut self, n: u32) {
+        self.len += n;
+        debug_assert!(self.layers.iter().all(|l| l.newest().is_none_or(|p| p < self.len)));
+    }
+
+    /// Drops every position `>= len` (rollback). Fails, changing nothing, if a sliding
+    /// window layer already evicted positions the shorter sequence would still attend to.
+    pub fn truncate(&mut self, len: u32) -> Result<(), KvError> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            l.check_truncate(len).map_err(|oldest| KvError::EvictedByWindow { layer: i, len, oldest })?;
+        }
+        for l in &mut self.layers {
+            l.truncate(len);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// An independent copy; later appends to either side do not affect the other.
+    pub fn fork(&self) -> SeqCache {
+        self.clone()
+    }
+
+    /// Bytes of K/V data held in live cells.
+    pub fn bytes_used(&self) -> usize {
+        self.layers.iter().map(LayerCache::bytes_used).sum()
+    }
+
+    /// Exports every layer's live K/V (see [`LayerCache::export`]).
+    pub fn export(&self) -> Vec<LayerExport> {
+        self.layers.iter().map(LayerCache::export).collect()
+    }
+
+    /// Replaces the state with exported layers, for a sequence of `len` positions.
+    pub fn import(&mut self, layers: &[LayerExport], len: u32) -> Result<(), KvError> {
+        if layers.len() != self.layers.len() {
+            return Err(KvError::Shape {
+                layer: layers.len().min(self.layers.len()),
+                what: format!("expected {} layers, got {}", self.layers.len(), layers.len()),
+            });
+        }
+        let mut fresh = SeqCache::new(&self.layout);
+        for (i, (l, e)) in fresh.layers.iter_mut().zip(layers).enumerate() {
+            l.import(e).map_err(|what| KvError::Shape { layer: i, what })?;
+        }
+        fresh.len = len;
+        *self = fresh;
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! Quantized weight matrices in GGML block layouts, and their products with f32 activations.
+
+use std::io::Read;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, BlockQ8_1, BlockQ8K,
+};
+pub use candle_core::quantized::k_quants::GgmlType;
+use half::{bf16, f16};
+
+use crate::threads::{SharedMut, Threads};
+
+/// Errors building or using a [`QMatrix`].
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    /// The row length is not a multiple of the block size of the type.
+    #[error("a row of {cols} elements is not a whole number of {dtype:?} blocks of {block}")]
+    RaggedRow {
+        /// The tensor type.
+        dtype: GgmlDType,
+        /// Row length.
+        cols: usize,
+        /// Block size of the type.
+        block: usize,
+    },
+    /// The byte buffer has the wrong length for the shape.
+    #[error("{dtype:?} matrix {rows}x{cols} needs {expected} bytes, got {got}")]
+    WrongSize {
+        /// The tensor type.
+        dtype: GgmlDType,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Bytes the shape needs.
+        expected: usize,
+        /// Bytes supplied.
+        got: usize,
+    },
+    /// Reading the tensor bytes failed (for instance, the file ends early).
+    #[error("reading tensor data: {0}")]
+    Io(#[from] std::io::Error),
+    /// The tensor type cannot be used as a weight matrix.
+    #[error("tensor type {0:?} is not supported for weights")]
+    Unsupported(GgmlDType),
+}
+
+/// Typed block storage, one variant per supported GGML type.
+#[derive(Clone)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q8_1(Vec<BlockQ8_1>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+/// Calls `$body` with `$v` bound to the typed block vector, whatever the variant.
+macro_rules! with_blocks {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            Data::F32($v) => $body,
+            Data::F16($v) => $body,
+            Data::BF16($v) => $body,
+            Data::Q4_0($v) => $body,
+            Data::Q4_1($v) => $body,
+            Data::Q5_0($v) => $body,
+            Data::Q5_1($v) => $body,
+            Data::Q8_0($v) => $body,
+            Data::Q8_1($v) => $body,
+            Data::Q2K($v) => $body,
+            Data::Q3K($v) => $body,
+            Data::Q4K($v) => $body,
+            Data::Q5K($v) => $body,
+            Data::Q6K($v) => $body,
+            Data::Q8K($v) => $body,
+        }
+    };
+}
+
+/// Builds a `Data` of the variant matching `$dtype`, calling the generic `$f::<T>($args)`.
+macro_rules! for_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            GgmlDType::F32 => Data::F32($f::<f32>($($arg),*)?),
+            GgmlDType::F16 => Data::F16($f::<f16>($($arg),*)?),
+            GgmlDType::BF16 => Data::BF16($f::<bf16>($($arg),*)?),
+            GgmlDType::Q4_0 => Data::Q4_0($f::<BlockQ4_0>($($arg),*)?),
+            GgmlDType::Q4_1 => Data::Q4_1($f::<BlockQ4_1>($($arg),*)?),
+            GgmlDType::Q5_0 => Data::Q5_0($f::<BlockQ5_0>($($arg),*)?),
+            GgmlDType::Q5_1 => Data::Q5_1($f::<BlockQ5_1>($($arg),*)?),
+            GgmlDType::Q8_0 => Data::Q8_0($f::<BlockQ8_0>($($arg),*)?),
+            GgmlDType::Q8_1 => Data::Q8_1($f::<BlockQ8_1>($($arg),*)?),
+            GgmlDType::Q2K => Data::Q2K($f::<BlockQ2K>($($arg),*)?),
+            GgmlDType::Q3K => Data::Q3K($f::<BlockQ3K>($($arg),*)?),
+            GgmlDType::Q4K => Data::Q4K($f::<BlockQ4K>($($arg),*)?),
+            GgmlDType::Q5K => Data::Q5K($f::<BlockQ5K>($($arg),*)?),
+            GgmlDType::Q6K => Data::Q6K($f::<BlockQ6K>($($arg),*)?),
+            GgmlDType::Q8K => Data::Q8K($f::<BlockQ8K>($($arg),*)?),
+        }
+    };
+}
+
+/// A `rows x cols` weight matrix stored row-major in GGML blocks (a GGUF tensor with
+/// `ne0 = cols`, `ne1 = rows`). Products compute `y = x W^T` for activation rows `x`.
+#[derive(Clone)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+    data: Data,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+fn check_shape(dtype: GgmlDType, rows: usize, cols: usize) -> Result<usize, QuantError> {
+    let block = dtype.block_size();
+    if cols == 0 || !cols.is_multiple_of(block) {
+        return Err(QuantError::RaggedRow { dtype, cols, block });
+    }
+    Ok(rows * cols / block * dtype.type_size())
+}
+
+fn zeroed_blocks<T: GgmlType>(n: usize) -> Vec<T> {
+    (0..n).map(|_| T::zeros()).collect()
+}
+
+/// The bytes of a block vector. Block types are plain old data (`repr(C)`, only integer
+/// and float fields), so every byte pattern is a valid value.
+fn as_bytes_mut<T: GgmlType>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: T is a POD block type; the slice covers exactly the vector's memory.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn read_blocks<T: GgmlType>(n_blocks: usize, reader: &mut dyn Read) -> Result<Vec<T>, QuantError> {
+    let mut v = zeroed_blocks::<T>(n_blocks);
+    reader.read_exact(as_bytes_mut(&mut v))?;
+    Ok(v)
+}
+
+fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Result<Vec<T>, QuantError> {
+    let mut v = zeroed_blocks::<T>(values.len() / T::BLCK_SIZE);
+    T::from_float(values, &mut v);
+    Ok(v)
+}
+
+impl QMatrix {
+    /// Reads `rows x cols` elements of `dtype` in GGML layout from `reader`.
+    pub fn read(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        reader: &mut dyn Read,
+    ) -> Result<QMatrix, QuantError> {
+        check_shape(dtype, rows, cols)?;
+        let n_blocks = rows * cols / dtype.block_size();
+        let data = for_dtype!(dtype, read_blocks(n_blocks, reader));
+        Ok(QMatrix { rows, cols, dtype, data })
+    }
+
+    /// Wraps raw GGML bytes (exactly the size the shape needs).
+    pub fn from_bytes(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<QMatrix, QuantError> {
+        let expected = check_shape(dtype, rows, cols)?;
+        if bytes.len() != expected {
+            return Err(QuantError::WrongSize { dtype, rows, cols, expected, got: bytes.len() });
+        }
+        QMatrix::read(dtype, rows, cols, &mut &bytes[..])
+    }
+
+    /// Quantizes row-major f32 values (`rows * cols` of them) into `dtype`.
+    pub fn quantize(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<QMatrix, QuantError> {
+        let expected = check_shape(dtype, rows, cols)?;
+        if values.len() != rows * cols {
+            return Err(QuantError::WrongSize {
+                dtype,
+                rows,
+                cols,
+                expected,
+                got: values.len() * 4,
+            });
+        }
+        let data = for_dtype!(dtype, quantize_blocks(values));
+        Ok(QMatrix { rows, cols, dtype, data })
+    }
+
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The GGML type of the blocks.
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Bytes of weight data.
+    pub fn size_in_bytes(&self) -> usize {
+        self.rows * self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// Dequantizes row `row` into `out` (`cols` values).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows && out.len() == self.cols, "row out of range");
+        with_blocks!(&self.data, v => dequantize_row_impl(v, self.cols, row, out))
+    }
+
+    /// Dequantizes the whole matrix (row-major), for references and tests.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, chunk) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, chunk);
+        }
+        out
+    }
+
+    /// `out[t][r] = dot(W[r], x[t])` for the `n` activation rows in `x` (`n * cols`
+    /// values); `out` holds `n * rows` values. Activations are quantized once per row to
+    /// the type's dot-product partner (Q8_0, Q8_1, Q8_K or the float type itself), as
+    /// llama.cpp does, into `scratch`, and reused for every weight row.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch, threads: &Threads) {
+        assert_eq!(x.len(), n * self.cols, "activation shape");
+        assert_eq!(out.len(), n * self.rows, "output shape");
+        with_blocks!(&self.data, v => matmul_impl(v, self.rows, self.cols, x, n, out, scratch, threads))
+    }
+}
+
+fn dequantize_row_impl<T: GgmlType>(blocks: &[T], cols: usize, row: usize, out: &mut [f32]) {
+    let bpr = cols / T::BLCK_SIZE;
+    T::to_float(&blocks[row * bpr..(row + 1) * bpr], out);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_impl<T: GgmlType>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+    threads: &Threads,
+) {
+    let bpr = cols / T::BLCK_SIZE;
+    let vbpr = cols / T::VecDotType::BLCK_SIZE;
+    let xq = scratch.blocks::<T::VecDotType>(n * vbpr);
+    {
+        let xq_ptr = SharedMut(xq.as_mut_ptr());
+        threads.for_ranges(n, 4, |ts| {
+            for t in ts {
+                // SAFETY: each t owns the disjoint block range [t*vbpr, (t+1)*vbpr).
+                let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.ptr().add(t * vbpr), vbpr) };
+                T::VecDotType::from_float(&x[t * cols..(t + 1) * cols], dst);
+            }
+        });
+    }
+    let xq: &[T::VecDotType] = xq;
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    // Row tiles keep one weight row hot in L1 while it meets every activation row.
+    threads.for_ranges(rows, 8, |rs| {
+        for r in rs {
+            let wr = &w[r * bpr..(r + 1) * bpr];
+            for t in 0..n {
+                let v = T::vec_dot(cols, wr, &xq[t * vbpr..(t + 1) * vbpr]);
+                // SAFETY: (t, r) pairs are disjoint across workers (rows are partitioned).
+                unsafe { *out_ptr.ptr().add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
+/// Reusable buffer for quantized activations, so that the steady-state decode step does
+/// not allocate.
+#[derive(Default)]
+pub struct Scratch {
+    buf: Vec<u64>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scratch({} bytes)", self.buf.len() * 8)
+    }
+}
+
+impl Scratch {
+    /// A view of `n` blocks of `T`, growing the buffer when needed (contents unspecified).
+    fn blocks<T: GgmlType>(&mut self, n: usize) -> &mut [T] {
+        assert!(std::mem::align_of::<T>() <= 8);
+        let bytes = n * std::mem::size_of::<T>();
+        let words = bytes.div_ceil(8);
+        if self.buf.len() < words {
+            self.buf.resize(words, 0);
+        }
+        // SAFETY: the buffer is initialised, aligned to 8 and large enough; T is POD.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<T>(), n) }
+    }
+}

@@ -1,0 +1,225 @@
+//! Reading GGUF files: metadata with typed accessors, tensors into [`QMatrix`].
+//!
+//! Parsing is candle's (`candle_core::quantized::gguf_file`); this module adds the checks
+//! lem promises users: a clear error for a file that is not GGUF, a truncated file, an
+//! unknown tensor type, a missing key or tensor.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use lem_kernels::QMatrix;
+
+use crate::error::ModelError;
+
+/// An open GGUF file with its parsed header.
+pub struct GgufFile {
+    path: PathBuf,
+    file: BufReader<File>,
+    content: Content,
+    size: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile").field("path", &self.path).finish()
+    }
+}
+
+/// Name of a GGML tensor type id, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return format!("GGML type id {id}"),
+    };
+    format!("{name} (GGML type id {id})")
+}
+
+impl GgufFile {
+    /// Opens and parses `path`, verifying that every tensor lies inside the file.
+    pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
+        let io = |source| ModelError::Io { path: path.to_owned(), source };
+        let mut f = File::open(path).map_err(io)?;
+        let size = f.metadata().map_err(io)?.len();
+        let mut magic = [0u8; 4];
+        let got = f.read(&mut magic).map_err(io)?;
+        if got < 4 || &magic != b"GGUF" {
+            return Err(ModelError::NotGguf { path: path.to_owned(), magic: magic[..got].to_vec() });
+        }
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut file = BufReader::new(f);
+        let content = Content::read(&mut file).map_err(|e| {
+            let reason = e.to_string();
+            if let Some(id) = reason.strip_prefix("unknown dtype for tensor ") {
+                let id = id.trim().parse::<u32>().unwrap_or(u32::MAX);
+                return ModelError::UnsupportedTensorType {
+                    tensor: "?".into(),
+                    type_name: ggml_type_name(id),
+                };
+            }
+            if reason.contains("failed to fill whole buffer") || reason.contains("remaining") {
+                return ModelError::Malformed {
+                    path: path.to_owned(),
+                    reason: format!("file ends inside the header ({reason})"),
+                };
+            }
+            ModelError::Malformed { path: path.to_owned(), reason }
+        })?;
+        let g = GgufFile { path: path.to_owned(), file, content, size };
+        g.check_bounds()?;
+        Ok(g)
+    }
+
+    fn check_bounds(&self) -> Result<(), ModelError> {
+        let mut infos: Vec<_> = self.content.tensor_infos.iter().collect();
+        infos.sort_by_key(|(_, i)| i.offset);
+        for (name, info) in infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            if end > self.size {
+                return Err(ModelError::Truncated {
+                    path: self.path.clone(),
+                    tensor: name.clone(),
+                    needed: end,
+                    size: self.size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// All metadata.
+    pub fn metadata(&self) -> &std::collections::HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    fn meta_err(key: &str, reason: impl Into<String>) -> ModelError {
+        ModelError::Metadata { key: key.to_owned(), reason: reason.into() }
+    }
+
+    /// A string value.
+    pub fn str(&self, key: &str) -> Result<&str, ModelError> {
+        match self.content.metadata.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(Self::meta_err(key, format!("expected a string, found {:?}", other.value_type()))),
+            None => Err(Self::meta_err(key, "missing")),
+        }
+    }
+
+    /// An integer value of any width, as u64; `None` when absent.
+    pub fn opt_uint(&self, key: &str) -> Result<Option<u64>, ModelError> {
+        let v = match self.content.metadata.get(key) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let n = match v {
+            Value::U8(x) => u64::from(*x),
+            Value::U16(x) => u64::from(*x),
+            Value::U32(x) => u64::from(*x),
+            Value::U64(x) => *x,
+            Value::I8(x) if *x >= 0 => *x as u64,
+            Value::I16(x) if *x >= 0 => *x as u64,
+            Value::I32(x) if *x >= 0 => *x as u64,
+            Value::I64(x) if *x >= 0 => *x as u64,
+            other => {
+                return Err(Self::meta_err(
+                    key,
+                    format!("expected a non-negative integer, found {:?}", other.value_type()),
+                ));
+            }
+        };
+        Ok(Some(n))
+    }
+
+    /// A required integer, checked to fit `usize` and be within `1..=max`.
+    pub fn uint(&self, key: &str, max: u64) -> Result<usize, ModelError> {
+        let n = self.opt_uint(key)?.ok_or_else(|| Self::meta_err(key, "missing"))?;
+        if n == 0 || n > max {
+            return Err(Self::meta_err(key, format!("value {n} is outside 1..={max}")));
+        }
+        Ok(n as usize)
+    }
+
+    /// A float value; `None` when absent.
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>, ModelError> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::F32(x)) => Ok(Some(*x)),
+            Some(Value::F64(x)) => Ok(Some(*x as f32)),
+            Some(other) => Err(Self::meta_err(key, format!("expected a float, found {:?}", other.value_type()))),
+        }
+    }
+
+    /// Whether the file has a tensor called `name`.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Shape of tensor `name` in row-major order (`[.., rows, cols]`).
+    pub fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.content.tensor_infos.get(name).map(|i| i.shape.dims().to_vec())
+    }
+
+    /// Loads a 2-D tensor as a `[rows, cols]` matrix, checking the shape.
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
+        let dims = info.shape.dims().to_vec();
+        if dims != [rows, cols] {
+            return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![rows, cols] });
+        }
+        let dtype = info.ggml_dtype;
+        let start = self.content.tensor_data_offset + info.offset;
+        let io = |source| ModelError::Io { path: self.path.clone(), source };
+        self.file.seek(SeekFrom::Start(start)).map_err(io)?;
+        QMatrix::read(dtype, rows, cols, &mut self.file)
+            .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })
+    }
+
+    /// Loads a 1-D tensor of `len` elements as f32 (dequantizing if needed).
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let dims = self.tensor_shape(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
+        if dims != [len] {
+            return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![len] });
+        }
+        let info = &self.content.tensor_infos[name];
+        let (dtype, start) = (info.ggml_dtype, self.content.tensor_data_offset + info.offset);
+        let io = |source| ModelError::Io { path: self.path.clone(), source };
+        self.file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let m = QMatrix::read(dtype, 1, len, &mut self.file)
+            .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })?;
+        Ok(m.to_f32())
+    }
+}

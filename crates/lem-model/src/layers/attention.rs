@@ -1,0 +1,194 @@
+//! Multi-head (grouped-query) self-attention over a sequence-owned KV cache.
+
+use lem_kernels::ops::{self, AttnShape, Rope};
+use lem_kv::LayerKind;
+
+use super::{Kernels, Linear, RmsNorm, fit};
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+use crate::model::{Segment, SeqInput};
+use crate::observer::{Capture, CaptureKind, Captured, Observer};
+
+/// Geometry and constants of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionConfig {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_kv: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Multiplier on `q . k`.
+    pub scale: f32,
+    /// Soft-cap on attention logits.
+    pub softcap: Option<f32>,
+    /// Rotary embedding.
+    pub rope: Rope,
+    /// Full or sliding-window.
+    pub kind: LayerKind,
+}
+
+/// Self-attention: projections, optional per-head q/k norms, rotary embedding, cache
+/// append, scaled dot-product attention, output projection.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    cfg: AttentionConfig,
+}
+
+/// Buffers attention reuses across calls.
+#[derive(Debug, Default)]
+pub struct AttnBuffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    out: Vec<f32>,
+    probs: Vec<f32>,
+    rope: Vec<f32>,
+}
+
+impl Attention {
+    /// Loads `blk.{i}.attn_{q,k,v,output}` and, when present, `attn_{q,k}_norm`.
+    pub fn load(g: &mut GgufFile, i: usize, n_embd: usize, eps: f32, cfg: AttentionConfig) -> Result<Attention, ModelError> {
+        let (qd, kd) = (cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim);
+        let p = |s: &str| format!("blk.{i}.{s}");
+        Ok(Attention {
+            q: Linear::load(g, &p("attn_q"), n_embd, qd)?,
+            k: Linear::load(g, &p("attn_k"), n_embd, kd)?,
+            v: Linear::load(g, &p("attn_v"), n_embd, kd)?,
+            o: Linear::load(g, &p("attn_output"), qd, n_embd)?,
+            q_norm: RmsNorm::load_opt(g, &p("attn_q_norm.weight"), cfg.head_dim, eps)?,
+            k_norm: RmsNorm::load_opt(g, &p("attn_k_norm.weight"), cfg.head_dim, eps)?,
+            cfg,
+        })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.cfg
+    }
+
+    /// Attends for every row of `x` (all sequences of the batch, segment by segment),
+    /// appending this layer's K/V to each sequence's cache; writes `out` (`n * n_embd`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        layer: usize,
+        x: &[f32],
+        positions: &[u32],
+        segments: &[Segment],
+        batch: &mut [SeqInput<'_>],
+        out: &mut [f32],
+        buf: &mut AttnBuffers,
+        k: &mut Kernels<'_>,
+        mut observer: Option<&mut dyn Observer>,
+    ) {
+        let c = &self.cfg;
+        let n = positions.len();
+        let (qd, kd, hd) = (c.n_head * c.head_dim, c.n_kv * c.head_dim, c.head_dim);
+        let want = observer.as_ref().map_or(Capture::NONE, |o| o.wants(layer));
+
+        let q = fit(&mut buf.q, n * qd);
+        self.q.forward(x, n, q, k);
+        let kk = fit(&mut buf.k, n * kd);
+        self.k.forward(x, n, kk, k);
+        let v = fit(&mut buf.v, n * kd);
+        self.v.forward(x, n, v, k);
+        if let Some(norm) = &self.q_norm {
+            norm.forward(q);
+        }
+        if let Some(norm) = &self.k_norm {
+            norm.forward(kk);
+        }
+        if want.contains(Capture::KEYS_PRE_ROPE) {
+            emit(&mut observer, layer, CaptureKind::KeysPreRope, segments, positions, &[], kk, c.n_kv, hd);
+        }
+        c.rope.fill_table(positions, &mut buf.rope);
+        c.rope.apply(q, c.n_head, hd, &buf.rope);
+        c.rope.apply(kk, c.n_kv, hd, &buf.rope);
+
+        let attn_out = fit(&mut buf.out, n * qd);
+        let shape = AttnShape {
+            n_head: c.n_head,
+            n_kv: c.n_kv,
+            head_dim: hd,
+            scale: c.scale,
+            softcap: c.softcap,
+            mask: c.kind.mask(),
+        };
+        for seg in segments {
+            let rows = seg.start..seg.start + seg.len;
+            let pos = &positions[rows.clone()];
+            let cache = batch[seg.seq].cache.layer_mut(layer);
+            cache.append(pos, &kk[rows.start * kd..rows.end * kd], &v[rows.start * kd..rows.end * kd]);
+            let one = std::slice::from_ref(seg);
+            if want.contains(Capture::KEYS) {
+                emit(&mut observer, layer, CaptureKind::Keys, one, positions, &[], kk, c.n_kv, hd);
+            }
+            if want.contains(Capture::VALUES) {
+                emit(&mut observer, layer, CaptureKind::Values, one, positions, &[], v, c.n_kv, hd);
+            }
+            if want.contains(Capture::QUERIES) {
+                emit(&mut observer, layer, CaptureKind::Queries, one, positions, &[], q, c.n_head, hd);
+            }
+            let view = cache.view();
+            let qs = &q[rows.start * qd..rows.end * qd];
+            let os = &mut attn_out[rows.start * qd..rows.end * qd];
+            if want.contains(Capture::ATTENTION) {
+                let cells = view.pos.len();
+                let probs = fit(&mut buf.probs, seg.len * c.n_head * cells);
+                ops::attention(qs, pos, view, &shape, os, Some(probs), k.threads);
+                if let Some(o) = observer.as_deref_mut() {
+                    o.on_capture(Captured {
+                        seq: seg.seq,
+                        layer,
+                        kind: CaptureKind::Attention,
+                        positions: pos,
+                        key_positions: view.pos,
+                        heads: c.n_head,
+                        dim: cells,
+                        data: probs,
+                    });
+                }
+            } else {
+                ops::attention(qs, pos, view, &shape, os, None, k.threads);
+            }
+        }
+        self.o.forward(attn_out, n, out, k);
+    }
+}
+
+/// Sends each segment's rows of `data` (`heads * dim` per row) to the observer.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    observer: &mut Option<&mut dyn Observer>,
+    layer: usize,
+    kind: CaptureKind,
+    segments: &[Segment],
+    positions: &[u32],
+    key_positions: &[u32],
+    data: &[f32],
+    heads: usize,
+    dim: usize,
+) {
+    let Some(o) = observer.as_deref_mut() else { return };
+    let row = heads * dim;
+    for seg in segments {
+        let rows = seg.start..seg.start + seg.len;
+        o.on_capture(Captured {
+            seq: seg.seq,
+            layer,
+            kind,
+            positions: &positions[rows.clone()],
+            key_positions,
+            heads,
+            dim,
+            data: &data[rows.start * row..rows.end * row],
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! A pre-norm transformer decoder block, with optional post-norms (Gemma).
+
+use super::attention::AttnBuffers;
+use super::mlp::MlpBuffers;
+use super::{Attention, GatedMlp, Kernels, RmsNorm, fit};
+use crate::model::{Segment, SeqInput};
+use crate::observer::Observer;
+
+/// `x += post_attn_norm(attn(attn_norm(x)))`, then `x += post_ffn_norm(mlp(ffn_norm(x)))`.
+#[derive(Debug, Clone)]
+pub struct DecoderBlock {
+    /// Norm before attention.
+    pub attn_norm: RmsNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm of the attention output before the residual add (Gemma 2/3).
+    pub post_attn_norm: Option<RmsNorm>,
+    /// Norm before the feed-forward block.
+    pub ffn_norm: RmsNorm,
+    /// Feed-forward block.
+    pub mlp: GatedMlp,
+    /// Norm of the feed-forward output before the residual add (Gemma 2/3).
+    pub post_ffn_norm: Option<RmsNorm>,
+}
+
+/// Buffers a block reuses across calls.
+#[derive(Debug, Default)]
+pub struct BlockBuffers {
+    xn: Vec<f32>,
+    y: Vec<f32>,
+    attn: AttnBuffers,
+    mlp: MlpBuffers,
+}
+
+impl DecoderBlock {
+    /// Runs the block on the residual stream `x` (`n` rows) in place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        layer: usize,
+        x: &mut [f32],
+        positions: &[u32],
+        segments: &[Segment],
+        batch: &mut [SeqInput<'_>],
+        buf: &mut BlockBuffers,
+        k: &mut Kernels<'_>,
+        observer: Option<&mut dyn Observer>,
+    ) {
+        let n = positions.len();
+        let xn = fit(&mut buf.xn, x.len());
+        self.attn_norm.forward_into(x, xn);
+        let y = fit(&mut buf.y, x.len());
+        self.attn.forward(layer, xn, positions, segments, batch, y, &mut buf.attn, k, observer);
+        if let Some(norm) = &self.post_attn_norm {
+            norm.forward(y);
+        }
+        lem_kernels::ops::add_assign(x, y);
+        self.ffn_norm.forward_into(x, xn);
+        self.mlp.forward(xn, n, y, &mut buf.mlp, k);
+        if let Some(norm) = &self.post_ffn_norm {
+            norm.forward(y);
+        }
+        lem_kernels::ops::add_assign(x, y);
+    }
+}

@@ -1,0 +1,51 @@
+//! A (quantized) linear projection.
+
+use std::sync::Arc;
+
+use lem_kernels::QMatrix;
+
+use super::Kernels;
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+
+/// `y = x W^T (+ b)`, weights in any supported GGML type.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Arc<QMatrix>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` as `[out_dim, in_dim]` and `{name}.bias` when present.
+    pub fn load(g: &mut GgufFile, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear, ModelError> {
+        let weight = Arc::new(g.matrix(&format!("{name}.weight"), out_dim, in_dim)?);
+        let bias_name = format!("{name}.bias");
+        let bias = if g.has_tensor(&bias_name) { Some(g.vector(&bias_name, out_dim)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// A projection sharing an existing matrix (tied embeddings).
+    pub fn shared(weight: Arc<QMatrix>) -> Linear {
+        Linear { weight, bias: None }
+    }
+
+    /// The weight matrix.
+    pub fn weight(&self) -> &QMatrix {
+        &self.weight
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> usize {
+        self.weight.rows()
+    }
+
+    /// Projects `n` rows of `x` into `out` (`n * out_dim`).
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], k: &mut Kernels<'_>) {
+        self.weight.matmul(x, n, out, k.scratch, k.threads);
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(b.len()) {
+                lem_kernels::ops::add_assign(row, b);
+            }
+        }
+    }
+}

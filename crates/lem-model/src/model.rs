@@ -1,0 +1,241 @@
+//! A loaded model: weights plus a forward function over a batch of sequences, each with
+//! its own cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lem_kernels::{QMatrix, Scratch, Threads};
+use lem_kv::{CacheLayout, KvDtype, LayerSpec, SeqCache};
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, RmsNorm, fit};
+use crate::observer::Observer;
+
+/// Which positions of a sequence need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsRequest {
+    /// None (filling the cache only).
+    None,
+    /// The last position (decode, end of prefill).
+    Last,
+    /// Every position of this call (teacher-forced evaluation, speculative verification).
+    All,
+}
+
+/// One sequence's part of a forward call.
+#[derive(Debug)]
+pub struct SeqInput<'a> {
+    /// Tokens to append, at positions `cache.len()..`.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the forward appends to it.
+    pub cache: &'a mut SeqCache,
+    /// Which positions need logits.
+    pub logits: LogitsRequest,
+}
+
+/// Rows of the batch that belong to one sequence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment {
+    pub(crate) seq: usize,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+/// Buffers one forward call needs, kept by the caller and reused so that steady-state
+/// decoding does not allocate.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    positions: Vec<u32>,
+    segments: Vec<Segment>,
+    block: BlockBuffers,
+    scratch: Scratch,
+    picked: Vec<f32>,
+    logits: Vec<f32>,
+    /// (first logits row, rows) per sequence of the last call.
+    logit_rows: Vec<(usize, usize)>,
+}
+
+impl Workspace {
+    /// Logits of sequence `seq` from the last forward call: one row of `vocab` values per
+    /// requested position, in position order.
+    pub fn logits(&self, seq: usize, vocab: usize) -> &[f32] {
+        let (start, rows) = self.logit_rows[seq];
+        &self.logits[start * vocab..(start + rows) * vocab]
+    }
+}
+
+/// Token embedding lookup, optionally scaled (Gemma multiplies by sqrt(n_embd)).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Arc<QMatrix>,
+    scale: Option<f32>,
+}
+
+impl Embedding {
+    /// Wraps an embedding table of `[vocab, n_embd]`.
+    pub fn new(table: Arc<QMatrix>, scale: Option<f32>) -> Embedding {
+        Embedding { table, scale }
+    }
+
+    /// The table, for tying the output projection.
+    pub fn table(&self) -> &Arc<QMatrix> {
+        &self.table
+    }
+
+    fn lookup(&self, tokens: &[u32], out: &mut [f32]) {
+        let d = self.table.cols();
+        for (t, row) in tokens.iter().zip(out.chunks_exact_mut(d)) {
+            self.table.dequantize_row(*t as usize, row);
+            if let Some(s) = self.scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+    }
+}
+
+/// A decoder-only transformer: embedding, blocks, final norm, output projection.
+/// Architectures differ only in how they fill this from a GGUF file.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    embedding: Embedding,
+    blocks: Vec<DecoderBlock>,
+    final_norm: RmsNorm,
+    output: Linear,
+    layout: CacheLayout,
+}
+
+/// Default number of tokens one forward call may carry per batch (prompts are split).
+pub const DEFAULT_MAX_BATCH: usize = 512;
+
+impl Model {
+    /// Loads a GGUF file of any supported architecture.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let mut g = GgufFile::open(path)?;
+        crate::arch::load(&mut g)
+    }
+
+    /// Assembles a model from parts (used by architecture files).
+    pub fn from_parts(
+        config: ModelConfig,
+        embedding: Embedding,
+        blocks: Vec<DecoderBlock>,
+        final_norm: RmsNorm,
+        output: Linear,
+    ) -> Model {
+        let layers = blocks
+            .iter()
+            .map(|b| {
+                let c = b.attn.config();
+                LayerSpec { kind: c.kind, n_kv: c.n_kv, head_dim: c.head_dim }
+            })
+            .collect();
+        let layout = CacheLayout { layers, dtype: KvDtype::F32, max_batch: DEFAULT_MAX_BATCH };
+        Model { config, embedding, blocks, final_norm, output, layout }
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Vocabulary size (length of a logits row).
+    pub fn vocab(&self) -> usize {
+        self.output.out_dim()
+    }
+
+    /// The cache layout sequences of this model need.
+    pub fn cache_layout(&self) -> &CacheLayout {
+        &self.layout
+    }
+
+    /// Most tokens one forward call may carry.
+    pub fn max_batch(&self) -> usize {
+        self.layout.max_batch
+    }
+
+    /// A new empty cache for one sequence.
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache::new(&self.layout)
+    }
+
+    /// Runs every sequence's new tokens through the model, appending to its cache, and
+    /// leaves the requested logits in `ws` (read them with [`Workspace::logits`]).
+    ///
+    /// All tokens of all sequences travel together through the matrix products; attention
+    /// runs per sequence over that sequence's own cache. The total number of tokens must
+    /// not exceed [`Model::max_batch`].
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        ws: &mut Workspace,
+        threads: &Threads,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<(), ModelError> {
+        let d = self.config.n_embd;
+        let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if total > self.max_batch() {
+            return Err(ModelError::Input(format!(
+                "{total} tokens in one call exceed the batch limit of {}",
+                self.max_batch()
+            )));
+        }
+        ws.positions.clear();
+        ws.segments.clear();
+        for (i, s) in batch.iter().enumerate() {
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+                return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
+            }
+            let start = s.cache.len();
+            if start as usize + s.tokens.len() > self.config.context_length {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} would reach {} tokens, over the model's context length of {}",
+                    start as usize + s.tokens.len(),
+                    self.config.context_length
+                )));
+            }
+            ws.segments.push(Segment { seq: i, start: ws.positions.len(), len: s.tokens.len() });
+            ws.positions.extend((0..s.tokens.len() as u32).map(|j| start + j));
+        }
+        let x = fit(&mut ws.x, total * d);
+        for seg in &ws.segments {
+            self.embedding.lookup(batch[seg.seq].tokens, &mut x[seg.start * d..(seg.start + seg.len) * d]);
+        }
+        let mut k = Kernels { threads, scratch: &mut ws.scratch };
+        for (l, block) in self.blocks.iter().enumerate() {
+            block.forward(l, x, &ws.positions, &ws.segments, batch, &mut ws.block, &mut k, crate::observer::reborrow(&mut observer));
+        }
+        for seg in &ws.segments {
+            batch[seg.seq].cache.advance(seg.len as u32);
+        }
+
+        // Gather the rows that need logits, normalise and project only those.
+        ws.logit_rows.clear();
+        let mut rows = 0;
+        for (seg, s) in ws.segments.iter().zip(batch.iter()) {
+            let r = match s.logits {
+                LogitsRequest::None => 0,
+                LogitsRequest::Last => usize::from(seg.len > 0),
+                LogitsRequest::All => seg.len,
+            };
+            ws.logit_rows.push((rows, r));
+            rows += r;
+        }
+        let picked = fit(&mut ws.picked, rows * d);
+        for (seg, &(first, r)) in ws.segments.iter().zip(&ws.logit_rows) {
+            let src = (seg.start + seg.len - r) * d;
+            picked[first * d..(first + r) * d].copy_from_slice(&x[src..src + r * d]);
+        }
+        self.final_norm.forward(picked);
+        let vocab = self.vocab();
+        let logits = fit(&mut ws.logits, rows * vocab);
+        self.output.forward(picked, rows, logits, &mut k);
+        if let Some(cap) = self.config.final_logit_softcap {
+            lem_kernels::ops::softcap(logits, cap);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,403 @@
+//! Chat templates: the GGUF's Jinja template (rendered with minijinja the way Hugging Face
+//! transformers renders it), or a built-in format when the file has none.
+
+use minijinja::{Environment, Error, ErrorKind, Value, context};
+
+use crate::error::TemplateError;
+use crate::tokenizer::Tokenizer;
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The human.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role name chat templates expect: `"system"`, `"user"` or `"assistant"`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role.
+    pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new(Role::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new(Role::Assistant, content)
+    }
+}
+
+/// Name under which the template source is registered in the environment.
+const TEMPLATE_NAME: &str = "chat_template";
+
+enum Inner {
+    Jinja {
+        env: Environment<'static>,
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    },
+    /// llama.cpp's built-in "gemma" format.
+    Gemma,
+    /// llama.cpp's built-in "chatml" format.
+    ChatMl,
+}
+
+/// Turns a conversation into the prompt text a model was trained on.
+pub struct ChatTemplate {
+    inner: Inner,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Jinja { source, .. } => f
+                .debug_struct("ChatTemplate::Jinja")
+                .field("source_len", &source.len())
+                .finish_non_exhaustive(),
+            Inner::Gemma => f.write_str("ChatTemplate::Gemma"),
+            Inner::ChatMl => f.write_str("ChatTemplate::ChatMl"),
+        }
+    }
+}
+
+impl ChatTemplate {
+    /// The template for a model: the GGUF's `tokenizer.chat_template` if present;
+    /// otherwise a built-in for the architecture (Gemma family: llama.cpp's "gemma"
+    /// format, see [`ChatTemplate::gemma`]); otherwise ChatML ([`ChatTemplate::chatml`]).
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] if the file's template does not compile.
+    pub fn for_model(tok: &Tokenizer, architecture: &str) -> Result<ChatTemplate, TemplateError> {
+        if let Some(src) = tok.chat_template_source() {
+            let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
+            return ChatTemplate::from_source(src, text(tok.bos_id()), text(tok.eos_id()));
+        }
+        if architecture.starts_with("gemma") {
+            Ok(ChatTemplate::gemma())
+        } else {
+            Ok(ChatTemplate::chatml())
+        }
+    }
+
+    /// Compiles a Jinja chat template (Hugging Face conventions: `messages`,
+    /// `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`,
+    /// `strftime_now`, Python string/dict methods, loop controls; blocks trimmed like
+    /// transformers' `trim_blocks` + `lstrip_blocks`).
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] if the source does not compile.
+    pub fn from_source(
+        src: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(TEMPLATE_NAME, src.to_string())
+            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        Ok(ChatTemplate {
+            inner: Inner::Jinja {
+                env,
+                source: src.to_string(),
+                bos_token: bos_token.to_string(),
+                eos_token: eos_token.to_string(),
+            },
+        })
+    }
+
+    /// llama.cpp's built-in "gemma" format: `<start_of_turn>{role}\n{content}<end_of_turn>\n`
+    /// per message with contents trimmed, the assistant role written `model`, system
+    /// messages prepended to the next user turn followed by `"\n\n"`, and
+    /// `<start_of_turn>model\n` as the generation prompt. (BOS is not part of the text.)
+    #[must_use]
+    pub fn gemma() -> ChatTemplate {
+        ChatTemplate {
+            inner: Inner::Gemma,
+        }
+    }
+
+    /// llama.cpp's built-in "chatml" format:
+    /// `<|im_start|>{role}\n{content}<|im_end|>\n` per message, `<|im_start|>assistant\n`
+    /// as the generation prompt.
+    #[must_use]
+    pub fn chatml() -> ChatTemplate {
+        ChatTemplate {
+            inner: Inner::ChatMl,
+        }
+    }
+
+    /// The Jinja source, for templates that have one (not the built-ins).
+    #[must_use]
+    pub fn source(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Jinja { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Renders a conversation; with `add_generation_prompt` the text ends with the opening
+    /// of an assistant turn.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] with the template's own message (e.g. the text given to
+    /// `raise_exception`) if rendering fails.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        match &self.inner {
+            Inner::Jinja {
+                env,
+                bos_token,
+                eos_token,
+                ..
+            } => {
+                let msgs: Vec<Value> = messages
+                    .iter()
+                    .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+                    .collect();
+                let tmpl = env
+                    .get_template(TEMPLATE_NAME)
+                    .map_err(|e| TemplateError::Render(describe(&e)))?;
+                tmpl.render(context! {
+                    messages => msgs,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos_token,
+                    eos_token => eos_token,
+                })
+                .map_err(|e| TemplateError::Render(describe(&e)))
+            }
+            Inner::Gemma => Ok(render_gemma(messages, add_generation_prompt)),
+            Inner::ChatMl => Ok(render_chatml(messages, add_generation_prompt)),
+        }
+    }
+}
+
+/// The error, its detail and its causes in one line-oriented message.
+fn describe(e: &Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// llama.cpp's `trim`: strips ASCII whitespace (`isspace`) at both ends.
+fn trim_ascii_ws(s: &str) -> &str {
+    s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r'))
+}
+
+fn render_gemma(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    let mut out = String::new();
+    let mut system_prompt = String::new();
+    for m in messages {
+        if m.role == Role::System {
+            system_prompt.push_str(trim_ascii_ws(&m.content));
+            continue;
+        }
+        let role = if m.role == Role::Assistant { "model" } else { m.role.as_str() };
+        out.push_str("<start_of_turn>");
+        out.push_str(role);
+        out.push('\n');
+        if !system_prompt.is_empty() && role != "model" {
+            out.push_str(&system_prompt);
+            out.push_str("\n\n");
+            system_prompt.clear();
+        }
+        out.push_str(trim_ascii_ws(&m.content));
+        out.push_str("<end_of_turn>\n");
+    }
+    if add_generation_prompt {
+        out.push_str("<start_of_turn>model\n");
+    }
+    out
+}
+
+fn render_chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    let mut out = String::new();
+    for m in messages {
+        out.push_str("<|im_start|>");
+        out.push_str(m.role.as_str());
+        out.push('\n');
+        out.push_str(&m.content);
+        out.push_str("<|im_end|>\n");
+    }
+    if add_generation_prompt {
+        out.push_str("<|im_start|>assistant\n");
+    }
+    out
+}
+
+/// `strftime_now(format)`: the current UTC time formatted with the common `strftime`
+/// directives (`%Y %m %d %e %H %I %M %S %p %y %j %a %A %b %B %h %F %T %%`); others are
+/// left as written.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    strftime(&format, secs)
+}
+
+/// Formats `secs` since the Unix epoch (UTC) with a subset of `strftime`.
+fn strftime(format: &str, secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let days = (secs / 86_400) as i64;
+    let tod = secs % 86_400;
+    let (hour, min, sec) = (tod / 3600, (tod / 60) % 60, tod % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_mar + 2) / 153;
+    let day = doy_mar - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = CUM[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let month_name = MONTHS[(month - 1) as usize];
+    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('H') => out.push_str(&format!("{hour:02}")),
+            Some('I') => out.push_str(&format!("{hour12:02}")),
+            Some('M') => out.push_str(&format!("{min:02}")),
+            Some('S') => out.push_str(&format!("{sec:02}")),
+            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('b' | 'h') => out.push_str(&month_name[..3]),
+            Some('B') => out.push_str(month_name),
+            Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
+            Some('T') => out.push_str(&format!("{hour:02}:{min:02}:{sec:02}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_known_dates() {
+        // 2024-02-29 13:05:09 UTC, a Thursday.
+        let t = 1_709_211_909;
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %%", t),
+            "2024-02-29 13:05:09 Thu Thursday Feb February 060 01PM %"
+        );
+        assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+        assert_eq!(strftime("%F %T %q", 951_868_800), "2000-03-01 00:00:00 %q");
+    }
+
+    #[test]
+    fn gemma_builtin_matches_llama_cpp_format() {
+        let msgs = [
+            ChatMessage::system("  Be brief. "),
+            ChatMessage::user("Hi\n"),
+            ChatMessage::assistant(" Hello! "),
+            ChatMessage::user("Bye"),
+        ];
+        assert_eq!(
+            render_gemma(&msgs, true),
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+}
