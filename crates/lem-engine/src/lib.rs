@@ -1,1 +1,23 @@
-//! lem-engine
+//! lem's engine: owns sequences (and so their KV caches), runs generation with sampling
+//! and stop strings, teacher-forced evaluation and benchmarks, on top of a
+//! [`lem_model::Model`] and a [`lem_tokenizer::Tokenizer`].
+//!
+//! The model never holds state between calls: a [`Sequence`] carries the token ids, the
+//! [`lem_kv::SeqCache`] and the reusable forward buffers, and every operation on it
+//! (feed, truncate, fork) goes through the engine.
+
+mod bench;
+mod engine;
+mod error;
+mod eval;
+mod generate;
+pub mod sampling;
+mod sequence;
+pub mod stop;
+
+pub use bench::{BenchReport, bench, peak_rss_bytes};
+pub use engine::{Engine, EngineConfig};
+pub use error::EngineError;
+pub use eval::{EvalReport, eval};
+pub use generate::{FinishReason, GenerateRequest, Generation, Timings, generate};
+pub use sequence::Sequence;

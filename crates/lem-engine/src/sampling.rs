@@ -113,9 +113,7 @@ impl SamplingParams {
             return Err(SamplingError::InvalidRepeatPenalty(self.repeat_penalty));
         }
         if !self.presence_penalty.is_finite() {
-            return Err(SamplingError::InvalidPresencePenalty(
-                self.presence_penalty,
-            ));
+            return Err(SamplingError::InvalidPresencePenalty(self.presence_penalty));
         }
         if !self.frequency_penalty.is_finite() {
             return Err(SamplingError::InvalidFrequencyPenalty(
@@ -567,7 +565,10 @@ mod tests {
             order.truncate(p.top_k);
         }
         let softmax = |ids: &[usize], t: f64| -> Vec<f64> {
-            let max = ids.iter().map(|&i| f64::from(logits[i])).fold(f64::MIN, f64::max);
+            let max = ids
+                .iter()
+                .map(|&i| f64::from(logits[i]))
+                .fold(f64::MIN, f64::max);
             let w: Vec<f64> = ids
                 .iter()
                 .map(|&i| ((f64::from(logits[i]) - max) / t).exp())
@@ -636,6 +637,8 @@ mod tests {
                 let logits = random_logits(&mut r, 100, 4.0);
                 assert_eq!(s.sample(&logits, &[]), argmax(&logits));
             }
+            // The random number generator was never touched.
+            assert_eq!(s.rng, ChaCha8Rng::seed_from_u64(seed));
         }
     }
 
@@ -664,7 +667,7 @@ mod tests {
                 let mut s = sampler(p);
                 for _ in 0..50 {
                     let logits = random_logits(&mut r, 64, 3.0);
-                    let history: Vec<u32> = (0..10).map(|_| (r.next_u32() % 64)).collect();
+                    let history: Vec<u32> = (0..10).map(|_| r.next_u32() % 64).collect();
                     let want = argmax(&ref_penalise(&p, &logits, &history));
                     assert_eq!(s.sample(&logits, &history), want, "case {case} seed {seed}");
                 }
@@ -720,12 +723,17 @@ mod tests {
                 p.temperature = 1.0;
                 p.seed = seed;
             }));
-            (0..2000).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..2000)
+                .map(|_| s.sample(&logits, &[]))
+                .collect::<Vec<_>>()
         };
         for (a, b) in [(0, 1), (1, 2), (7, 1234567)] {
             let (x, y) = (draws(a), draws(b));
             let same = x.iter().zip(&y).filter(|(p, q)| p == q).count();
-            assert!(same < 2000 / 16, "seeds {a} and {b} agree on {same} of 2000");
+            assert!(
+                same < 2000 / 16,
+                "seeds {a} and {b} agree on {same} of 2000"
+            );
         }
     }
 
@@ -862,7 +870,10 @@ mod tests {
         check(with(|p| p.seed = 8), &[0.0, 0.0, 0.0, 0.0]);
         // The reference itself must describe the filters as intended.
         let r = ref_distribution(&with(|p| p.top_k = 2), &logits);
-        assert!(r[0] > 0.0 && r[1] > 0.0 && r[2] == 0.0 && r[3] == 0.0, "{r:?}");
+        assert!(
+            r[0] > 0.0 && r[1] > 0.0 && r[2] == 0.0 && r[3] == 0.0,
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -994,15 +1005,30 @@ mod tests {
         }
         use SamplingError::*;
         check(SamplingParams::default(), Ok(()));
-        check(params(|p| p.temperature = -0.1), Err(InvalidTemperature(-0.1)));
-        check(params(|p| p.temperature = f32::INFINITY), Err(InvalidTemperature(f32::INFINITY)));
+        check(
+            params(|p| p.temperature = -0.1),
+            Err(InvalidTemperature(-0.1)),
+        );
+        check(
+            params(|p| p.temperature = f32::INFINITY),
+            Err(InvalidTemperature(f32::INFINITY)),
+        );
         check(params(|p| p.top_p = 0.0), Err(InvalidTopP(0.0)));
         check(params(|p| p.top_p = 1.5), Err(InvalidTopP(1.5)));
         check(params(|p| p.min_p = -0.5), Err(InvalidMinP(-0.5)));
         check(params(|p| p.min_p = 1.01), Err(InvalidMinP(1.01)));
-        check(params(|p| p.repeat_penalty = 0.0), Err(InvalidRepeatPenalty(0.0)));
-        check(params(|p| p.presence_penalty = f32::NEG_INFINITY), Err(InvalidPresencePenalty(f32::NEG_INFINITY)));
-        check(params(|p| p.frequency_penalty = f32::INFINITY), Err(InvalidFrequencyPenalty(f32::INFINITY)));
+        check(
+            params(|p| p.repeat_penalty = 0.0),
+            Err(InvalidRepeatPenalty(0.0)),
+        );
+        check(
+            params(|p| p.presence_penalty = f32::NEG_INFINITY),
+            Err(InvalidPresencePenalty(f32::NEG_INFINITY)),
+        );
+        check(
+            params(|p| p.frequency_penalty = f32::INFINITY),
+            Err(InvalidFrequencyPenalty(f32::INFINITY)),
+        );
         check(
             params(|p| {
                 p.temperature = 2.0;

@@ -20,6 +20,11 @@ const fn byte_to_char_table() -> [u32; 256] {
 
 const BYTE_TO_CHAR: [u32; 256] = byte_to_char_table();
 
+/// The printable character byte-level BPE vocabularies use for `b`.
+pub(crate) fn gpt2_byte_to_char(b: u8) -> char {
+    char::from_u32(BYTE_TO_CHAR[b as usize]).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
 /// The byte a byte-level BPE vocabulary character stands for, or `None` for characters
 /// outside the map.
 pub(crate) fn gpt2_unicode_to_byte(c: char) -> Option<u8> {
@@ -45,7 +50,7 @@ mod tests {
     fn byte_map_is_a_bijection() {
         let mut seen = [false; 256];
         for b in 0..=255u8 {
-            let c = char::from_u32(BYTE_TO_CHAR[b as usize]).unwrap();
+            let c = gpt2_byte_to_char(b);
             assert_eq!(gpt2_unicode_to_byte(c), Some(b), "byte {b:#04x} via {c:?}");
             assert!(!seen[b as usize]);
             seen[b as usize] = true;

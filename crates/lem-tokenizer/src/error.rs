@@ -29,9 +29,16 @@ pub enum TokenizerError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The tokenizer model named in `tokenizer.ggml.model` is not supported.
-    #[error("unsupported tokenizer model '{0}' (lem supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE))")]
-    UnsupportedModel(String),
+    /// The tokenizer in the file is not supported: a `tokenizer.ggml.model` other than
+    /// `llama` (SentencePiece) and `gpt2` (byte-level BPE), or a BPE pre-tokenizer
+    /// (`tokenizer.ggml.pre`) lem does not know.
+    #[error("{path}: unsupported tokenizer: {model} (lem supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) with llama.cpp's pre-tokenizers)")]
+    UnsupportedModel {
+        /// The offending file.
+        path: PathBuf,
+        /// `tokenizer.ggml.model`, plus the pre-tokenizer when that is the problem.
+        model: String,
+    },
     /// A token id outside the vocabulary was passed in.
     #[error("token id {id} is out of range (the vocabulary has {vocab_size} tokens)")]
     UnknownId {

@@ -3,9 +3,11 @@
 //!
 //! (design notes: filled in below once the fixtures are in)
 
+mod bpe;
 mod bytes;
 mod chat;
 mod error;
+mod spm;
 mod stream;
 mod tokenizer;
 

@@ -1,16 +1,18 @@
 //! [`Tokenizer`]: GGUF vocabulary loading, llama.cpp's special-token handling, encode/decode.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::AhoCorasick;
 use sha2::{Digest, Sha256};
-use shimmytok::{EncodeOptions, GGUFValue};
+use shimmytok::GGUFValue;
 
+use crate::bpe::{Bpe, BpeError};
 use crate::bytes::gpt2_unicode_to_byte;
 use crate::error::TokenizerError;
+use crate::spm::Spm;
 
 // Token attributes, bit-for-bit llama.cpp's `llama_token_attr`.
 const ATTR_UNKNOWN: u32 = 1 << 0;
@@ -55,9 +57,8 @@ enum Fragment {
 /// Loaded once with [`Tokenizer::from_gguf`]; immutable afterwards, `Send + Sync`, and meant
 /// to be shared behind an `Arc`.
 pub struct Tokenizer {
-    /// shimmytok runs the tokenization algorithm on text free of special tokens.
-    engine: shimmytok::Tokenizer,
-    algo: Algo,
+    /// Runs the tokenization algorithm on text free of special tokens.
+    engine: Engine,
     texts: Vec<String>,
     attrs: Vec<u32>,
     /// Decoded bytes of every token, concatenated; `piece_offsets[i]..piece_offsets[i + 1]`.
@@ -93,6 +94,12 @@ impl std::fmt::Debug for Tokenizer {
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
+}
+
+/// The per-algorithm tokenizer.
+enum Engine {
+    Spm(Spm),
+    Bpe(Bpe),
 }
 
 /// Metadata lookups on shimmytok's preserved GGUF key/value map.
@@ -155,7 +162,10 @@ fn map_shimmytok_error(path: &Path, e: shimmytok::Error) -> TokenizerError {
             path: path.to_path_buf(),
             source: io,
         },
-        shimmytok::Error::UnsupportedModel(m) => TokenizerError::UnsupportedModel(m),
+        shimmytok::Error::UnsupportedModel(model) => TokenizerError::UnsupportedModel {
+            path: path.to_path_buf(),
+            model,
+        },
         other => invalid(path, other.to_string()),
     }
 }
@@ -241,13 +251,15 @@ impl Tokenizer {
     /// than SentencePiece (`llama`) and byte-level BPE (`gpt2`).
     pub fn from_gguf(path: &Path) -> Result<Tokenizer, TokenizerError> {
         check_magic(path)?;
-        let engine = shimmytok::Tokenizer::from_gguf_file(path)
-            .map_err(|e| map_shimmytok_error(path, e))?;
-        Self::build(path, engine)
+        let gguf = shimmytok::gguf::load_metadata(path).map_err(|e| map_shimmytok_error(path, e))?;
+        Self::build(path, gguf.metadata())
     }
 
-    fn build(path: &Path, engine: shimmytok::Tokenizer) -> Result<Tokenizer, TokenizerError> {
-        let meta = Meta(engine.metadata());
+    fn build(
+        path: &Path,
+        metadata: &HashMap<String, GGUFValue>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let meta = Meta(metadata);
         let model = meta
             .str("tokenizer.ggml.model")
             .ok_or_else(|| invalid(path, "missing tokenizer.ggml.model"))?
@@ -255,7 +267,12 @@ impl Tokenizer {
         let algo = match model.as_str() {
             "llama" => Algo::Spm,
             "gpt2" => Algo::Bpe,
-            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
+            other => {
+                return Err(TokenizerError::UnsupportedModel {
+                    path: path.to_path_buf(),
+                    model: format!("'{other}'"),
+                });
+            }
         };
         let pre = meta.str("tokenizer.ggml.pre").map(str::to_string);
         let architecture = meta.str("general.architecture").unwrap_or("").to_string();
@@ -400,17 +417,19 @@ impl Tokenizer {
         eog.extend([eos, eot, eom].into_iter().flatten());
         eog.sort_unstable();
         eog.dedup();
-        let eog_text = |id: &u32| texts[*id as usize].as_str();
-        let has = |t: &str| eog.iter().any(|id| eog_text(id) == t);
-        let has_call = has("<|call|>") || has("<|calls|>");
-        if has("<|end|>") && has_call && (has("<|return|>") || has("<|flush|>")) {
-            if let Some(pos) = eog.iter().position(|id| eog_text(id) == "<|end|>") {
+        // llama.cpp's workarounds: o200k_harmony / solar-open, where "<|end|>" must not end
+        // generation, and gemma4 / paddleocr, where "</s>" must not.
+        let find = |eog: &[u32], t: &str| eog.iter().position(|&id| texts[id as usize] == t);
+        let has = |eog: &[u32], t: &str| find(eog, t).is_some();
+        let has_call = has(&eog, "<|call|>") || has(&eog, "<|calls|>");
+        if has_call && (has(&eog, "<|return|>") || has(&eog, "<|flush|>")) {
+            if let Some(pos) = find(&eog, "<|end|>") {
                 let end = eog.remove(pos);
                 attrs[end as usize] = ATTR_USER_DEFINED;
             }
         }
-        if has("<|tool_response>") && has("</s>") {
-            if let Some(pos) = eog.iter().position(|id| eog_text(id) == "</s>") {
+        if has(&eog, "<|tool_response>") {
+            if let Some(pos) = find(&eog, "</s>") {
                 let s = eog.remove(pos);
                 attrs[s as usize] = ATTR_NORMAL;
             }
@@ -455,6 +474,24 @@ impl Tokenizer {
             )
         };
 
+        let engine = match algo {
+            Algo::Spm => {
+                // llama.cpp's SentencePiece default: <unk> is token 0.
+                let unk = key_id("unknown_token_id").or(Some(0)).filter(|&v| in_range(v));
+                Engine::Spm(Spm::new(&texts, &scores, unk))
+            }
+            Algo::Bpe => {
+                let name = pre.as_deref().unwrap_or("default");
+                Engine::Bpe(Bpe::new(name, &texts, &merges).map_err(|e| match e {
+                    BpeError::UnknownPre(p) => TokenizerError::UnsupportedModel {
+                        path: path.to_path_buf(),
+                        model: format!("'gpt2' with pre-tokenizer '{p}'"),
+                    },
+                    BpeError::Regex(e) => invalid(path, format!("pre-tokenizer regex: {e}")),
+                })?)
+            }
+        };
+
         let fingerprint = {
             let mut h = Sha256::new();
             let mut put = |b: &[u8]| {
@@ -497,7 +534,6 @@ impl Tokenizer {
 
         Ok(Tokenizer {
             engine,
-            algo,
             texts,
             attrs,
             piece_bytes,
@@ -555,72 +591,66 @@ impl Tokenizer {
 
     /// Runs the tokenization algorithm on a fragment free of special tokens.
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        // Every text fragment is either first or follows a special token, so llama.cpp
-        // always applies the SentencePiece space prefix (when the vocabulary asks for one);
-        // shimmytok skips it when the text already starts with a space.
-        let prefixed;
-        let text = if self.algo == Algo::Spm && self.add_space_prefix && text.starts_with(' ') {
-            prefixed = format!(" {text}");
-            prefixed.as_str()
-        } else {
-            text
-        };
-        let ids = self
-            .engine
-            .encode_with_options(text, &EncodeOptions::with_parse_special(false, false))
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        out.extend(ids);
-        Ok(())
+        match &self.engine {
+            // Every text fragment is either first or follows a special token, so llama.cpp
+            // always applies the SentencePiece space prefix (when the vocabulary asks for
+            // one).
+            Engine::Spm(spm) => {
+                spm.encode(text, self.add_space_prefix, out);
+                Ok(())
+            }
+            Engine::Bpe(bpe) => bpe.encode(text, out).map_err(TokenizerError::Encode),
+        }
     }
 
-    /// llama.cpp's `tokenizer_st_partition`: special tokens, longest text first, each cut out
-    /// of the remaining text at every non-overlapping occurrence, leftmost first.
+    /// llama.cpp's `tokenizer_st_partition`: special tokens, longest text first, each cut
+    /// out of the remaining text at every non-overlapping occurrence, leftmost first.
     ///
-    /// Implemented with one overlapping Aho-Corasick pass instead of one substring search
-    /// per special token (Gemma has 6 400 of them); the result is the same: an occurrence
-    /// is taken when it lies entirely inside text not yet claimed by an earlier (longer, or
-    /// same-token leftward) match.
+    /// One Aho-Corasick pass finds which special tokens occur at all (Gemma has 6 400 of
+    /// them; usually none or a handful occur); only those are then searched for, in
+    /// llama.cpp's order, in the text not yet claimed.
     fn partition(&self, text: &str) -> Vec<Fragment> {
         if text.is_empty() {
             return Vec::new();
         }
+        let mut frags = vec![Fragment::Text(0, text.len())];
         let Some(matcher) = &self.special_matcher else {
-            return vec![Fragment::Text(0, text.len())];
+            return frags;
         };
-        // (rank in special_ids, start, end) of every occurrence, overlapping ones included.
-        let mut hits: Vec<(u32, usize, usize)> = matcher
-            .find_overlapping_iter(text)
-            .map(|m| (m.pattern().as_u32(), m.start(), m.end()))
-            .collect();
-        if hits.is_empty() {
-            return vec![Fragment::Text(0, text.len())];
+        let mut present = vec![false; self.special_ids.len()];
+        let mut any = false;
+        for m in matcher.find_overlapping_iter(text) {
+            present[m.pattern().as_usize()] = true;
+            any = true;
         }
-        hits.sort_unstable();
-        // Claimed spans: start -> (end, token id).
-        let mut claimed: BTreeMap<usize, (usize, u32)> = BTreeMap::new();
-        for (rank, start, end) in hits {
-            let overlaps_before = claimed
-                .range(..=start)
-                .next_back()
-                .is_some_and(|(_, &(e, _))| e > start);
-            let overlaps_after = claimed.range(start..end).next().is_some();
-            if !overlaps_before && !overlaps_after {
-                claimed.insert(start, (end, self.special_ids[rank as usize]));
+        if !any {
+            return frags;
+        }
+        for (rank, &id) in self.special_ids.iter().enumerate() {
+            if !present[rank] {
+                continue;
             }
-        }
-        let mut out = Vec::with_capacity(claimed.len() * 2 + 1);
-        let mut pos = 0;
-        for (start, (end, id)) in claimed {
-            if start > pos {
-                out.push(Fragment::Text(pos, start));
+            let needle = self.texts[id as usize].as_str();
+            let mut next = Vec::with_capacity(frags.len() + 2);
+            for frag in frags {
+                let Fragment::Text(mut start, end) = frag else {
+                    next.push(frag);
+                    continue;
+                };
+                while let Some(pos) = text[start..end].find(needle) {
+                    if pos > 0 {
+                        next.push(Fragment::Text(start, start + pos));
+                    }
+                    next.push(Fragment::Token(id));
+                    start += pos + needle.len();
+                }
+                if start < end {
+                    next.push(Fragment::Text(start, end));
+                }
             }
-            out.push(Fragment::Token(id));
-            pos = end;
+            frags = next;
         }
-        if pos < text.len() {
-            out.push(Fragment::Text(pos, text.len()));
-        }
-        out
+        frags
     }
 
     /// Ids -> text: the concatenated token pieces (special tokens rendered as their text),

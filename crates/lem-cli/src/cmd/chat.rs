@@ -1,0 +1,100 @@
+//! `lem chat`: an interactive conversation that keeps its KV state between turns.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+
+use lem_engine::{Engine, GenerateRequest, Sequence, generate};
+use lem_tokenizer::{Bos, ChatMessage};
+
+use crate::common::{ModelArgs, SamplingArgs};
+
+/// Arguments of `lem chat`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System message that opens the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// Feeds only what the cache does not already hold: the rendered conversation is
+/// compared with the sequence's tokens and the sequence is rolled back to the common
+/// prefix (or restarted when that is impossible).
+fn sync_prefix(engine: &Engine, seq: &mut Sequence, ids: &[u32]) -> usize {
+    let keep = seq.common_prefix(ids).min(ids.len().saturating_sub(1));
+    if seq.truncate(keep).is_err() {
+        *seq = engine.new_sequence();
+        return 0;
+    }
+    keep
+}
+
+/// Runs `lem chat`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let engine = a.model.load()?;
+    let interactive = std::io::stdin().is_terminal();
+    let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+    let mut messages = base.clone();
+    let mut seq = engine.new_sequence();
+    if interactive {
+        eprintln!("lem chat: {} ({}); /reset clears the history, /exit quits", a.model.model, engine.path().display());
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let input = line.trim();
+        match input {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages = base.clone();
+                seq = engine.new_sequence();
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::user(input.to_owned()));
+        let text = engine.render_chat(&messages)?;
+        let ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
+        let keep = sync_prefix(&engine, &mut seq, &ids);
+        let req = GenerateRequest { max_tokens: a.max_tokens, sampling: a.sampling.params(), stop: Vec::new() };
+        let mut out = std::io::stdout().lock();
+        let mut on_text = |s: &str| match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        };
+        let g = match generate(&engine, &mut seq, &ids[keep..], &req, &mut on_text) {
+            Ok(g) => g,
+            Err(lem_engine::EngineError::PromptTooLong { tokens, ctx }) => {
+                eprintln!("(conversation of {tokens} tokens no longer fits the context of {ctx}; use /reset)");
+                messages.pop();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        writeln!(out)?;
+        if interactive {
+            eprintln!(
+                "[{} tokens, {:.1} tok/s, reused {} cached tokens]",
+                g.ids.len(),
+                g.timings.decode_tok_s,
+                keep
+            );
+        }
+        messages.push(ChatMessage::assistant(g.text));
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `lem generate`.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use lem_engine::{GenerateRequest, generate};
+use lem_tokenizer::{Bos, ChatMessage};
+use serde_json::json;
+
+use crate::common::{ModelArgs, SamplingArgs, print_json};
+
+/// Arguments of `lem generate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt. Special-token strings such as <|im_start|> are parsed into their ids.
+    #[arg(long, short = 'p')]
+    prompt: String,
+    /// Wrap the prompt as a user turn in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    max_tokens: usize,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `lem generate`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let engine = a.model.load()?;
+    let text = if a.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(ChatMessage::system(s.clone()));
+        }
+        messages.push(ChatMessage::user(a.prompt.clone()));
+        engine.render_chat(&messages)?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt_ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
+    let params = a.sampling.params();
+    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone() };
+    let mut seq = engine.new_sequence();
+    let mut out = std::io::stdout().lock();
+    let mut io_err = None;
+    let mut on_text = |s: &str| {
+        if a.json {
+            return ControlFlow::Continue(());
+        }
+        match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                io_err = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    };
+    let g = generate(&engine, &mut seq, &prompt_ids, &req, &mut on_text)?;
+    if let Some(e) = io_err {
+        return Err(e.into());
+    }
+    if a.json {
+        drop(out);
+        print_json(&json!({
+            "model": engine.path().file_name().map(|f| f.to_string_lossy()),
+            "prompt_ids": g.prompt_ids,
+            "ids": g.ids,
+            "text": g.text,
+            "finish_reason": g.finish_reason,
+            "seed": params.seed,
+            "timings": g.timings,
+        }))?;
+    } else {
+        writeln!(out)?;
+        eprintln!(
+            "[{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, ttft {:.0} ms, finish: {:?}]",
+            g.prompt_ids.len(),
+            g.ids.len(),
+            g.timings.prefill_tok_s,
+            g.timings.decode_tok_s,
+            g.timings.ttft_ms,
+            g.finish_reason
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Prefill and decode throughput on synthetic tokens (the same prompt `ref.py bench`
+//! uses, so numbers compare one to one with llama.cpp).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+
+/// Throughput of one benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// Prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second (greedy, one token per forward).
+    pub decode_tok_s: f64,
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub gen_tokens: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Peak resident memory of the process so far, in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Prefills `prompt_tokens` synthetic tokens, then decodes `gen_tokens` greedily.
+pub fn bench(engine: &Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport, EngineError> {
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| 100 + ((i * 37) % 5000) as u32).collect();
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    if prompt_tokens + gen_tokens > engine.ctx_size() {
+        return Err(EngineError::PromptTooLong { tokens: prompt_tokens + gen_tokens, ctx: engine.ctx_size() });
+    }
+    let mut seq = engine.new_sequence();
+    seq.reserve(prompt_tokens + gen_tokens);
+    let t = Instant::now();
+    let mut next = crate::sampling::argmax(seq.feed(engine, &prompt)?);
+    let prefill = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..gen_tokens {
+        next = crate::sampling::argmax(seq.feed(engine, &[next])?);
+    }
+    let decode = t.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        prefill_tok_s: prompt_tokens as f64 / prefill,
+        decode_tok_s: if gen_tokens > 0 { gen_tokens as f64 / decode } else { 0.0 },
+        prompt_tokens,
+        gen_tokens,
+        threads: engine.threads().count(),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Peak resident set size of this process (`VmHWM`), or 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,100 @@
+//! The loaded engine: model, tokenizer, chat template, thread pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lem_kernels::Threads;
+use lem_model::Model;
+use lem_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+use crate::error::EngineError;
+use crate::sequence::Sequence;
+
+/// How to set up an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Worker threads (0: one per available core).
+    pub threads: usize,
+    /// Context size in tokens (capped at the model's training context).
+    pub ctx_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { threads: 0, ctx_size: 4096 }
+    }
+}
+
+/// A model ready to run: weights, tokenizer, template and threads.
+#[derive(Debug)]
+pub struct Engine {
+    path: PathBuf,
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    threads: Threads,
+    ctx_size: usize,
+}
+
+impl Engine {
+    /// Loads the GGUF file at `path`.
+    pub fn load(path: &Path, config: EngineConfig) -> Result<Engine, EngineError> {
+        let model = Model::load(path)?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf(path)?);
+        // Files may pad the embedding beyond the vocabulary, never the other way round.
+        if tokenizer.vocab_size() > model.vocab() {
+            return Err(EngineError::VocabMismatch { tokenizer: tokenizer.vocab_size(), model: model.vocab() });
+        }
+        let template = ChatTemplate::for_model(&tokenizer, &model.config().architecture)?;
+        let ctx_size = config.ctx_size.clamp(1, model.config().context_length);
+        Ok(Engine {
+            path: path.to_owned(),
+            model,
+            tokenizer,
+            template,
+            threads: Threads::new(config.threads),
+            ctx_size,
+        })
+    }
+
+    /// The file the model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The worker pool.
+    pub fn threads(&self) -> &Threads {
+        &self.threads
+    }
+
+    /// Context size in tokens.
+    pub fn ctx_size(&self) -> usize {
+        self.ctx_size
+    }
+
+    /// A new, empty sequence.
+    pub fn new_sequence(&self) -> Sequence {
+        Sequence::new(self.model.new_cache())
+    }
+
+    /// Renders a conversation with the model's chat template, ending with the opening of
+    /// an assistant turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        Ok(self.template.render(messages, true)?)
+    }
+}

@@ -1,0 +1,118 @@
+//! A sequence: token ids, KV cache and forward buffers.
+
+use lem_kv::SeqCache;
+use lem_model::{LogitsRequest, SeqInput, Workspace};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+
+/// One sequence of tokens and the state the model built for them.
+#[derive(Debug)]
+pub struct Sequence {
+    tokens: Vec<u32>,
+    cache: SeqCache,
+    ws: Workspace,
+}
+
+impl Sequence {
+    pub(crate) fn new(cache: SeqCache) -> Sequence {
+        Sequence { tokens: Vec::new(), cache, ws: Workspace::default() }
+    }
+
+    /// Token ids the cache holds state for.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the sequence is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The KV cache.
+    pub fn cache(&self) -> &SeqCache {
+        &self.cache
+    }
+
+    /// Bytes of KV state held.
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.bytes_used()
+    }
+
+    /// Makes room for `total` tokens so that feeding up to there does not allocate.
+    pub fn reserve(&mut self, total: usize) {
+        self.tokens.reserve(total.saturating_sub(self.tokens.len()));
+        self.cache.reserve(total);
+    }
+
+    /// Appends `tokens`, running them through the model in batches, and returns the
+    /// logits of the last one.
+    pub fn feed(&mut self, engine: &Engine, tokens: &[u32]) -> Result<&[f32], EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        self.feed_each(engine, tokens, LogitsRequest::Last, &mut |_, _| {})?;
+        let vocab = engine.model().vocab();
+        Ok(self.ws.logits(0, vocab))
+    }
+
+    /// Appends `tokens` in batches; with [`LogitsRequest::All`], `on_logits(position,
+    /// row)` sees every position's logits; with `Last`, only the final batch keeps logits.
+    pub fn feed_each(
+        &mut self,
+        engine: &Engine,
+        tokens: &[u32],
+        request: LogitsRequest,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        let total = self.tokens.len() + tokens.len();
+        if total > engine.ctx_size() {
+            return Err(EngineError::PromptTooLong { tokens: total, ctx: engine.ctx_size() });
+        }
+        let model = engine.model();
+        let vocab = model.vocab();
+        let chunks: Vec<&[u32]> = tokens.chunks(model.max_batch()).collect();
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let logits = match request {
+                LogitsRequest::All => LogitsRequest::All,
+                LogitsRequest::Last if i == last => LogitsRequest::Last,
+                _ => LogitsRequest::None,
+            };
+            let first = self.tokens.len();
+            let mut input = [SeqInput { tokens: chunk, cache: &mut self.cache, logits }];
+            model.forward(&mut input, &mut self.ws, engine.threads(), None)?;
+            self.tokens.extend_from_slice(chunk);
+            if logits == LogitsRequest::All {
+                for (j, row) in self.ws.logits(0, vocab).chunks_exact(vocab).enumerate() {
+                    on_logits(first + j, row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back to the first `len` tokens.
+    pub fn truncate(&mut self, len: usize) -> Result<(), EngineError> {
+        if len < self.tokens.len() {
+            self.cache.truncate(len as u32)?;
+            self.tokens.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// An independent copy of this sequence (tokens and cache).
+    pub fn fork(&self) -> Sequence {
+        Sequence { tokens: self.tokens.clone(), cache: self.cache.fork(), ws: Workspace::default() }
+    }
+
+    /// Number of leading tokens shared with `ids`.
+    pub fn common_prefix(&self, ids: &[u32]) -> usize {
+        self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count()
+    }
+}
