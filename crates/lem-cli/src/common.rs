@@ -72,9 +72,7 @@ impl SamplingArgs {
     /// The typed parameters, with the seed chosen.
     pub fn params(&self) -> SamplingParams {
         let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         });
         SamplingParams {
             temperature: self.temperature,
@@ -92,10 +90,7 @@ impl SamplingArgs {
 
 /// Whether an error is a closed stdout (e.g. piping into `head`), which is not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Prints a JSON value on its own line.

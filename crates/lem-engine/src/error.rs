@@ -19,7 +19,9 @@ pub enum EngineError {
     #[error(transparent)]
     Kv(#[from] lem_kv::KvError),
     /// The prompt does not fit the context.
-    #[error("prompt of {tokens} tokens does not fit the context of {ctx} tokens (need room for at least one new token)")]
+    #[error(
+        "prompt of {tokens} tokens does not fit the context of {ctx} tokens (need room for at least one new token)"
+    )]
     PromptTooLong {
         /// Tokens the sequence would hold.
         tokens: usize,

@@ -116,18 +116,14 @@ impl SamplingParams {
             return Err(SamplingError::InvalidPresencePenalty(self.presence_penalty));
         }
         if !self.frequency_penalty.is_finite() {
-            return Err(SamplingError::InvalidFrequencyPenalty(
-                self.frequency_penalty,
-            ));
+            return Err(SamplingError::InvalidFrequencyPenalty(self.frequency_penalty));
         }
         Ok(())
     }
 
     fn has_penalties(&self) -> bool {
         self.penalty_last_n > 0
-            && (self.repeat_penalty != 1.0
-                || self.presence_penalty != 0.0
-                || self.frequency_penalty != 0.0)
+            && (self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0)
     }
 }
 
@@ -192,9 +188,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Candidate order: larger logit first, then lower token id. Candidates never
 /// hold NaN, so this is a total order.
 fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    b.1.partial_cmp(&a.1)
-        .unwrap_or(Ordering::Equal)
-        .then(a.0.cmp(&b.0))
+    b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0))
 }
 
 /// The largest of a set of (NaN-free) logits, which fixes how the softmax is
@@ -302,40 +296,20 @@ impl Sampler {
     /// # Panics
     ///
     /// If `logits` is empty.
-    pub fn sample_with_logprobs(
-        &mut self,
-        logits: &[f32],
-        history: &[u32],
-        n: usize,
-    ) -> (u32, TokenLogprobs) {
+    pub fn sample_with_logprobs(&mut self, logits: &[f32], history: &[u32], n: usize) -> (u32, TokenLogprobs) {
         self.prepare(logits, history);
         let peak = Peak::of(self.logits.iter().copied());
-        let log_z = self
-            .logits
-            .iter()
-            .map(|&l| peak.weight(l, 1.0))
-            .sum::<f64>()
-            .ln();
+        let log_z = self.logits.iter().map(|&l| peak.weight(l, 1.0)).sum::<f64>().ln();
         let logprob = |l: f32| (f64::from(peak.ln_weight(l)) - log_z) as f32;
 
         let n = n.min(self.logits.len());
         self.fill_candidates();
         self.ensure_sorted(n);
-        let top = self.cands[..n]
-            .iter()
-            .map(|&(id, l)| (id, logprob(l)))
-            .collect();
+        let top = self.cands[..n].iter().map(|&(id, l)| (id, logprob(l))).collect();
 
         let token = self.pick();
         let chosen = logprob(self.logits[token as usize]);
-        (
-            token,
-            TokenLogprobs {
-                token,
-                logprob: chosen,
-                top,
-            },
-        )
+        (token, TokenLogprobs { token, logprob: chosen, top })
     }
 
     /// Copy `logits` into the scratch buffer (NaN -> `-inf`) and apply the
@@ -344,11 +318,7 @@ impl Sampler {
         assert!(!logits.is_empty(), "cannot sample from an empty vocabulary");
         debug_assert!(u32::try_from(logits.len()).is_ok());
         self.logits.clear();
-        self.logits.extend(
-            logits
-                .iter()
-                .map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }),
-        );
+        self.logits.extend(logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }));
         self.penalize(history);
     }
 
@@ -368,11 +338,7 @@ impl Sampler {
             let count = run.len() as f32;
             let mut l = *logit;
             if p.repeat_penalty != 1.0 {
-                l = if l > 0.0 {
-                    l / p.repeat_penalty
-                } else {
-                    l * p.repeat_penalty
-                };
+                l = if l > 0.0 { l / p.repeat_penalty } else { l * p.repeat_penalty };
             }
             l -= count * p.frequency_penalty + p.presence_penalty;
             // `inf - inf` can only come from overflowing penalties.
@@ -394,8 +360,7 @@ impl Sampler {
 
     fn fill_candidates(&mut self) {
         self.cands.clear();
-        self.cands
-            .extend(self.logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.cands.extend(self.logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         self.sorted = 0;
     }
 
@@ -462,11 +427,7 @@ impl Sampler {
         if p <= 0.0 || self.cands.len() <= 1 {
             return;
         }
-        let max = self
-            .cands
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = self.cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
         // p_i >= min_p * p_max  <=>  logit_i >= max + ln(min_p).
         let threshold = max + p.ln();
         self.cands.retain(|c| c.1 >= threshold);
@@ -531,10 +492,7 @@ mod tests {
 
     /// Naive penalties: a reference independent of the sampler's.
     fn ref_penalise(p: &SamplingParams, logits: &[f32], history: &[u32]) -> Vec<f32> {
-        let mut out: Vec<f32> = logits
-            .iter()
-            .map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l })
-            .collect();
+        let mut out: Vec<f32> = logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }).collect();
         if p.penalty_last_n == 0 {
             return out;
         }
@@ -565,14 +523,8 @@ mod tests {
             order.truncate(p.top_k);
         }
         let softmax = |ids: &[usize], t: f64| -> Vec<f64> {
-            let max = ids
-                .iter()
-                .map(|&i| f64::from(logits[i]))
-                .fold(f64::MIN, f64::max);
-            let w: Vec<f64> = ids
-                .iter()
-                .map(|&i| ((f64::from(logits[i]) - max) / t).exp())
-                .collect();
+            let max = ids.iter().map(|&i| f64::from(logits[i])).fold(f64::MIN, f64::max);
+            let w: Vec<f64> = ids.iter().map(|&i| ((f64::from(logits[i]) - max) / t).exp()).collect();
             let s: f64 = w.iter().sum();
             w.iter().map(|x| x / s).collect()
         };
@@ -589,12 +541,8 @@ mod tests {
         order.truncate(keep);
         let probs = softmax(&order, 1.0);
         let pmax = probs[0];
-        let kept: Vec<usize> = order
-            .iter()
-            .zip(&probs)
-            .filter(|&(_, &q)| q >= f64::from(p.min_p) * pmax)
-            .map(|(&i, _)| i)
-            .collect();
+        let kept: Vec<usize> =
+            order.iter().zip(&probs).filter(|&(_, &q)| q >= f64::from(p.min_p) * pmax).map(|(&i, _)| i).collect();
         let mut out = vec![0.0; logits.len()];
         for (&i, q) in kept.iter().zip(softmax(&kept, f64::from(p.temperature))) {
             out[i] = q;
@@ -659,11 +607,7 @@ mod tests {
         let mut r = rng(2);
         for (case, base) in cases.iter().enumerate() {
             for seed in 0..10 {
-                let p = SamplingParams {
-                    temperature: 1.5,
-                    seed,
-                    ..*base
-                };
+                let p = SamplingParams { temperature: 1.5, seed, ..*base };
                 let mut s = sampler(p);
                 for _ in 0..50 {
                     let logits = random_logits(&mut r, 64, 3.0);
@@ -723,17 +667,12 @@ mod tests {
                 p.temperature = 1.0;
                 p.seed = seed;
             }));
-            (0..2000)
-                .map(|_| s.sample(&logits, &[]))
-                .collect::<Vec<_>>()
+            (0..2000).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         for (a, b) in [(0, 1), (1, 2), (7, 1234567)] {
             let (x, y) = (draws(a), draws(b));
             let same = x.iter().zip(&y).filter(|(p, q)| p == q).count();
-            assert!(
-                same < 2000 / 16,
-                "seeds {a} and {b} agree on {same} of 2000"
-            );
+            assert!(same < 2000 / 16, "seeds {a} and {b} agree on {same} of 2000");
         }
     }
 
@@ -749,43 +688,13 @@ mod tests {
         }
         // Repeat penalty divides positive logits, multiplies the others,
         // once per distinct token.
-        check(
-            params(|p| p.repeat_penalty = 2.0),
-            &[2.0, 0.0, 1.5, -1.0],
-            &[0, 0, 0, 3],
-            &[1.0, 0.0, 1.5, -2.0],
-            2,
-        );
-        check(
-            params(|p| p.repeat_penalty = 2.0),
-            &[-1.0, -1.5],
-            &[0],
-            &[-2.0, -1.5],
-            1,
-        );
+        check(params(|p| p.repeat_penalty = 2.0), &[2.0, 0.0, 1.5, -1.0], &[0, 0, 0, 3], &[1.0, 0.0, 1.5, -2.0], 2);
+        check(params(|p| p.repeat_penalty = 2.0), &[-1.0, -1.5], &[0], &[-2.0, -1.5], 1);
         // Presence: once per token that appears, whatever the count.
-        check(
-            params(|p| p.presence_penalty = 1.0),
-            &[3.0, 2.5, 0.0],
-            &[0, 0, 0, 2],
-            &[2.0, 2.5, -1.0],
-            1,
-        );
+        check(params(|p| p.presence_penalty = 1.0), &[3.0, 2.5, 0.0], &[0, 0, 0, 2], &[2.0, 2.5, -1.0], 1);
         // Frequency: proportional to the count.
-        check(
-            params(|p| p.frequency_penalty = 0.25),
-            &[3.0, 2.5],
-            &[0, 0, 0],
-            &[2.25, 2.5],
-            1,
-        );
-        check(
-            params(|p| p.frequency_penalty = 0.125),
-            &[3.0, 2.5],
-            &[0, 0, 0],
-            &[2.625, 2.5],
-            0,
-        );
+        check(params(|p| p.frequency_penalty = 0.25), &[3.0, 2.5], &[0, 0, 0], &[2.25, 2.5], 1);
+        check(params(|p| p.frequency_penalty = 0.125), &[3.0, 2.5], &[0, 0, 0], &[2.625, 2.5], 0);
         // Combined: repeat first, then frequency and presence.
         check(
             params(|p| {
@@ -821,13 +730,7 @@ mod tests {
             0,
         );
         // History tokens outside the vocabulary are ignored; NaN becomes -inf.
-        check(
-            params(|p| p.presence_penalty = 1.0),
-            &[f32::NAN, 0.5],
-            &[1, 99],
-            &[f32::NEG_INFINITY, -0.5],
-            1,
-        );
+        check(params(|p| p.presence_penalty = 1.0), &[f32::NAN, 0.5], &[1, 99], &[f32::NEG_INFINITY, -0.5], 1);
     }
 
     #[test]
@@ -870,10 +773,7 @@ mod tests {
         check(with(|p| p.seed = 8), &[0.0, 0.0, 0.0, 0.0]);
         // The reference itself must describe the filters as intended.
         let r = ref_distribution(&with(|p| p.top_k = 2), &logits);
-        assert!(
-            r[0] > 0.0 && r[1] > 0.0 && r[2] == 0.0 && r[3] == 0.0,
-            "{r:?}"
-        );
+        assert!(r[0] > 0.0 && r[1] > 0.0 && r[2] == 0.0 && r[3] == 0.0, "{r:?}");
     }
 
     #[test]
@@ -888,19 +788,11 @@ mod tests {
             // Reference: log-softmax of the penalised, untempered logits.
             let pen = ref_penalise(&p, logits, history);
             let max = pen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_z = pen
-                .iter()
-                .map(|&l| f64::from(l - max).exp())
-                .sum::<f64>()
-                .ln();
+            let log_z = pen.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>().ln();
             let want = |t: u32| f64::from(pen[t as usize] - max) - log_z;
             assert!((f64::from(lp.logprob) - want(token)).abs() < 1e-5);
             for w in lp.top.windows(2) {
-                assert!(
-                    w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0),
-                    "order {:?}",
-                    lp.top
-                );
+                assert!(w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0), "order {:?}", lp.top);
             }
             for &(t, l) in &lp.top {
                 assert!((f64::from(l) - want(t)).abs() < 1e-5, "token {t}");
@@ -1005,30 +897,15 @@ mod tests {
         }
         use SamplingError::*;
         check(SamplingParams::default(), Ok(()));
-        check(
-            params(|p| p.temperature = -0.1),
-            Err(InvalidTemperature(-0.1)),
-        );
-        check(
-            params(|p| p.temperature = f32::INFINITY),
-            Err(InvalidTemperature(f32::INFINITY)),
-        );
+        check(params(|p| p.temperature = -0.1), Err(InvalidTemperature(-0.1)));
+        check(params(|p| p.temperature = f32::INFINITY), Err(InvalidTemperature(f32::INFINITY)));
         check(params(|p| p.top_p = 0.0), Err(InvalidTopP(0.0)));
         check(params(|p| p.top_p = 1.5), Err(InvalidTopP(1.5)));
         check(params(|p| p.min_p = -0.5), Err(InvalidMinP(-0.5)));
         check(params(|p| p.min_p = 1.01), Err(InvalidMinP(1.01)));
-        check(
-            params(|p| p.repeat_penalty = 0.0),
-            Err(InvalidRepeatPenalty(0.0)),
-        );
-        check(
-            params(|p| p.presence_penalty = f32::NEG_INFINITY),
-            Err(InvalidPresencePenalty(f32::NEG_INFINITY)),
-        );
-        check(
-            params(|p| p.frequency_penalty = f32::INFINITY),
-            Err(InvalidFrequencyPenalty(f32::INFINITY)),
-        );
+        check(params(|p| p.repeat_penalty = 0.0), Err(InvalidRepeatPenalty(0.0)));
+        check(params(|p| p.presence_penalty = f32::NEG_INFINITY), Err(InvalidPresencePenalty(f32::NEG_INFINITY)));
+        check(params(|p| p.frequency_penalty = f32::INFINITY), Err(InvalidFrequencyPenalty(f32::INFINITY)));
         check(
             params(|p| {
                 p.temperature = 2.0;
@@ -1052,10 +929,7 @@ mod tests {
             let e = Sampler::new(p).unwrap_err();
             assert!(e.to_string().ends_with("got NaN"), "{e}");
         }
-        assert_eq!(
-            InvalidTopP(0.0).to_string(),
-            "top_p must be in (0, 1], got 0"
-        );
+        assert_eq!(InvalidTopP(0.0).to_string(), "top_p must be in (0, 1], got 0");
     }
 
     #[test]

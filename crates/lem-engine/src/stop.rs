@@ -44,12 +44,7 @@ impl StopMatcher {
     /// place in the indices reported by [`StopOutput::stopped`]).
     pub fn new(stops: &[String]) -> StopMatcher {
         StopMatcher {
-            stops: stops
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.is_empty())
-                .map(|(i, s)| (i, s.clone()))
-                .collect(),
+            stops: stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.clone())).collect(),
             held: String::new(),
             stopped: None,
         }
@@ -62,10 +57,7 @@ impl StopMatcher {
     /// reporting the same stop.
     pub fn push(&mut self, text: &str) -> StopOutput {
         if self.stopped.is_some() {
-            return StopOutput {
-                emit: String::new(),
-                stopped: self.stopped,
-            };
+            return StopOutput { emit: String::new(), stopped: self.stopped };
         }
         self.held.push_str(text);
 
@@ -73,18 +65,12 @@ impl StopMatcher {
         // so any match here ends inside the new text; take the one that
         // completes first, then the one that starts first, then the lowest
         // index.
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at + s.len(), at, *i)))
-            .min();
+        let hit =
+            self.stops.iter().filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at + s.len(), at, *i))).min();
         if let Some((_, at, index)) = hit {
             self.held.truncate(at);
             self.stopped = Some(index);
-            return StopOutput {
-                emit: std::mem::take(&mut self.held),
-                stopped: self.stopped,
-            };
+            return StopOutput { emit: std::mem::take(&mut self.held), stopped: self.stopped };
         }
 
         // Hold back the longest tail that is a proper prefix of a stop string.
@@ -96,19 +82,14 @@ impl StopMatcher {
             .iter()
             .filter_map(|(_, s)| {
                 let s = s.as_bytes();
-                (1..s.len().min(bytes.len() + 1))
-                    .rev()
-                    .find(|&k| bytes.ends_with(&s[..k]))
+                (1..s.len().min(bytes.len() + 1)).rev().find(|&k| bytes.ends_with(&s[..k]))
             })
             .max()
             .unwrap_or(0);
         let cut = self.held.len() - keep;
         let emit = self.held[..cut].to_string();
         self.held.drain(..cut);
-        StopOutput {
-            emit,
-            stopped: None,
-        }
+        StopOutput { emit, stopped: None }
     }
 
     /// End of generation: release any held-back text (nothing once a stop
@@ -139,10 +120,7 @@ mod tests {
         for end in 1..=bytes.len() {
             let mut best: Option<(usize, usize)> = None; // (len, index)
             for (i, s) in stops.iter().enumerate() {
-                if !s.is_empty()
-                    && bytes[..end].ends_with(s.as_bytes())
-                    && best.is_none_or(|(len, _)| s.len() > len)
-                {
+                if !s.is_empty() && bytes[..end].ends_with(s.as_bytes()) && best.is_none_or(|(len, _)| s.len() > len) {
                     best = Some((s.len(), i));
                 }
             }
@@ -188,20 +166,8 @@ mod tests {
         // A stop inside one push; the text after it is dropped.
         check(&["END"], &["abENDcd"], &["ab"], Some(0), "");
         // Split over several pushes, with partial prefixes held back.
-        check(
-            &["</s>"],
-            &["Hi <", "/s", "> more"],
-            &["Hi ", "", ""],
-            Some(0),
-            "",
-        );
-        check(
-            &["stop"],
-            &["s", "t", "o", "p", "x"],
-            &["", "", "", "", ""],
-            Some(0),
-            "",
-        );
+        check(&["</s>"], &["Hi <", "/s", "> more"], &["Hi ", "", ""], Some(0), "");
+        check(&["stop"], &["s", "t", "o", "p", "x"], &["", "", "", "", ""], Some(0), "");
         // A held prefix that turns out not to be a stop is released.
         check(&["abc"], &["xab", "d"], &["x", "abd"], None, "");
         check(&["abc"], &["xab"], &["x"], None, "ab");
@@ -245,11 +211,7 @@ mod tests {
             prop::collection::vec(any::<prop::sample::Index>(), 0..12),
         )
             .prop_map(|(text, stops, cuts)| {
-                let boundaries: Vec<usize> = text
-                    .char_indices()
-                    .map(|(i, _)| i)
-                    .chain([text.len()])
-                    .collect();
+                let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
                 let mut cuts: Vec<usize> = cuts.iter().map(|c| *c.get(&boundaries)).collect();
                 cuts.sort_unstable();
                 (text, stops, cuts)

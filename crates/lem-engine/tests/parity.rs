@@ -25,7 +25,12 @@ fn check_eval(alias: &str) {
     let ratio = same as f64 / want.len() as f64;
     let ref_ppl = fx["ppl"].as_f64().unwrap();
     let rel = (r.ppl - ref_ppl).abs() / ref_ppl;
-    eprintln!("{alias}: argmax agreement {same}/{} = {ratio:.4}, ppl {:.4} vs {ref_ppl:.4} ({:.3}%)", want.len(), r.ppl, rel * 100.0);
+    eprintln!(
+        "{alias}: argmax agreement {same}/{} = {ratio:.4}, ppl {:.4} vs {ref_ppl:.4} ({:.3}%)",
+        want.len(),
+        r.ppl,
+        rel * 100.0
+    );
     assert!(ratio >= 0.99, "{alias}: argmax agreement {ratio:.4} < 0.99");
     assert!(rel <= 0.01, "{alias}: perplexity {} vs reference {ref_ppl} differs by {:.2}%", r.ppl, rel * 100.0);
 }

@@ -82,9 +82,7 @@ pub enum HubError {
     },
 
     /// The model spec refers to a package it does not list (a registry bug).
-    #[error(
-        "model `{alias}`: member `{member}` belongs to package `{package}`, which the spec does not list"
-    )]
+    #[error("model `{alias}`: member `{member}` belongs to package `{package}`, which the spec does not list")]
     BadSpec {
         /// Alias of the model.
         alias: String,
@@ -130,9 +128,6 @@ pub enum HubError {
 impl HubError {
     /// Build an [`HubError::Io`] with a context string.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        HubError::Io {
-            context: context.into(),
-            source,
-        }
+        HubError::Io { context: context.into(), source }
     }
 }

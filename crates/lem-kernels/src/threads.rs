@@ -21,17 +21,9 @@ impl std::fmt::Debug for Threads {
 impl Threads {
     /// A pool of `n` threads (0 means "number of available cores").
     pub fn new(n: usize) -> Threads {
-        let n = if n == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            n
-        };
+        let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
         let pool = if n > 1 {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(|i| format!("lem-worker-{i}"))
-                .build()
-                .ok()
+            rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("lem-worker-{i}")).build().ok()
         } else {
             None
         };

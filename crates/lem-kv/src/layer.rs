@@ -1,8 +1,100 @@
 //! One layer's cells.
 
-use lem_kernels::ops::KvView;
+use half::f16;
+use lem_kernels::ops::{KvData, KvView};
 
-use crate::{LayerKind, LayerSpec};
+use crate::{KvDtype, LayerKind, LayerSpec};
+
+/// An element type cells can be stored in.
+trait Elem: Copy + Default {
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// K and V of every cell, `[cell][n_kv * head_dim]`.
+#[derive(Debug, Clone, Default)]
+struct Cells<E> {
+    k: Vec<E>,
+    v: Vec<E>,
+}
+
+impl<E: Elem> Cells<E> {
+    fn reserve(&mut self, elems: usize) {
+        self.k.reserve(elems);
+        self.v.reserve(elems);
+    }
+
+    fn push(&mut self, k: &[f32], v: &[f32]) {
+        self.k.extend(k.iter().map(|&x| E::from_f32(x)));
+        self.v.extend(v.iter().map(|&x| E::from_f32(x)));
+    }
+
+    fn set(&mut self, cell: usize, row: usize, k: &[f32], v: &[f32]) {
+        for (d, &s) in self.k[cell * row..(cell + 1) * row].iter_mut().zip(k) {
+            *d = E::from_f32(s);
+        }
+        for (d, &s) in self.v[cell * row..(cell + 1) * row].iter_mut().zip(v) {
+            *d = E::from_f32(s);
+        }
+    }
+
+    /// Keeps only `cells` (in that order).
+    fn reorder(&mut self, cells: &[usize], row: usize) {
+        let mut k = Vec::with_capacity(self.k.capacity());
+        let mut v = Vec::with_capacity(self.v.capacity());
+        for &c in cells {
+            k.extend_from_slice(&self.k[c * row..(c + 1) * row]);
+            v.extend_from_slice(&self.v[c * row..(c + 1) * row]);
+        }
+        (self.k, self.v) = (k, v);
+    }
+
+    /// Writes cell `c`, head `h` of K and V as f32 into `k` / `v`.
+    fn read_head(&self, c: usize, h: usize, row: usize, hd: usize, k: &mut [f32], v: &mut [f32]) {
+        let src = c * row + h * hd;
+        for (d, s) in k.iter_mut().zip(&self.k[src..src + hd]) {
+            *d = s.to_f32();
+        }
+        for (d, s) in v.iter_mut().zip(&self.v[src..src + hd]) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+/// Cells in the cache's storage type.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Cells<f32>),
+    F16(Cells<f16>),
+}
+
+/// Runs `$body` with `$c` bound to the typed cells.
+macro_rules! with_cells {
+    ($store:expr, $c:ident => $body:expr) => {
+        match $store {
+            Store::F32($c) => $body,
+            Store::F16($c) => $body,
+        }
+    };
+}
 
 /// One layer's keys and values, cell-major (`[cell][n_kv][head_dim]`), with the absolute
 /// position of each cell.
@@ -13,8 +105,8 @@ use crate::{LayerKind, LayerSpec};
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     spec: LayerSpec,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    dtype: KvDtype,
+    store: Store,
     pos: Vec<u32>,
     /// Ring capacity in cells (sliding window only).
     ring: Option<usize>,
@@ -23,7 +115,7 @@ pub struct LayerCache {
 }
 
 /// A layer's live K/V in position order, head-major: `k` and `v` are
-/// `[n_kv][positions.len()][head_dim]`.
+/// `[n_kv][positions.len()][head_dim]`, widened to f32 (exact for f16 storage).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerExport {
     /// Keys, `[n_kv][tokens][head_dim]`.
@@ -35,17 +127,26 @@ pub struct LayerExport {
 }
 
 impl LayerCache {
-    pub(crate) fn new(spec: LayerSpec, max_batch: usize) -> LayerCache {
+    pub(crate) fn new(spec: LayerSpec, dtype: KvDtype, max_batch: usize) -> LayerCache {
         let ring = match spec.kind {
             LayerKind::Full => None,
             LayerKind::SlidingWindow { window } => Some(window as usize + max_batch.max(1)),
         };
-        LayerCache { spec, k: Vec::new(), v: Vec::new(), pos: Vec::new(), ring, head: 0 }
+        let store = match dtype {
+            KvDtype::F32 => Store::F32(Cells::default()),
+            KvDtype::F16 => Store::F16(Cells::default()),
+        };
+        LayerCache { spec, dtype, store, pos: Vec::new(), ring, head: 0 }
     }
 
     /// This layer's spec.
     pub fn spec(&self) -> LayerSpec {
         self.spec
+    }
+
+    /// Storage type of the cells.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     fn row(&self) -> usize {
@@ -59,14 +160,14 @@ impl LayerCache {
 
     /// Bytes of K/V in live cells.
     pub fn bytes_used(&self) -> usize {
-        self.cells() * self.row() * 2 * std::mem::size_of::<f32>()
+        self.cells() * self.row() * 2 * self.dtype.size()
     }
 
     pub(crate) fn reserve(&mut self, total: usize) {
         let cells = self.ring.map_or(total, |r| r.min(total));
         let more = cells.saturating_sub(self.pos.len());
-        self.k.reserve(more * self.row());
-        self.v.reserve(more * self.row());
+        let row = self.row();
+        with_cells!(&mut self.store, c => c.reserve(more * row));
         self.pos.reserve(more);
     }
 
@@ -80,7 +181,8 @@ impl LayerCache {
         self.pos.iter().copied().min()
     }
 
-    /// Appends cells: `k` and `v` hold `positions.len()` rows of `n_kv * head_dim`.
+    /// Appends cells: `k` and `v` hold `positions.len()` rows of `n_kv * head_dim`,
+    /// converted to the storage type here.
     pub fn append(&mut self, positions: &[u32], k: &[f32], v: &[f32]) {
         let row = self.row();
         assert_eq!(k.len(), positions.len() * row);
@@ -90,14 +192,12 @@ impl LayerCache {
             match self.ring {
                 Some(cap) if self.pos.len() == cap => {
                     let c = self.head;
-                    self.k[c * row..(c + 1) * row].copy_from_slice(kr);
-                    self.v[c * row..(c + 1) * row].copy_from_slice(vr);
+                    with_cells!(&mut self.store, s => s.set(c, row, kr, vr));
                     self.pos[c] = p;
                     self.head = (self.head + 1) % cap;
                 }
                 _ => {
-                    self.k.extend_from_slice(kr);
-                    self.v.extend_from_slice(vr);
+                    with_cells!(&mut self.store, s => s.push(kr, vr));
                     self.pos.push(p);
                 }
             }
@@ -106,7 +206,11 @@ impl LayerCache {
 
     /// The live cells, for attention (cells in storage order, not necessarily by position).
     pub fn view(&self) -> KvView<'_> {
-        KvView { k: &self.k, v: &self.v, pos: &self.pos }
+        let data = match &self.store {
+            Store::F32(c) => KvData::F32 { k: &c.k, v: &c.v },
+            Store::F16(c) => KvData::F16 { k: &c.k, v: &c.v },
+        };
+        KvView { data, pos: &self.pos }
     }
 
     /// Cell indices in position order.
@@ -131,32 +235,24 @@ impl LayerCache {
 
     pub(crate) fn truncate(&mut self, len: u32) {
         let row = self.row();
-        let order: Vec<usize> = self.ordered().filter(|&c| self.pos[c] < len).collect();
-        let mut k = Vec::with_capacity(self.k.capacity());
-        let mut v = Vec::with_capacity(self.v.capacity());
-        let mut pos = Vec::with_capacity(self.pos.capacity());
-        for c in order {
-            k.extend_from_slice(&self.k[c * row..(c + 1) * row]);
-            v.extend_from_slice(&self.v[c * row..(c + 1) * row]);
-            pos.push(self.pos[c]);
-        }
+        let keep: Vec<usize> = self.ordered().filter(|&c| self.pos[c] < len).collect();
+        with_cells!(&mut self.store, s => s.reorder(&keep, row));
+        self.pos = keep.iter().map(|&c| self.pos[c]).collect();
         self.head = 0; // cells are now in position order from index 0
-        (self.k, self.v, self.pos) = (k, v, pos);
     }
 
-    /// The live K/V in position order as `[n_kv][tokens][head_dim]`.
+    /// The live K/V in position order as `[n_kv][tokens][head_dim]` f32.
     pub fn export(&self) -> LayerExport {
-        let (n_kv, hd) = (self.spec.n_kv, self.spec.head_dim);
+        let (n_kv, hd, row) = (self.spec.n_kv, self.spec.head_dim, self.row());
         let order: Vec<usize> = self.ordered().collect();
         let t = order.len();
         let mut k = vec![0f32; n_kv * t * hd];
         let mut v = vec![0f32; n_kv * t * hd];
         for (i, &c) in order.iter().enumerate() {
             for h in 0..n_kv {
-                let src = c * n_kv * hd + h * hd;
                 let dst = (h * t + i) * hd;
-                k[dst..dst + hd].copy_from_slice(&self.k[src..src + hd]);
-                v[dst..dst + hd].copy_from_slice(&self.v[src..src + hd]);
+                let (kd, vd) = (&mut k[dst..dst + hd], &mut v[dst..dst + hd]);
+                with_cells!(&self.store, s => s.read_head(c, h, row, hd, kd, vd));
             }
         }
         let positions = order.iter().map(|&c| self.pos[c]).collect();
@@ -182,16 +278,14 @@ impl LayerCache {
             return Err(format!("{t} cells exceed the sliding-window ring of {cap}"));
         }
         let row = n_kv * hd;
-        let mut cell = vec![0f32; row];
+        let (mut kc, mut vc) = (vec![0f32; row], vec![0f32; row]);
         for i in 0..t {
             for h in 0..n_kv {
-                cell[h * hd..(h + 1) * hd].copy_from_slice(&e.k[(h * t + i) * hd..(h * t + i + 1) * hd]);
+                let src = (h * t + i) * hd;
+                kc[h * hd..(h + 1) * hd].copy_from_slice(&e.k[src..src + hd]);
+                vc[h * hd..(h + 1) * hd].copy_from_slice(&e.v[src..src + hd]);
             }
-            self.k.extend_from_slice(&cell);
-            for h in 0..n_kv {
-                cell[h * hd..(h + 1) * hd].copy_from_slice(&e.v[(h * t + i) * hd..(h * t + i + 1) * hd]);
-            }
-            self.v.extend_from_slice(&cell);
+            with_cells!(&mut self.store, s => s.push(&kc, &vc));
             self.pos.push(e.positions[i]);
         }
         self.head = 0;

@@ -7,8 +7,8 @@
 //! it through [`lem_kernels::ops::KvView`]; everything else (truncate, fork, export,
 //! import) is a sequence operation here.
 //!
-//! Storage type is a property of the cache ([`KvDtype`]); today cells are f32, and the
-//! one place that converts is [`LayerCache::append`].
+//! Storage type is a property of the cache ([`KvDtype`]: f16 by default, or f32); the
+//! one place that converts is [`KvDtype::round_in_place`] / [`LayerCache::append`].
 
 mod layer;
 
@@ -44,9 +44,31 @@ impl LayerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum KvDtype {
-    /// 32-bit floats: exact, what attention reads directly.
+    /// IEEE half precision: half the memory of f32; llama.cpp's default, so outputs
+    /// match it closely.
     #[default]
+    F16,
+    /// 32-bit floats: exact.
     F32,
+}
+
+impl KvDtype {
+    /// Rounds values in place to what this type stores, so that what an observer sees
+    /// is bit for bit what the cache will hold. The one place K/V precision changes.
+    pub fn round_in_place(self, x: &mut [f32]) {
+        match self {
+            KvDtype::F32 => {}
+            KvDtype::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        }
+    }
+
+    /// Bytes per stored element.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F16 => 2,
+            KvDtype::F32 => 4,
+        }
+    }
 }
 
 /// What a layer's cache holds per cell.
@@ -76,9 +98,7 @@ pub struct CacheLayout {
 pub enum KvError {
     /// A sliding-window layer no longer holds positions that the truncated sequence
     /// would need.
-    #[error(
-        "cannot truncate to {len} tokens: layer {layer} (sliding window) already evicted positions below {oldest}"
-    )]
+    #[error("cannot truncate to {len} tokens: layer {layer} (sliding window) already evicted positions below {oldest}")]
     EvictedByWindow {
         /// Layer index.
         layer: usize,
@@ -108,11 +128,7 @@ pub struct SeqCache {
 impl SeqCache {
     /// An empty cache for `layout`.
     pub fn new(layout: &CacheLayout) -> SeqCache {
-        let layers = layout
-            .layers
-            .iter()
-            .map(|spec| LayerCache::new(*spec, layout.max_batch))
-            .collect();
+        let layers = layout.layers.iter().map(|spec| LayerCache::new(*spec, layout.dtype, layout.max_batch)).collect();
         SeqCache { layout: layout.clone(), layers, len: 0 }
     }
 

@@ -68,9 +68,10 @@ impl ModelConfig {
             .and_then(|s| s.first().copied())
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         let context_length = g.uint(&k("context_length"), 1 << 26)?;
-        let rms_eps = g
-            .opt_f32(&k("attention.layer_norm_rms_epsilon"))?
-            .ok_or_else(|| ModelError::Metadata { key: k("attention.layer_norm_rms_epsilon"), reason: "missing".into() })?;
+        let rms_eps = g.opt_f32(&k("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| ModelError::Metadata {
+            key: k("attention.layer_norm_rms_epsilon"),
+            reason: "missing".into(),
+        })?;
         Ok(ModelConfig {
             architecture: arch.to_owned(),
             name: g.str("general.name").ok().map(str::to_owned),

@@ -52,6 +52,112 @@ fn ggml_type_name(id: u32) -> String {
     format!("{name} (GGML type id {id})")
 }
 
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// Skips `n` bytes (checked: a corrupt length must not wrap the seek).
+fn skip(r: &mut BufReader<File>, n: u64) -> std::io::Result<()> {
+    r.seek_relative(i64::try_from(n).map_err(|_| bad("length"))?)
+}
+
+/// Skips one metadata value of GGUF type `ty` without allocating.
+fn skip_value(r: &mut BufReader<File>, ty: u32, wide: bool, depth: usize) -> std::io::Result<()> {
+    let fixed = |ty: u32| match ty {
+        0 | 1 | 7 => Some(1u64),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    };
+    let len = |r: &mut BufReader<File>| if wide { read_u64(r) } else { read_u32(r).map(u64::from) };
+    match ty {
+        8 => {
+            let n = len(r)?;
+            skip(r, n)
+        }
+        9 if depth < 64 => {
+            let elem = read_u32(r)?;
+            let count = len(r)?;
+            match fixed(elem) {
+                Some(size) => skip(r, count.checked_mul(size).ok_or_else(|| bad("array length"))?),
+                None => (0..count).try_for_each(|_| skip_value(r, elem, wide, depth + 1)),
+            }
+        }
+        _ => skip(r, fixed(ty).ok_or_else(|| bad("value type"))?),
+    }
+}
+
+/// The `general.alignment` candle will use, when the file sets one it honours (an
+/// integer of up to 32 bits, non-negative; the last of duplicate keys wins, as in
+/// candle's map), found by walking the key/value table. Any parse problem is an `Err`,
+/// left for candle to report.
+fn scan_alignment(r: &mut BufReader<File>, size: u64) -> std::io::Result<Option<u64>> {
+    let _magic = read_u32(r)?;
+    let wide = read_u32(r)? >= 2;
+    let len = |r: &mut BufReader<File>| if wide { read_u64(r) } else { read_u32(r).map(u64::from) };
+    let _tensors = len(r)?;
+    let n_kv = len(r)?;
+    let mut found = None;
+    const KEY: &[u8] = b"general.alignment";
+    for _ in 0..n_kv {
+        let key_len = len(r)?;
+        if key_len > size {
+            return Err(bad("key length"));
+        }
+        // Streamed in chunks: is it KEY followed only by NULs (which candle drops)?
+        let (mut is_key, mut at, mut buf) = (key_len >= KEY.len() as u64, 0u64, [0u8; 4096]);
+        while at < key_len {
+            let n = (key_len - at).min(buf.len() as u64) as usize;
+            r.read_exact(&mut buf[..n])?;
+            for (i, &c) in buf[..n].iter().enumerate() {
+                let p = at as usize + i;
+                is_key &= if p < KEY.len() { c == KEY[p] } else { c == 0 };
+            }
+            at += n as u64;
+        }
+        let ty = read_u32(r)?;
+        if !is_key {
+            skip_value(r, ty, wide, 0)?;
+            continue;
+        }
+        let mut b = [0u8; 4];
+        found = match ty {
+            0 | 1 => {
+                r.read_exact(&mut b[..1])?;
+                (ty == 0 || b[0] < 0x80).then_some(u64::from(b[0]))
+            }
+            2 | 3 => {
+                r.read_exact(&mut b[..2])?;
+                let v = u16::from_le_bytes([b[0], b[1]]);
+                (ty == 2 || v < 0x8000).then_some(u64::from(v))
+            }
+            4 | 5 => {
+                r.read_exact(&mut b)?;
+                let v = u32::from_le_bytes(b);
+                (ty == 4 || v < 0x8000_0000).then_some(u64::from(v))
+            }
+            _ => {
+                skip_value(r, ty, wide, 0)?;
+                None
+            }
+        };
+    }
+    Ok(found)
+}
+
 impl GgufFile {
     /// Opens and parses `path`, verifying that every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
@@ -65,14 +171,16 @@ impl GgufFile {
         }
         f.seek(SeekFrom::Start(0)).map_err(io)?;
         let mut file = BufReader::new(f);
+        // candle divides by `general.alignment` without checking it (a zero panics).
+        if let Ok(Some(0)) = scan_alignment(&mut file, size) {
+            return Err(ModelError::Malformed { path: path.to_owned(), reason: "general.alignment is 0".into() });
+        }
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
         let content = Content::read(&mut file).map_err(|e| {
             let reason = e.to_string();
             if let Some(id) = reason.strip_prefix("unknown dtype for tensor ") {
                 let id = id.trim().parse::<u32>().unwrap_or(u32::MAX);
-                return ModelError::UnsupportedTensorType {
-                    tensor: "?".into(),
-                    type_name: ggml_type_name(id),
-                };
+                return ModelError::UnsupportedTensorType { tensor: "?".into(), type_name: ggml_type_name(id) };
             }
             if reason.contains("failed to fill whole buffer") || reason.contains("remaining") {
                 return ModelError::Malformed {
@@ -91,9 +199,24 @@ impl GgufFile {
         let mut infos: Vec<_> = self.content.tensor_infos.iter().collect();
         infos.sort_by_key(|(_, i)| i.offset);
         for (name, info) in infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            // Dimensions come from the file: multiply with overflow checks, or a crafted
+            // shape could wrap to a small size, pass this check and break the forward.
+            let block = info.ggml_dtype.block_size() as u64;
+            let bytes = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .filter(|elems| elems % block == 0)
+                .and_then(|elems| (elems / block).checked_mul(info.ggml_dtype.type_size() as u64))
+                .ok_or_else(|| ModelError::Malformed {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "tensor '{name}' has impossible dimensions {:?} for {:?}",
+                        info.shape.dims(),
+                        info.ggml_dtype
+                    ),
+                })?;
             let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > self.size {
                 return Err(ModelError::Truncated {
@@ -191,16 +314,15 @@ impl GgufFile {
 
     /// Loads a 2-D tensor as a `[rows, cols]` matrix, checking the shape.
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
         let dims = info.shape.dims().to_vec();
         if dims != [rows, cols] {
             return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![rows, cols] });
         }
         let dtype = info.ggml_dtype;
+        if std::env::var_os("LEM_DEBUG_TYPES").is_some() {
+            eprintln!("{name} {dtype:?}");
+        }
         let start = self.content.tensor_data_offset + info.offset;
         let io = |source| ModelError::Io { path: self.path.clone(), source };
         self.file.seek(SeekFrom::Start(start)).map_err(io)?;

@@ -133,7 +133,11 @@ impl Model {
                 LayerSpec { kind: c.kind, n_kv: c.n_kv, head_dim: c.head_dim }
             })
             .collect();
-        let layout = CacheLayout { layers, dtype: KvDtype::F32, max_batch: DEFAULT_MAX_BATCH };
+        let layout = CacheLayout {
+            layers,
+            dtype: if std::env::var_os("LEM_DEBUG_KVF32").is_some() { KvDtype::F32 } else { KvDtype::default() },
+            max_batch: DEFAULT_MAX_BATCH,
+        };
         Model { config, embedding, blocks, final_norm, output, layout }
     }
 
@@ -187,7 +191,13 @@ impl Model {
         ws.segments.clear();
         for (i, s) in batch.iter().enumerate() {
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-                return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.config.vocab
+                )));
+            }
+            if s.cache.layout() != &self.layout {
+                return Err(ModelError::Input(format!("sequence {i}'s cache was made for a different layout")));
             }
             let start = s.cache.len();
             if start as usize + s.tokens.len() > self.config.context_length {
@@ -206,7 +216,20 @@ impl Model {
         }
         let mut k = Kernels { threads, scratch: &mut ws.scratch };
         for (l, block) in self.blocks.iter().enumerate() {
-            block.forward(l, x, &ws.positions, &ws.segments, batch, &mut ws.block, &mut k, crate::observer::reborrow(&mut observer));
+            block.forward(
+                l,
+                x,
+                &ws.positions,
+                &ws.segments,
+                batch,
+                &mut ws.block,
+                &mut k,
+                crate::observer::reborrow(&mut observer),
+            );
+            if let Some(p) = std::env::var_os("LEM_DEBUG_LAYERS") {
+                let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::fs::write(format!("{}/l_out-{l}.bin", p.to_string_lossy()), bytes).unwrap();
+            }
         }
         for seg in &ws.segments {
             batch[seg.seq].cache.advance(seg.len as u32);
@@ -230,6 +253,10 @@ impl Model {
             picked[first * d..(first + r) * d].copy_from_slice(&x[src..src + r * d]);
         }
         self.final_norm.forward(picked);
+        if let Some(p) = std::env::var_os("LEM_DEBUG_HIDDEN") {
+            let bytes: Vec<u8> = picked.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(p, bytes).unwrap();
+        }
         let vocab = self.vocab();
         let logits = fit(&mut ws.logits, rows * vocab);
         self.output.forward(picked, rows, logits, &mut k);

@@ -14,21 +14,17 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use crate::bytes::gpt2_byte_to_char;
+use crate::split::{self, GPT2, LLAMA3, Pass};
 
 /// llama.cpp's pre-tokenizer regexes for a `tokenizer.ggml.pre` name, and whether the
 /// pre-tokenizer uses `ignore_merges`. `None` for names llama.cpp does not know either.
 fn pre_tokenizer(pre: &str) -> Option<(&'static [&'static str], bool)> {
-    const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const BLOOM: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
     Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => (&[LLAMA3], true),
         "dbrx" | "smaug-bpe" | "chatglm-bpe" => (&[LLAMA3], false),
-        "deepseek-coder" => (
-            &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"],
-            false,
-        ),
+        "deepseek-coder" => (&[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"], false),
         "deepseek-v3" => (
             &[
                 r"\p{N}{1,3}",
@@ -37,35 +33,23 @@ fn pre_tokenizer(pre: &str) -> Option<(&'static [&'static str], bool)> {
             ],
             false,
         ),
-        "falcon" => (
-            &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"],
-            false,
-        ),
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
-        | "minerva-7b" => (&[r"\p{N}", GPT2], false),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v1-en" | "jina-v2-es"
-        | "jina-v2-de" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" => {
-            (&[GPT2], false)
+        "falcon" => (&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"], false),
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+            (&[r"\p{N}", GPT2], false)
         }
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v1-en" | "jina-v2-es" | "jina-v2-de"
+        | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" => (&[GPT2], false),
         "qwen2" | "stablelm2" | "megrez" => (&[QWEN2], false),
         "poro-chat" | "bloom" | "gpt3-finnish" => (&[BLOOM], false),
         "viking" => (&[BLOOM, r"\p{N}"], false),
-        "default" => (
-            &[
-                r"[\p{P}\$\+<=>\^~\|]+",
-                GPT2,
-                r"\p{N}+",
-                r"[0-9][0-9][0-9]",
-            ],
-            false,
-        ),
+        "default" => (&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false),
         _ => return None,
     })
 }
 
 /// The byte-level BPE tokenizer of one vocabulary.
 pub(crate) struct Bpe {
-    regexes: Vec<fancy_regex::Regex>,
+    passes: Vec<Pass>,
     ignore_merges: bool,
     /// Exact text -> id (later duplicates win, like llama.cpp's `token_to_id`).
     text_to_id: HashMap<Box<str>, u32>,
@@ -81,12 +65,8 @@ pub(crate) enum BpeError {
 
 impl Bpe {
     pub(crate) fn new(pre: &str, texts: &[String], merges: &[&str]) -> Result<Bpe, BpeError> {
-        let (patterns, ignore_merges) =
-            pre_tokenizer(pre).ok_or_else(|| BpeError::UnknownPre(pre.to_string()))?;
-        let regexes = patterns
-            .iter()
-            .map(|p| fancy_regex::Regex::new(p).map_err(|e| BpeError::Regex(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (patterns, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| BpeError::UnknownPre(pre.to_string()))?;
+        let passes = patterns.iter().map(|p| Pass::new(p).map_err(BpeError::Regex)).collect::<Result<Vec<_>, _>>()?;
         let mut text_to_id = HashMap::with_capacity(texts.len());
         for (id, t) in texts.iter().enumerate() {
             text_to_id.insert(Box::from(t.as_str()), id as u32);
@@ -104,12 +84,12 @@ impl Bpe {
                 ranks.entry((l, r)).or_insert(rank as u32);
             }
         }
-        Ok(Bpe {
-            regexes,
-            ignore_merges,
-            text_to_id,
-            ranks,
-        })
+        Ok(Bpe { passes, ignore_merges, text_to_id, ranks })
+    }
+
+    /// Exact vocabulary look-up.
+    pub(crate) fn token_id(&self, text: &str) -> Option<u32> {
+        self.text_to_id.get(text).copied()
     }
 
     /// Tokenizes `text` (free of special tokens), appending to `out`.
@@ -121,32 +101,8 @@ impl Bpe {
         Ok(())
     }
 
-    /// `unicode_regex_split`: each regex refines the previous offsets; text between
-    /// matches is kept as its own word.
     fn split(&self, text: &str) -> Result<Vec<(usize, usize)>, String> {
-        let mut offsets = vec![(0, text.len())];
-        for re in &self.regexes {
-            let mut next = Vec::with_capacity(offsets.len() * 2);
-            for (start, end) in offsets {
-                let mut last = start;
-                for m in re.find_iter(&text[start..end]) {
-                    let m = m.map_err(|e| format!("pre-tokenizer regex failed: {e}"))?;
-                    let (ms, me) = (start + m.start(), start + m.end());
-                    if ms > last {
-                        next.push((last, ms));
-                    }
-                    if me > ms {
-                        next.push((ms, me));
-                    }
-                    last = me;
-                }
-                if last < end {
-                    next.push((last, end));
-                }
-            }
-            offsets = next;
-        }
-        Ok(offsets)
+        split::split(text, &self.passes)
     }
 
     fn encode_word(&self, word: &str, out: &mut Vec<u32>) {
@@ -162,8 +118,7 @@ impl Bpe {
         pos.push(word.len());
         let mut len: Vec<usize> = pos.windows(2).map(|w| w[1] - w[0]).collect();
         let mut prev: Vec<Option<usize>> = (0..count).map(|i| i.checked_sub(1)).collect();
-        let mut next: Vec<Option<usize>> =
-            (0..count).map(|i| (i + 1 < count).then_some(i + 1)).collect();
+        let mut next: Vec<Option<usize>> = (0..count).map(|i| (i + 1 < count).then_some(i + 1)).collect();
 
         let rank = |l: usize, ln: usize, r: usize, rn: usize| -> Option<u32> {
             let lid = self.text_to_id.get(&word[pos[l]..pos[l] + ln])?;
@@ -173,13 +128,7 @@ impl Bpe {
         let mut queue = BinaryHeap::new();
         let add = |queue: &mut BinaryHeap<Bigram>, l: usize, r: usize, len: &[usize]| {
             if let Some(rank) = rank(l, len[l], r, len[r]) {
-                queue.push(Bigram {
-                    rank,
-                    left: l,
-                    right: r,
-                    left_len: len[l],
-                    right_len: len[r],
-                });
+                queue.push(Bigram { rank, left: l, right: r, left_len: len[l], right_len: len[r] });
             }
         };
         for i in 1..count {
@@ -254,10 +203,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: lowest rank first, then the leftmost pair (llama.cpp's comparator).
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .rank
-            .cmp(&self.rank)
-            .then_with(|| other.left.cmp(&self.left))
+        other.rank.cmp(&self.rank).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -268,12 +214,21 @@ mod tests {
     #[test]
     fn every_pre_tokenizer_regex_compiles() {
         for pre in [
-            "llama3", "dbrx", "deepseek-coder", "deepseek-v3", "falcon", "smollm", "gpt-2",
-            "qwen2", "bloom", "viking", "default",
+            "llama3",
+            "dbrx",
+            "deepseek-coder",
+            "deepseek-v3",
+            "falcon",
+            "smollm",
+            "gpt-2",
+            "qwen2",
+            "bloom",
+            "viking",
+            "default",
         ] {
             let (patterns, _) = pre_tokenizer(pre).unwrap();
             for p in patterns {
-                fancy_regex::Regex::new(p).unwrap_or_else(|e| panic!("{pre}: {p}: {e}"));
+                assert!(Pass::new(p).is_ok(), "{pre}: {p}");
             }
         }
         assert!(pre_tokenizer("no-such-pre").is_none());

@@ -34,10 +34,7 @@ pub(crate) fn gpt2_unicode_to_byte(c: char) -> Option<u8> {
     }
     if (256..256 + 68).contains(&c) {
         // The non-printable bytes, in ascending order, are mapped to 256, 257, ...
-        return BYTE_TO_CHAR
-            .iter()
-            .position(|&m| m == c)
-            .map(|b| b as u8);
+        return BYTE_TO_CHAR.iter().position(|&m| m == c).map(|b| b as u8);
     }
     None
 }

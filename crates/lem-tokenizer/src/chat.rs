@@ -41,10 +41,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role.
     pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role,
-            content: content.into(),
-        }
+        ChatMessage { role, content: content.into() }
     }
 
     /// A system message.
@@ -68,7 +65,7 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 enum Inner {
     Jinja {
-        env: Environment<'static>,
+        env: Box<Environment<'static>>,
         source: String,
         bos_token: String,
         eos_token: String,
@@ -87,10 +84,9 @@ pub struct ChatTemplate {
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
-            Inner::Jinja { source, .. } => f
-                .debug_struct("ChatTemplate::Jinja")
-                .field("source_len", &source.len())
-                .finish_non_exhaustive(),
+            Inner::Jinja { source, .. } => {
+                f.debug_struct("ChatTemplate::Jinja").field("source_len", &source.len()).finish_non_exhaustive()
+            }
             Inner::Gemma => f.write_str("ChatTemplate::Gemma"),
             Inner::ChatMl => f.write_str("ChatTemplate::ChatMl"),
         }
@@ -109,11 +105,7 @@ impl ChatTemplate {
             let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
             return ChatTemplate::from_source(src, text(tok.bos_id()), text(tok.eos_id()));
         }
-        if architecture.starts_with("gemma") {
-            Ok(ChatTemplate::gemma())
-        } else {
-            Ok(ChatTemplate::chatml())
-        }
+        if architecture.starts_with("gemma") { Ok(ChatTemplate::gemma()) } else { Ok(ChatTemplate::chatml()) }
     }
 
     /// Compiles a Jinja chat template (Hugging Face conventions: `messages`,
@@ -123,11 +115,7 @@ impl ChatTemplate {
     ///
     /// # Errors
     /// [`TemplateError::Syntax`] if the source does not compile.
-    pub fn from_source(
-        src: &str,
-        bos_token: &str,
-        eos_token: &str,
-    ) -> Result<ChatTemplate, TemplateError> {
+    pub fn from_source(src: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, TemplateError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -135,11 +123,10 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, src.to_string())
-            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        env.add_template_owned(TEMPLATE_NAME, src.to_string()).map_err(|e| TemplateError::Syntax(describe(&e)))?;
         Ok(ChatTemplate {
             inner: Inner::Jinja {
-                env,
+                env: Box::new(env),
                 source: src.to_string(),
                 bos_token: bos_token.to_string(),
                 eos_token: eos_token.to_string(),
@@ -153,9 +140,7 @@ impl ChatTemplate {
     /// `<start_of_turn>model\n` as the generation prompt. (BOS is not part of the text.)
     #[must_use]
     pub fn gemma() -> ChatTemplate {
-        ChatTemplate {
-            inner: Inner::Gemma,
-        }
+        ChatTemplate { inner: Inner::Gemma }
     }
 
     /// llama.cpp's built-in "chatml" format:
@@ -163,9 +148,7 @@ impl ChatTemplate {
     /// as the generation prompt.
     #[must_use]
     pub fn chatml() -> ChatTemplate {
-        ChatTemplate {
-            inner: Inner::ChatMl,
-        }
+        ChatTemplate { inner: Inner::ChatMl }
     }
 
     /// The Jinja source, for templates that have one (not the built-ins).
@@ -183,25 +166,14 @@ impl ChatTemplate {
     /// # Errors
     /// [`TemplateError::Render`] with the template's own message (e.g. the text given to
     /// `raise_exception`) if rendering fails.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, TemplateError> {
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
         match &self.inner {
-            Inner::Jinja {
-                env,
-                bos_token,
-                eos_token,
-                ..
-            } => {
+            Inner::Jinja { env, bos_token, eos_token, .. } => {
                 let msgs: Vec<Value> = messages
                     .iter()
                     .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
                     .collect();
-                let tmpl = env
-                    .get_template(TEMPLATE_NAME)
-                    .map_err(|e| TemplateError::Render(describe(&e)))?;
+                let tmpl = env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Render(describe(&e)))?;
                 tmpl.render(context! {
                     messages => msgs,
                     add_generation_prompt => add_generation_prompt,
@@ -282,9 +254,7 @@ fn render_chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> Strin
 /// directives (`%Y %m %d %e %H %I %M %S %p %y %j %a %A %b %B %h %F %T %%`); others are
 /// left as written.
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     strftime(&format, secs)
 }
 
@@ -304,15 +274,7 @@ fn strftime(format: &str, secs: u64) -> String {
         "November",
         "December",
     ];
-    const DAYS: [&str; 7] = [
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-    ];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
     let days = (secs / 86_400) as i64;
     let tod = secs % 86_400;
     let (hour, min, sec) = (tod / 3600, (tod / 60) % 60, tod % 60);

@@ -32,7 +32,9 @@ pub enum TokenizerError {
     /// The tokenizer in the file is not supported: a `tokenizer.ggml.model` other than
     /// `llama` (SentencePiece) and `gpt2` (byte-level BPE), or a BPE pre-tokenizer
     /// (`tokenizer.ggml.pre`) lem does not know.
-    #[error("{path}: unsupported tokenizer: {model} (lem supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) with llama.cpp's pre-tokenizers)")]
+    #[error(
+        "{path}: unsupported tokenizer: {model} (lem supports 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) with llama.cpp's pre-tokenizers)"
+    )]
     UnsupportedModel {
         /// The offending file.
         path: PathBuf,

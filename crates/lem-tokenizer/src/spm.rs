@@ -34,10 +34,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then the leftmost pair (llama.cpp's comparator).
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .partial_cmp(&other.score)
-            .unwrap_or(Ordering::Equal)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.partial_cmp(&other.score).unwrap_or(Ordering::Equal).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -56,7 +53,7 @@ pub(crate) struct Spm {
     text_to_id: HashMap<Box<str>, u32>,
     scores: Vec<f32>,
     /// `<0xNN>` byte tokens (or the single-byte token as a fallback), per byte.
-    byte_ids: [Option<u32>; 256],
+    byte_ids: Vec<Option<u32>>,
     unk: Option<u32>,
 }
 
@@ -66,22 +63,20 @@ impl Spm {
         for (id, t) in texts.iter().enumerate() {
             text_to_id.insert(Box::from(t.as_str()), id as u32);
         }
-        let mut byte_ids = [None; 256];
+        let mut byte_ids = vec![None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             let hex = format!("<0x{b:02X}>");
             *slot = text_to_id.get(hex.as_str()).copied().or_else(|| {
                 // llama.cpp falls back to the byte as a one-character string.
-                (b < 0x80)
-                    .then(|| text_to_id.get(&*(b as u8 as char).to_string()).copied())
-                    .flatten()
+                (b < 0x80).then(|| text_to_id.get(&*(b as u8 as char).to_string()).copied()).flatten()
             });
         }
-        Spm {
-            text_to_id,
-            scores: scores.to_vec(),
-            byte_ids,
-            unk,
-        }
+        Spm { text_to_id, scores: scores.to_vec(), byte_ids, unk }
+    }
+
+    /// Exact vocabulary look-up.
+    pub(crate) fn token_id(&self, text: &str) -> Option<u32> {
+        self.text_to_id.get(text).copied()
     }
 
     /// Tokenizes `text` (free of special tokens), appending to `out`. Spaces become `▁`;
@@ -121,13 +116,7 @@ impl<'a> Session<'a> {
                 next: (i + 1 < count).then_some(i + 1),
             });
         }
-        Session {
-            spm,
-            text,
-            symbols,
-            queue: BinaryHeap::new(),
-            rev_merge: HashMap::new(),
-        }
+        Session { spm, text, symbols, queue: BinaryHeap::new(), rev_merge: HashMap::new() }
     }
 
     fn run(mut self, out: &mut Vec<u32>) {
@@ -195,12 +184,7 @@ impl<'a> Session<'a> {
         let Some(&id) = self.spm.text_to_id.get(text) else {
             return;
         };
-        self.queue.push(Bigram {
-            left,
-            right,
-            score: self.spm.scores[id as usize],
-            size: text.len(),
-        });
+        self.queue.push(Bigram { left, right, score: self.spm.scores[id as usize], size: text.len() });
         self.rev_merge.insert(text, (left, right));
     }
 }

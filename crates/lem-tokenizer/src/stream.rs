@@ -23,10 +23,7 @@ impl StreamDecoder {
     /// A decoder with nothing pending.
     #[must_use]
     pub fn new(tokenizer: Arc<Tokenizer>) -> StreamDecoder {
-        StreamDecoder {
-            tokenizer,
-            pending: Vec::new(),
-        }
+        StreamDecoder { tokenizer, pending: Vec::new() }
     }
 
     /// Adds one token; returns the text it completes (possibly empty).

@@ -147,10 +147,7 @@ impl Meta<'_> {
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> TokenizerError {
-    TokenizerError::InvalidGguf {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    TokenizerError::InvalidGguf { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn map_shimmytok_error(path: &Path, e: shimmytok::Error) -> TokenizerError {
@@ -158,14 +155,10 @@ fn map_shimmytok_error(path: &Path, e: shimmytok::Error) -> TokenizerError {
         shimmytok::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             invalid(path, "the file is truncated (metadata ends early)")
         }
-        shimmytok::Error::Io(io) => TokenizerError::Io {
-            path: path.to_path_buf(),
-            source: io,
-        },
-        shimmytok::Error::UnsupportedModel(model) => TokenizerError::UnsupportedModel {
-            path: path.to_path_buf(),
-            model,
-        },
+        shimmytok::Error::Io(io) => TokenizerError::Io { path: path.to_path_buf(), source: io },
+        shimmytok::Error::UnsupportedModel(model) => {
+            TokenizerError::UnsupportedModel { path: path.to_path_buf(), model }
+        }
         other => invalid(path, other.to_string()),
     }
 }
@@ -184,38 +177,14 @@ const EOT_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>",
-    "<fim-prefix>",
-    "<fim_prefix>",
-    "<PRE>",
-    "<|code_prefix|>",
-    "<|prefix|>",
-];
-const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>",
-    "<fim-suffix>",
-    "<fim_suffix>",
-    "<SUF>",
-    "<|code_suffix|>",
-    "<|suffix|>",
-];
-const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>",
-    "<fim-middle>",
-    "<fim_middle>",
-    "<MID>",
-    "<|code_middle|>",
-    "<|middle|>",
-];
+const FIM_PRE_TEXTS: &[&str] =
+    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"];
+const FIM_SUF_TEXTS: &[&str] =
+    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"];
+const FIM_MID_TEXTS: &[&str] =
+    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// llama.cpp's list of texts that always end generation.
 const EOG_TEXTS: &[&str] = &[
@@ -255,23 +224,15 @@ impl Tokenizer {
         Self::build(path, gguf.metadata())
     }
 
-    fn build(
-        path: &Path,
-        metadata: &HashMap<String, GGUFValue>,
-    ) -> Result<Tokenizer, TokenizerError> {
+    fn build(path: &Path, metadata: &HashMap<String, GGUFValue>) -> Result<Tokenizer, TokenizerError> {
         let meta = Meta(metadata);
-        let model = meta
-            .str("tokenizer.ggml.model")
-            .ok_or_else(|| invalid(path, "missing tokenizer.ggml.model"))?
-            .to_string();
+        let model =
+            meta.str("tokenizer.ggml.model").ok_or_else(|| invalid(path, "missing tokenizer.ggml.model"))?.to_string();
         let algo = match model.as_str() {
             "llama" => Algo::Spm,
             "gpt2" => Algo::Bpe,
             other => {
-                return Err(TokenizerError::UnsupportedModel {
-                    path: path.to_path_buf(),
-                    model: format!("'{other}'"),
-                });
+                return Err(TokenizerError::UnsupportedModel { path: path.to_path_buf(), model: format!("'{other}'") });
             }
         };
         let pre = meta.str("tokenizer.ggml.pre").map(str::to_string);
@@ -282,7 +243,10 @@ impl Tokenizer {
             .array("tokenizer.ggml.tokens")
             .ok_or_else(|| invalid(path, "missing tokenizer.ggml.tokens"))?
             .iter()
-            .map(|v| match v {
+            .enumerate()
+            .map(|(i, v)| match v {
+                // llama.cpp renames empty tokens so that they can never match.
+                GGUFValue::String(s) if s.is_empty() => Ok(format!("[EMPTY_{i}]")),
                 GGUFValue::String(s) => Ok(s.clone()),
                 _ => Err(invalid(path, "tokenizer.ggml.tokens is not a string array")),
             })
@@ -314,11 +278,7 @@ impl Tokenizer {
         if scores.len() != n || types.len() != n {
             return Err(invalid(
                 path,
-                format!(
-                    "{n} tokens but {} scores and {} token types",
-                    scores.len(),
-                    types.len()
-                ),
+                format!("{n} tokens but {} scores and {} token types", scores.len(), types.len()),
             ));
         }
         let merges: Vec<&str> = meta
@@ -350,9 +310,7 @@ impl Tokenizer {
         // of range, as llama.cpp does).
         let in_range = |id: u32| (id as usize) < n;
         let key_id = |key: &str| {
-            meta.u64(&format!("tokenizer.ggml.{key}"))
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|&v| in_range(v))
+            meta.u64(&format!("tokenizer.ggml.{key}")).and_then(|v| u32::try_from(v).ok()).filter(|&v| in_range(v))
         };
         let (def_bos, def_eos) = match algo {
             Algo::Spm => (Some(1), Some(2)),
@@ -407,10 +365,7 @@ impl Tokenizer {
         }
         // gpt-oss: these are always rendered.
         for (id, text) in texts.iter().enumerate() {
-            if matches!(
-                text.as_str(),
-                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-            ) {
+            if matches!(text.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
                 attrs[id] = ATTR_USER_DEFINED;
             }
         }
@@ -435,18 +390,13 @@ impl Tokenizer {
             }
         }
 
-        let add_bos = meta
-            .bool("tokenizer.ggml.add_bos_token")
-            .unwrap_or(match algo {
-                Algo::Spm => true,
-                Algo::Bpe => matches!(
-                    pre.as_deref(),
-                    Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "tekken" | "chameleon")
-                ),
-            });
-        let add_space_prefix = meta
-            .bool("tokenizer.ggml.add_space_prefix")
-            .unwrap_or(algo == Algo::Spm);
+        let add_bos = meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(match algo {
+            Algo::Spm => true,
+            Algo::Bpe => {
+                matches!(pre.as_deref(), Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "tekken" | "chameleon"))
+            }
+        });
+        let add_space_prefix = meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(algo == Algo::Spm);
 
         // Pieces: llama.cpp's `token_to_piece(id, special = true)`.
         let mut piece_bytes = Vec::new();
@@ -520,10 +470,7 @@ impl Tokenizer {
                 put(&opt(key_id(key)));
             }
             put(&[u8::from(add_bos), u8::from(add_space_prefix)]);
-            for key in [
-                "tokenizer.ggml.add_eos_token",
-                "tokenizer.ggml.remove_extra_whitespaces",
-            ] {
+            for key in ["tokenizer.ggml.add_eos_token", "tokenizer.ggml.remove_extra_whitespaces"] {
                 put(&[meta.bool(key).map_or(2, u8::from)]);
             }
             for id in &eog {
@@ -696,10 +643,7 @@ impl Tokenizer {
     }
 
     fn unknown(&self, id: u32) -> TokenizerError {
-        TokenizerError::UnknownId {
-            id,
-            vocab_size: self.texts.len(),
-        }
+        TokenizerError::UnknownId { id, vocab_size: self.texts.len() }
     }
 
     /// The token's text as stored in the vocabulary (e.g. `"Ġthe"`, `"▁the"`, `"<0x0A>"`).
@@ -708,11 +652,14 @@ impl Tokenizer {
         self.texts.get(id as usize).map(String::as_str)
     }
 
-    /// The id of the token whose vocabulary text is exactly `text`, if any.
+    /// The id of the token whose vocabulary text is exactly `text`, if any (with duplicate
+    /// texts, the last id, as in llama.cpp).
     #[must_use]
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        // Linear, but only used for rare look-ups (templates, tests).
-        self.texts.iter().position(|t| t == text).map(|i| i as u32)
+        match &self.engine {
+            Engine::Spm(spm) => spm.token_id(text),
+            Engine::Bpe(bpe) => bpe.token_id(text),
+        }
     }
 
     /// The beginning-of-sequence token, if the vocabulary has one.
@@ -758,9 +705,7 @@ impl Tokenizer {
     /// `<|im_start|>`. False for ids outside the vocabulary.
     #[must_use]
     pub fn is_control(&self, id: u32) -> bool {
-        self.attrs
-            .get(id as usize)
-            .is_some_and(|a| a & ATTR_CONTROL != 0)
+        self.attrs.get(id as usize).is_some_and(|a| a & ATTR_CONTROL != 0)
     }
 
     /// Hex sha256 over everything that determines tokenization: tokenizer model and
@@ -798,10 +743,7 @@ impl Tokenizer {
 
 /// Reads the first four bytes: a clear error for files that are not GGUF at all.
 fn check_magic(path: &Path) -> Result<(), TokenizerError> {
-    let io = |source| TokenizerError::Io {
-        path: PathBuf::from(path),
-        source,
-    };
+    let io = |source| TokenizerError::Io { path: PathBuf::from(path), source };
     let mut file = File::open(path).map_err(io)?;
     let mut magic = [0u8; 4];
     let mut got = 0;
@@ -814,9 +756,7 @@ fn check_magic(path: &Path) -> Result<(), TokenizerError> {
         }
     }
     if got < 4 || &magic != b"GGUF" {
-        return Err(TokenizerError::NotGguf {
-            path: path.to_path_buf(),
-        });
+        return Err(TokenizerError::NotGguf { path: path.to_path_buf() });
     }
     Ok(())
 }
@@ -833,10 +773,7 @@ fn token_piece(algo: Algo, text: &str, attr: u32, out: &mut Vec<u8>) {
                 out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes());
             } else if attr & ATTR_BYTE != 0 {
                 // "<0xNN>"; llama.cpp parses text[3..5] as hex.
-                if let Some(b) = text
-                    .get(3..5)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
+                if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     out.push(b);
                 }
             }

@@ -68,9 +68,7 @@ fn missing_file() {
 fn not_gguf() {
     check_load("empty file", b"", |e| matches!(e, TokenizerError::NotGguf { .. }));
     check_load("three bytes", b"GGU", |e| matches!(e, TokenizerError::NotGguf { .. }));
-    check_load("text file", b"hello, I am not a model\n", |e| {
-        matches!(e, TokenizerError::NotGguf { .. })
-    });
+    check_load("text file", b"hello, I am not a model\n", |e| matches!(e, TokenizerError::NotGguf { .. }));
     let mut safetensors = 8u64.to_le_bytes().to_vec();
     safetensors.extend(b"{}      ");
     check_load("safetensors", &safetensors, |e| matches!(e, TokenizerError::NotGguf { .. }));
@@ -80,9 +78,7 @@ fn not_gguf() {
 fn truncated_gguf() {
     let full = std::fs::read(common::model_path(SMOLLM2)).unwrap();
     for cut in [4, 6, 12, 24, 25, 200, 10_000, 300_000, 600_000] {
-        check_load(&format!("first {cut} bytes"), &full[..cut], |e| {
-            matches!(e, TokenizerError::InvalidGguf { .. })
-        });
+        check_load(&format!("first {cut} bytes"), &full[..cut], |e| matches!(e, TokenizerError::InvalidGguf { .. }));
     }
 }
 
@@ -97,9 +93,7 @@ fn malformed_metadata() {
     let mut huge_string = gguf(&[]);
     huge_string[16] = 1; // one key...
     huge_string.extend(u64::MAX.to_le_bytes()); // ...whose name claims 2^64 - 1 bytes
-    check_load("huge key length", &huge_string, |e| {
-        matches!(e, TokenizerError::InvalidGguf { .. })
-    });
+    check_load("huge key length", &huge_string, |e| matches!(e, TokenizerError::InvalidGguf { .. }));
 }
 
 #[test]
@@ -118,9 +112,7 @@ fn unsupported_tokenizers() {
             ("tokenizer.ggml.tokens", Value::Strs(TOKENS)),
             ("tokenizer.ggml.merges", Value::Strs(&["a b"])),
         ]),
-        |e| {
-            matches!(e, TokenizerError::UnsupportedModel { model, .. } if model.contains("no-such-pre"))
-        },
+        |e| matches!(e, TokenizerError::UnsupportedModel { model, .. } if model.contains("no-such-pre")),
     );
 }
 

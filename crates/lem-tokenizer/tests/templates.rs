@@ -31,12 +31,7 @@ fn check_golden(model: Model, golden: ExpectFile, turn_marker: &str, turns: usiz
 
 #[test]
 fn smollm2_golden() {
-    check_golden(
-        SMOLLM2,
-        expect_file!["../../../tests/fixtures/templates/smollm2-135m.txt"],
-        "<|im_start|>",
-        5,
-    );
+    check_golden(SMOLLM2, expect_file!["../../../tests/fixtures/templates/smollm2-135m.txt"], "<|im_start|>", 5);
 }
 
 #[test]
@@ -75,8 +70,8 @@ fn fallback_is_chatml() {
 
 /// A small template exercising one Hugging Face convention, rendered on one user message.
 fn check_feature(src: &str, expected: &str) {
-    let tmpl = ChatTemplate::from_source(src, "<s>", "</s>")
-        .unwrap_or_else(|e| panic!("{src:?} does not compile: {e}"));
+    let tmpl =
+        ChatTemplate::from_source(src, "<s>", "</s>").unwrap_or_else(|e| panic!("{src:?} does not compile: {e}"));
     let got = tmpl
         .render(&[ChatMessage::user("  Hello World  ")], true)
         .unwrap_or_else(|e| panic!("{src:?} does not render: {e}"));
@@ -107,9 +102,7 @@ fn hugging_face_template_features() {
 fn check_error(src: &str, want_syntax: bool, needle: &str) {
     let err = match ChatTemplate::from_source(src, "", "") {
         Err(e) => e,
-        Ok(tmpl) => tmpl
-            .render(&[ChatMessage::user("hi")], true)
-            .expect_err("rendering should fail"),
+        Ok(tmpl) => tmpl.render(&[ChatMessage::user("hi")], true).expect_err("rendering should fail"),
     };
     match (&err, want_syntax) {
         (TemplateError::Syntax(_), true) | (TemplateError::Render(_), false) => {}

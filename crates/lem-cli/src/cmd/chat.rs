@@ -87,12 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         writeln!(out)?;
         if interactive {
-            eprintln!(
-                "[{} tokens, {:.1} tok/s, reused {} cached tokens]",
-                g.ids.len(),
-                g.timings.decode_tok_s,
-                keep
-            );
+            eprintln!("[{} tokens, {:.1} tok/s, reused {} cached tokens]", g.ids.len(), g.timings.decode_tok_s, keep);
         }
         messages.push(ChatMessage::assistant(g.text));
     }

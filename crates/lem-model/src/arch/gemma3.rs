@@ -37,9 +37,7 @@ pub(crate) fn load(g: &mut GgufFile) -> Result<Model, ModelError> {
     let mut cfg = ModelConfig::read_common(g, "gemma3")?;
     let window = g.uint("gemma3.attention.sliding_window", 1 << 24)? as u32;
     cfg.layer_kinds = (0..cfg.n_layer)
-        .map(|i| {
-            if i % SWA_PATTERN < SWA_PATTERN - 1 { LayerKind::SlidingWindow { window } } else { LayerKind::Full }
-        })
+        .map(|i| if i % SWA_PATTERN < SWA_PATTERN - 1 { LayerKind::SlidingWindow { window } } else { LayerKind::Full })
         .collect();
     let n_rot = g.opt_uint("gemma3.rope.dimension_count")?.map_or(cfg.head_dim, |n| n as usize);
     let global_rope = Rope {

@@ -54,7 +54,13 @@ pub struct AttnBuffers {
 
 impl Attention {
     /// Loads `blk.{i}.attn_{q,k,v,output}` and, when present, `attn_{q,k}_norm`.
-    pub fn load(g: &mut GgufFile, i: usize, n_embd: usize, eps: f32, cfg: AttentionConfig) -> Result<Attention, ModelError> {
+    pub fn load(
+        g: &mut GgufFile,
+        i: usize,
+        n_embd: usize,
+        eps: f32,
+        cfg: AttentionConfig,
+    ) -> Result<Attention, ModelError> {
         let (qd, kd) = (cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim);
         let p = |s: &str| format!("blk.{i}.{s}");
         Ok(Attention {
@@ -111,6 +117,13 @@ impl Attention {
         c.rope.fill_table(positions, &mut buf.rope);
         c.rope.apply(q, c.n_head, hd, &buf.rope);
         c.rope.apply(kk, c.n_kv, hd, &buf.rope);
+        // Round K/V to the cache's storage type once, so observers see exactly what the
+        // cache holds.
+        if let Some(first) = batch.first() {
+            let dtype = first.cache.layout().dtype;
+            dtype.round_in_place(kk);
+            dtype.round_in_place(v);
+        }
 
         let attn_out = fit(&mut buf.out, n * qd);
         let shape = AttnShape {

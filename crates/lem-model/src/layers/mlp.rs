@@ -33,7 +33,13 @@ pub struct MlpBuffers {
 
 impl GatedMlp {
     /// Loads `blk.{i}.ffn_{gate,up,down}`.
-    pub fn load(g: &mut GgufFile, i: usize, n_embd: usize, n_ff: usize, act: Activation) -> Result<GatedMlp, ModelError> {
+    pub fn load(
+        g: &mut GgufFile,
+        i: usize,
+        n_embd: usize,
+        n_ff: usize,
+        act: Activation,
+    ) -> Result<GatedMlp, ModelError> {
         Ok(GatedMlp {
             gate: Linear::load(g, &format!("blk.{i}.ffn_gate"), n_embd, n_ff)?,
             up: Linear::load(g, &format!("blk.{i}.ffn_up"), n_embd, n_ff)?,

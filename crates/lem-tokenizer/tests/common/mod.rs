@@ -17,14 +17,8 @@ pub struct Model {
     pub fixture: &'static str,
 }
 
-pub const SMOLLM2: Model = Model {
-    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    fixture: "smollm2-135m",
-};
-pub const GEMMA3: Model = Model {
-    file: "gemma-3-270m-q4_k_m.gguf",
-    fixture: "gemma3-270m",
-};
+pub const SMOLLM2: Model = Model { file: "SmolLM2-135M-Instruct.Q4_1.gguf", fixture: "smollm2-135m" };
+pub const GEMMA3: Model = Model { file: "gemma-3-270m-q4_k_m.gguf", fixture: "gemma3-270m" };
 
 /// `$LEM_MODELS_DIR`, else `$HOME/.cache/lem/models`.
 pub fn models_dir() -> PathBuf {
@@ -54,10 +48,7 @@ pub fn tokenizer(model: Model) -> Arc<Tokenizer> {
     map.entry(model.file)
         .or_insert_with(|| {
             let path = model_path(model);
-            Arc::new(
-                Tokenizer::from_gguf(&path)
-                    .unwrap_or_else(|e| panic!("loading {}: {e}", path.display())),
-            )
+            Arc::new(Tokenizer::from_gguf(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
         })
         .clone()
 }
@@ -105,8 +96,7 @@ pub struct ModelFixture {
 
 fn read_json<T: for<'de> Deserialize<'de>>(rel: &str) -> T {
     let path = fixtures_dir().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 

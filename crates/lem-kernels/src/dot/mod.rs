@@ -1,0 +1,223 @@
+//! Quantized dot products with runtime CPU dispatch.
+//!
+//! candle's `GgmlType::vec_dot` is scalar for several block types (Q4_1, Q5_0, Q5_1) on a
+//! default x86_64 build, and its AVX2 paths for the others convert halves and reduce per
+//! block. The kernels here are lem's own: AVX2 (`avx2,fma,f16c`) and AVX-512
+//! (`avx512bw,avx512vl,avx512vnni` on top) versions compiled with `#[target_feature]`,
+//! chosen once at run time, so one binary runs everywhere and no build flags are needed.
+//! On other CPUs and architectures, candle's own `vec_dot` is used.
+//!
+//! Each kernel dots one weight row with up to [`MAX_K`] activation rows at once
+//! ([`vec_dot_multi`]): the weights are unpacked once and reused for every activation row,
+//! which is what makes prompt processing (many rows) faster than decoding row by row.
+//!
+//! The ISA can be capped for benchmarking with the `LEM_KERNELS_ISA` environment variable
+//! (`portable`, `avx2` or `avx512`), read once at the first product.
+
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+
+use candle_core::quantized::GgmlDType;
+
+use crate::qmatrix::GgmlType;
+
+mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod quant;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_k;
+
+#[cfg(test)]
+mod tests;
+
+/// The most activation rows one kernel call handles; [`vec_dot_multi`] splits longer runs.
+pub(crate) const MAX_K: usize = 4;
+
+/// Instruction-set level of the dot-product kernels, in increasing order of capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// No lem kernels: candle's `vec_dot` (scalar, or candle's own SIMD where it has it).
+    Portable,
+    /// x86_64 with AVX2, FMA and F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 BW/VL and VNNI (`vpdpbusd` for the 8-bit products).
+    Avx512,
+}
+
+impl Isa {
+    /// The best level this CPU supports.
+    pub(crate) fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni");
+            if avx2 && avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// The level in use: [`Isa::detected`], capped by `LEM_KERNELS_ISA` when it is set.
+    pub(crate) fn current() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::detected();
+            let cap = match std::env::var("LEM_KERNELS_ISA").ok().as_deref().map(str::trim) {
+                Some("portable") | Some("scalar") | Some("none") => Isa::Portable,
+                Some("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            best.min(cap)
+        })
+    }
+}
+
+/// A kernel: `nb` weight blocks at `w` against `k` (1..=[`MAX_K`]) activation rows of `nb`
+/// blocks each, stored back to back at `x`; writes `out[..k]`.
+///
+/// # Safety
+/// The CPU supports the kernel's ISA; `w` and `x` point to that many valid, aligned
+/// blocks of the kernel's types; `out` to `k` writable floats.
+type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, k: usize, out: *mut f32);
+
+/// The lem kernel for weights of `dtype` at `isa`, if there is one.
+fn kernel(dtype: GgmlDType, isa: Isa) -> Option<KernelFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Portable => None,
+            Isa::Avx2 => x86::kernel_avx2(dtype),
+            Isa::Avx512 => x86::kernel_avx512(dtype),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dtype, isa);
+        None
+    }
+}
+
+/// Whether a lem SIMD kernel (rather than candle's `vec_dot`) serves weights of `dtype`
+/// on this CPU.
+#[allow(dead_code)] // Used by tests and kept for diagnostics.
+pub(crate) fn has_fast_kernel(dtype: GgmlDType) -> bool {
+    kernel(dtype, Isa::current()).is_some()
+}
+
+/// `dot(w, x)` over `n` elements: one weight row against one quantized activation row.
+///
+/// Same contract as candle's `T::vec_dot` (which it falls back to), but served by a SIMD
+/// kernel when one exists for `T` on this CPU.
+#[inline]
+#[allow(dead_code)] // The matmul uses the multi-row form; this is the one-row convenience.
+pub(crate) fn vec_dot<T: GgmlType>(n: usize, w: &[T], x: &[T::VecDotType]) -> f32 {
+    let mut out = [0f32];
+    vec_dot_multi::<T>(n, w, x, &mut out);
+    out[0]
+}
+
+/// `out[j] = dot(w, x_j)` for `out.len()` activation rows `x_j` of `n` elements each,
+/// stored back to back in `x` (`n / T::VecDotType::BLCK_SIZE` blocks per row).
+#[inline]
+pub(crate) fn vec_dot_multi<T: GgmlType>(n: usize, w: &[T], x: &[T::VecDotType], out: &mut [f32]) {
+    vec_dot_multi_with::<T>(Isa::current(), n, w, x, out);
+}
+
+/// Quantizes the activations `x` into `y` (`x.len() / V::BLCK_SIZE` blocks) with the
+/// arithmetic of `crate::quant_act` (SIMD for Q8_0, Q8_1 and Q8_K on AVX2 CPUs), or
+/// `V::from_float` for other types. Returns the bytes `quant_act::quantize_row` would.
+pub(crate) fn quantize_row<V: GgmlType>(x: &[f32], y: &mut [V]) {
+    quantize_row_with(Isa::current(), x, y);
+}
+
+/// [`quantize_row`] at a given ISA level (which must not exceed [`Isa::detected`]).
+pub(crate) fn quantize_row_with<V: GgmlType>(isa: Isa, x: &[f32], y: &mut [V]) {
+    assert_eq!(x.len(), y.len() * V::BLCK_SIZE, "quantize_row: size mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        assert!(isa <= Isa::detected(), "{isa:?} kernels need a CPU that supports them");
+        let (xp, n, yp) = (x.as_ptr(), x.len(), y.as_mut_ptr());
+        // SAFETY: AVX2/FMA/F16C are available (Avx2 or better, checked above); `y` holds
+        // `n / BLCK_SIZE` blocks of the type matched by `V::DTYPE`, whose layout our
+        // mirror shares (see `blocks`).
+        unsafe {
+            match V::DTYPE {
+                GgmlDType::Q8_0 => return quant::q8_0(xp, n, yp.cast()),
+                GgmlDType::Q8_1 => return quant::q8_1(xp, n, yp.cast()),
+                GgmlDType::Q8K => return quant::q8k(xp, n, yp.cast()),
+                _ => {}
+            }
+        }
+    }
+    let _ = isa;
+    if !crate::quant_act::quantize_row(x, y) {
+        V::from_float(x, y);
+    }
+}
+
+/// [`vec_dot_multi`] at a given ISA level (which must not exceed [`Isa::detected`]).
+pub(crate) fn vec_dot_multi_with<T: GgmlType>(isa: Isa, n: usize, w: &[T], x: &[T::VecDotType], out: &mut [f32]) {
+    RowDot::<T>::with_isa(isa, n).run(w, x, out);
+}
+
+/// The dot product of `n`-element rows of weight type `T`, with the kernel chosen once
+/// (CPU level and type), to be applied to many rows.
+pub(crate) struct RowDot<T: GgmlType> {
+    n: usize,
+    nb: usize,
+    kernel: Option<KernelFn>,
+    _blocks: PhantomData<fn(&[T])>,
+}
+
+impl<T: GgmlType> RowDot<T> {
+    /// The product for `n`-element rows at the current ISA level ([`Isa::current`]).
+    pub(crate) fn new(n: usize) -> RowDot<T> {
+        RowDot::with_isa(Isa::current(), n)
+    }
+
+    /// The product for `n`-element rows at `isa` (at most [`Isa::detected`]).
+    pub(crate) fn with_isa(isa: Isa, n: usize) -> RowDot<T> {
+        assert_eq!(T::BLCK_SIZE, T::VecDotType::BLCK_SIZE, "weight and activation blocks differ");
+        assert!(n.is_multiple_of(T::BLCK_SIZE), "{n} is not a whole number of blocks");
+        let kernel = kernel(T::DTYPE, isa);
+        if kernel.is_some() {
+            assert!(isa <= Isa::detected(), "{isa:?} kernels need a CPU that supports them");
+        }
+        RowDot { n, nb: n / T::BLCK_SIZE, kernel, _blocks: PhantomData }
+    }
+
+    /// `out[j] = dot(w, x_j)` for the `out.len()` activation rows stored back to back in
+    /// `x`, against the weight row `w`.
+    #[inline]
+    pub(crate) fn run(&self, w: &[T], x: &[T::VecDotType], out: &mut [f32]) {
+        let nb = self.nb;
+        assert!(w.len() >= nb && x.len() >= out.len() * nb, "dot product operands too short");
+        match self.kernel {
+            Some(f) => {
+                for (c, chunk) in out.chunks_mut(MAX_K).enumerate() {
+                    // SAFETY: the ISA is supported (checked in `with_isa`); `T` is the
+                    // block type the kernel was chosen for (by `T::DTYPE`), and our
+                    // mirrors share its layout (see `blocks`); the operands hold `nb` and
+                    // `out.len() * nb` blocks (checked above); `chunk` has `chunk.len()`
+                    // floats.
+                    unsafe {
+                        let xs = x.as_ptr().add(c * MAX_K * nb);
+                        f(nb, w.as_ptr().cast(), xs.cast(), chunk.len(), chunk.as_mut_ptr());
+                    }
+                }
+            }
+            None => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = T::vec_dot(self.n, &w[..nb], &x[j * nb..(j + 1) * nb]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `QMatrix::matmul` (SIMD dot products, activation quantization, row tiling, threads)
+//! against a plain f32 matmul of the dequantized weights, for every weight type.
+
+use candle_core::quantized::GgmlDType;
+use lem_kernels::{QMatrix, Scratch, Threads};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TYPES: &[GgmlDType] = &[
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::F32,
+    GgmlDType::F16,
+];
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|i| rng.random_range(-1.0f32..1.0) * [0.05, 1.0, 3.0][i / 64 % 3]).collect()
+}
+
+/// Checks `m.matmul` for `n` random activation rows against f64 sums over `m.to_f32()`.
+///
+/// The only error beyond float rounding is the activations' 8-bit quantization (or f16
+/// rounding for F16 weights): each activation moves by at most half a step, `amax / 254`
+/// of its block, so `|err| <= sum_i |w_i| * max|x| / 254` (with a little slack).
+fn check(m: &QMatrix, n: usize, threads: &Threads, rng: &mut ChaCha8Rng) {
+    let (rows, cols) = (m.rows(), m.cols());
+    let x = random(rng, n * cols);
+    let mut out = vec![f32::NAN; n * rows];
+    let mut scratch = Scratch::default();
+    m.matmul(&x, n, &mut out, &mut scratch, threads);
+    let w = m.to_f32();
+    for t in 0..n {
+        let xt = &x[t * cols..(t + 1) * cols];
+        let xmax = xt.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for r in 0..rows {
+            let wr = &w[r * cols..(r + 1) * cols];
+            let want: f64 = wr.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let wsum: f32 = wr.iter().map(|v| v.abs()).sum();
+            let tol = wsum * xmax / 254.0 * 1.05 + 1e-3;
+            let got = out[t * rows + r];
+            assert!(
+                (f64::from(got) - want).abs() <= f64::from(tol),
+                "{:?} {rows}x{cols} n={n} threads={}: out[{t}][{r}] = {got}, want {want} (tol {tol})",
+                m.dtype(),
+                threads.count(),
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_f32_reference_for_every_type() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let pools = [Threads::new(1), Threads::new(2)];
+    for &dtype in TYPES {
+        let block = dtype.block_size();
+        // One block per row, an odd number of blocks, and a longer row; 37 rows is not a
+        // multiple of the row tile, the thread split or the 4-row kernel groups.
+        let mut widths = vec![block, 3 * block, 2048];
+        if block == 32 {
+            widths.push(32 * 13);
+        }
+        for cols in widths {
+            let rows = 37;
+            let m = QMatrix::quantize(dtype, rows, cols, &random(&mut rng, rows * cols)).unwrap();
+            for threads in &pools {
+                for n in [1, 2, 4, 7] {
+                    check(&m, n, threads, &mut rng);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_the_same_with_one_or_two_threads() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &dtype in TYPES {
+        let (rows, cols, n) = (64, 512, 7);
+        let m = QMatrix::quantize(dtype, rows, cols, &random(&mut rng, rows * cols)).unwrap();
+        let x = random(&mut rng, n * cols);
+        let mut a = vec![0f32; n * rows];
+        let mut b = vec![0f32; n * rows];
+        m.matmul(&x, n, &mut a, &mut Scratch::default(), &Threads::new(1));
+        m.matmul(&x, n, &mut b, &mut Scratch::default(), &Threads::new(2));
+        assert_eq!(a, b, "{dtype:?}");
+    }
+}
+
+#[test]
+fn one_row_at_a_time_equals_a_batch() {
+    // Decode (n = 1) and prompt processing (n > 1) take different kernel shapes; each
+    // output must not depend on which rows it was computed with.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for &dtype in TYPES {
+        let (rows, cols, n) = (19, 768, 6);
+        let m = QMatrix::quantize(dtype, rows, cols, &random(&mut rng, rows * cols)).unwrap();
+        let x = random(&mut rng, n * cols);
+        let mut batch = vec![0f32; n * rows];
+        let th = Threads::new(1);
+        let mut scratch = Scratch::default();
+        m.matmul(&x, n, &mut batch, &mut scratch, &th);
+        for t in 0..n {
+            let mut one = vec![0f32; rows];
+            m.matmul(&x[t * cols..(t + 1) * cols], 1, &mut one, &mut scratch, &th);
+            assert_eq!(one, batch[t * rows..(t + 1) * rows], "{dtype:?} row {t}");
+        }
+    }
+}
