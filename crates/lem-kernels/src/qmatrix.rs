@@ -231,20 +231,6 @@ impl QMatrix {
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch, threads: &Threads) {
         assert_eq!(x.len(), n * self.cols, "activation shape");
         assert_eq!(out.len(), n * self.rows, "output shape");
-        if std::env::var_os("LEM_DEBUG_F32").is_some() {
-            let mut row = vec![0f32; self.cols];
-            for r in 0..self.rows {
-                self.dequantize_row(r, &mut row);
-                for t in 0..n {
-                    out[t * self.rows + r] = row
-                        .iter()
-                        .zip(&x[t * self.cols..(t + 1) * self.cols])
-                        .map(|(a, b)| (*a as f64) * (*b as f64))
-                        .sum::<f64>() as f32;
-                }
-            }
-            return;
-        }
         with_blocks!(&self.data, v => matmul_impl(v, self.rows, self.cols, x, n, out, scratch, threads))
     }
 }

@@ -135,7 +135,7 @@ impl Model {
             .collect();
         let layout = CacheLayout {
             layers,
-            dtype: if std::env::var_os("LEM_DEBUG_KVF32").is_some() { KvDtype::F32 } else { KvDtype::default() },
+            dtype: KvDtype::default(),
             max_batch: DEFAULT_MAX_BATCH,
         };
         Model { config, embedding, blocks, final_norm, output, layout }
@@ -226,10 +226,6 @@ impl Model {
                 &mut k,
                 crate::observer::reborrow(&mut observer),
             );
-            if let Some(p) = std::env::var_os("LEM_DEBUG_LAYERS") {
-                let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-                std::fs::write(format!("{}/l_out-{l}.bin", p.to_string_lossy()), bytes).unwrap();
-            }
         }
         for seg in &ws.segments {
             batch[seg.seq].cache.advance(seg.len as u32);
@@ -253,10 +249,6 @@ impl Model {
             picked[first * d..(first + r) * d].copy_from_slice(&x[src..src + r * d]);
         }
         self.final_norm.forward(picked);
-        if let Some(p) = std::env::var_os("LEM_DEBUG_HIDDEN") {
-            let bytes: Vec<u8> = picked.iter().flat_map(|v| v.to_le_bytes()).collect();
-            std::fs::write(p, bytes).unwrap();
-        }
         let vocab = self.vocab();
         let logits = fit(&mut ws.logits, rows * vocab);
         self.output.forward(picked, rows, logits, &mut k);

@@ -23,7 +23,7 @@ pub(crate) fn load(g: &mut GgufFile) -> Result<Model, ModelError> {
         base: g.opt_f32("llama.rope.freq_base")?.unwrap_or(10_000.0),
         freq_scale: super::gemma3::linear_rope_scale(g, "llama")?,
         n_rot: g.opt_uint("llama.rope.dimension_count")?.map_or(cfg.head_dim, |n| n as usize),
-        style: if std::env::var_os("LEM_DEBUG_NEOX").is_some() { RopeStyle::Neox } else { RopeStyle::Interleaved },
+        style: RopeStyle::Interleaved,
     };
     let (d, eps) = (cfg.n_embd, cfg.rms_eps);
     let table = Arc::new(g.matrix("token_embd.weight", cfg.vocab, d)?);
