@@ -38,7 +38,14 @@ fn check_eval(alias: &str) {
     let (all, clear, decisive) = (agreement(0.0), agreement(0.25), agreement(0.5));
     eprintln!(
         "{alias}: argmax agreement {}/{} overall, {}/{} at margin >= 0.25, {}/{} at margin >= 0.5; ppl {:.4} vs {ref_ppl:.4} ({:.3}%)",
-        all.0, all.1, clear.0, clear.1, decisive.0, decisive.1, r.ppl, rel * 100.0
+        all.0,
+        all.1,
+        clear.0,
+        clear.1,
+        decisive.0,
+        decisive.1,
+        r.ppl,
+        rel * 100.0
     );
     assert!(rel <= 0.01, "{alias}: perplexity {} vs reference {ref_ppl} differs by {:.2}%", r.ppl, rel * 100.0);
     assert!(clear.2 >= 0.99, "{alias}: argmax agreement at clear positions {:.4} < 0.99", clear.2);

@@ -133,11 +133,7 @@ impl Model {
                 LayerSpec { kind: c.kind, n_kv: c.n_kv, head_dim: c.head_dim }
             })
             .collect();
-        let layout = CacheLayout {
-            layers,
-            dtype: KvDtype::default(),
-            max_batch: DEFAULT_MAX_BATCH,
-        };
+        let layout = CacheLayout { layers, dtype: KvDtype::default(), max_batch: DEFAULT_MAX_BATCH };
         Model { config, embedding, blocks, final_norm, output, layout }
     }
 

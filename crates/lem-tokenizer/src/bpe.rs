@@ -106,11 +106,11 @@ impl Bpe {
     }
 
     fn encode_word(&self, word: &str, out: &mut Vec<u32>) {
-        if self.ignore_merges {
-            if let Some(&id) = self.text_to_id.get(word) {
-                out.push(id);
-                return;
-            }
+        if self.ignore_merges
+            && let Some(&id) = self.text_to_id.get(word)
+        {
+            out.push(id);
+            return;
         }
         // Symbols: one per character of the byte-encoded word.
         let mut pos: Vec<usize> = word.char_indices().map(|(i, _)| i).collect();

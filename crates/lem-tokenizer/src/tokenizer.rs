@@ -377,17 +377,18 @@ impl Tokenizer {
         let find = |eog: &[u32], t: &str| eog.iter().position(|&id| texts[id as usize] == t);
         let has = |eog: &[u32], t: &str| find(eog, t).is_some();
         let has_call = has(&eog, "<|call|>") || has(&eog, "<|calls|>");
-        if has_call && (has(&eog, "<|return|>") || has(&eog, "<|flush|>")) {
-            if let Some(pos) = find(&eog, "<|end|>") {
-                let end = eog.remove(pos);
-                attrs[end as usize] = ATTR_USER_DEFINED;
-            }
+        if has_call
+            && (has(&eog, "<|return|>") || has(&eog, "<|flush|>"))
+            && let Some(pos) = find(&eog, "<|end|>")
+        {
+            let end = eog.remove(pos);
+            attrs[end as usize] = ATTR_USER_DEFINED;
         }
-        if has(&eog, "<|tool_response>") {
-            if let Some(pos) = find(&eog, "</s>") {
-                let s = eog.remove(pos);
-                attrs[s as usize] = ATTR_NORMAL;
-            }
+        if has(&eog, "<|tool_response>")
+            && let Some(pos) = find(&eog, "</s>")
+        {
+            let s = eog.remove(pos);
+            attrs[s as usize] = ATTR_NORMAL;
         }
 
         let add_bos = meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(match algo {
@@ -515,10 +516,8 @@ impl Tokenizer {
             Bos::Omit => false,
             Bos::ModelDefault => self.add_bos,
         };
-        if add {
-            if let Some(b) = self.bos {
-                out.push(b);
-            }
+        if add && let Some(b) = self.bos {
+            out.push(b);
         }
         if text.len() > shimmytok::MAX_INPUT_SIZE {
             return Err(TokenizerError::Encode(format!(

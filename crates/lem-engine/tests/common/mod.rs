@@ -21,7 +21,8 @@ pub fn model_path(alias: &str) -> PathBuf {
 
 /// Engines are loaded once per test binary and shared (tests run in parallel threads).
 pub fn engine(alias: &str) -> Arc<Engine> {
-    static CACHE: OnceLock<Mutex<Vec<(String, Arc<Engine>)>>> = OnceLock::new();
+    type Loaded = Vec<(String, Arc<Engine>)>;
+    static CACHE: OnceLock<Mutex<Loaded>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = cache.lock().unwrap();
     if let Some((_, e)) = guard.iter().find(|(a, _)| a == alias) {
