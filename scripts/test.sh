@@ -30,3 +30,4 @@ echo "== models" >&2
 ./target/release/lem models fetch all
 echo "== tests" >&2
 cargo test --release --locked --workspace "$@"
+[ $# -gt 0 ] || { echo "== server integration suite" >&2; tests/server/run.sh; }

@@ -29,6 +29,16 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Fetch and list the packaged models.
     Models(cmd::models::Args),
+    /// KV snapshots: save a prompt's state, continue from it, inspect a file.
+    Kv(cmd::kv::Args),
+    /// Named chat sessions (`lem chat --session NAME`): list, show, fork, rm.
+    Session(cmd::session::Args),
+    /// Score a prompt's attention-key geometry (`lem score attention`).
+    Score(cmd::score::Args),
+    /// Capture raw keys, values, queries and attention weights to a safetensors file.
+    Inspect(cmd::inspect::Args),
+    /// Serve the model over HTTP (OpenAI, Anthropic and Ollama APIs).
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +50,11 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Models(a) => cmd::models::run(a),
+        Command::Kv(a) => cmd::kv::run(a),
+        Command::Session(a) => cmd::session::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

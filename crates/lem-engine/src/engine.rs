@@ -1,7 +1,7 @@
 //! The loaded engine: model, tokenizer, chat template, thread pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use lem_kernels::Threads;
 use lem_model::Model;
@@ -34,6 +34,8 @@ pub struct Engine {
     template: ChatTemplate,
     threads: Threads,
     ctx_size: usize,
+    /// The model fingerprint, computed on first use.
+    fingerprint: OnceLock<String>,
 }
 
 impl Engine {
@@ -54,12 +56,23 @@ impl Engine {
             template,
             threads: Threads::new(config.threads),
             ctx_size,
+            fingerprint: OnceLock::new(),
         })
     }
 
     /// The file the model came from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The model's identity (see [`lem_model::fingerprint`]): computed on first use, and
+    /// remembered across processes in the lem cache directory.
+    pub fn model_fingerprint(&self) -> Result<&str, EngineError> {
+        if self.fingerprint.get().is_none() {
+            let fp = lem_model::fingerprint::cached_fingerprint(&self.path, None)?;
+            let _ = self.fingerprint.set(fp);
+        }
+        Ok(self.fingerprint.get().map_or("", String::as_str))
     }
 
     /// The model.

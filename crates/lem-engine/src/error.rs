@@ -28,6 +28,9 @@ pub enum EngineError {
         /// Context size.
         ctx: usize,
     },
+    /// Restored state does not fit the sequence or the model.
+    #[error("restored state does not match: {0}")]
+    StateMismatch(String),
     /// There is nothing to generate from.
     #[error("empty prompt: give at least one token")]
     EmptyPrompt,

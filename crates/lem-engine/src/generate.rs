@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use lem_model::Observer;
 use lem_tokenizer::StreamDecoder;
 use serde::Serialize;
 
@@ -64,6 +65,44 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// One generated token, as [`GenerateHook::on_token`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenStep<'a> {
+    /// Index among the generated tokens (0 for the first).
+    pub index: usize,
+    /// The sampled token id.
+    pub id: u32,
+    /// The text the stream decoder produced for it (empty for an end-of-generation token
+    /// or while a UTF-8 character is incomplete; stop strings are not removed).
+    pub piece: &'a str,
+    /// The token's position in the sequence.
+    pub position: usize,
+    /// Whether the token went through the model (its K/V are in the cache, and the
+    /// hook's observer saw that forward pass). The last token of a generation is not fed.
+    pub fed: bool,
+    /// Bytes of KV state the sequence holds after this step.
+    pub kv_bytes: usize,
+}
+
+/// Watches a generation from inside (see [`generate_with`]); every method has a no-op
+/// default, and [`generate`] is `generate_with` with a hook that does nothing.
+pub trait GenerateHook {
+    /// The observer for the model's forward passes (the prefill, then one pass per fed
+    /// token); `None` (the default) captures nothing.
+    fn observer(&mut self) -> Option<&mut dyn Observer> {
+        None
+    }
+    /// Called once the prompt has been fed (`prompt_ids` are the tokens of this call).
+    fn on_prefill(&mut self, _seq: &Sequence, _prompt_ids: &[u32]) {}
+    /// Called once per generated token, after the forward pass that fed it (if any).
+    fn on_token(&mut self, _step: &TokenStep<'_>) {}
+}
+
+/// The hook of [`generate`]: watches nothing.
+struct NoHook;
+
+impl GenerateHook for NoHook {}
+
 /// Feeds `prompt_ids` to `seq` (after whatever it already holds) and generates. Text is
 /// streamed through `on_text` as it becomes final (never half a UTF-8 character, never
 /// part of a stop string); returning `ControlFlow::Break` from it cancels.
@@ -73,6 +112,19 @@ pub fn generate(
     prompt_ids: &[u32],
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation, EngineError> {
+    generate_with(engine, seq, prompt_ids, req, on_text, &mut NoHook)
+}
+
+/// [`generate`], with `hook` watching the forward passes and every step. The output is
+/// the same as without the hook: observers only read.
+pub fn generate_with(
+    engine: &Engine,
+    seq: &mut Sequence,
+    prompt_ids: &[u32],
+    req: &GenerateRequest,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    hook: &mut dyn GenerateHook,
 ) -> Result<Generation, EngineError> {
     let start = Instant::now();
     let ctx = engine.ctx_size();
@@ -91,11 +143,12 @@ pub fn generate(
         // Continue from the last token's state: recompute its logits by rolling it back.
         let last = *seq.tokens().last().ok_or(EngineError::EmptyPrompt)?;
         seq.truncate(seq.len() - 1)?;
-        seq.feed(engine, &[last])?.to_vec()
+        seq.feed_observed(engine, &[last], hook.observer())?.to_vec()
     } else {
-        seq.feed(engine, prompt_ids)?.to_vec()
+        seq.feed_observed(engine, prompt_ids, hook.observer())?.to_vec()
     };
     let prefill_s = start.elapsed().as_secs_f64();
+    hook.on_prefill(seq, prompt_ids);
 
     let mut ids = Vec::with_capacity(req.max_tokens);
     let mut text = String::new();
@@ -118,28 +171,42 @@ pub fn generate(
             decode_start = Instant::now();
         }
         ids.push(id);
+        let mut step = TokenStep {
+            index: ids.len() - 1,
+            id,
+            piece: "",
+            position: seq.len(),
+            fed: false,
+            kv_bytes: seq.kv_bytes(),
+        };
         if tokenizer.is_eog(id) {
+            hook.on_token(&step);
             finish = FinishReason::Stop;
             break;
         }
         let piece = stream.push(id)?;
+        step.piece = &piece;
         let out = stops.push(&piece);
-        if emit(&out.emit, &mut text).is_break() {
-            finish = FinishReason::Cancelled;
+        let end = if emit(&out.emit, &mut text).is_break() {
+            Some(FinishReason::Cancelled)
+        } else if out.stopped.is_some() {
+            Some(FinishReason::Stop)
+        } else if ids.len() == req.max_tokens {
+            Some(FinishReason::Length)
+        } else if seq.len() + 1 >= ctx {
+            Some(FinishReason::ContextFull)
+        } else {
+            None
+        };
+        if let Some(reason) = end {
+            hook.on_token(&step);
+            finish = reason;
             break;
         }
-        if out.stopped.is_some() {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if ids.len() == req.max_tokens {
-            break;
-        }
-        if seq.len() + 1 >= ctx {
-            finish = FinishReason::ContextFull;
-            break;
-        }
-        logits.copy_from_slice(seq.feed(engine, &[id])?);
+        logits.copy_from_slice(seq.feed_observed(engine, &[id], hook.observer())?);
+        step.fed = true;
+        step.kv_bytes = seq.kv_bytes();
+        hook.on_token(&step);
     }
     if stops.stopped().is_none() && finish != FinishReason::Cancelled {
         let mut rest = stream.finish();

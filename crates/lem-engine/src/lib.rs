@@ -6,6 +6,7 @@
 //! [`lem_kv::SeqCache`] and the reusable forward buffers, and every operation on it
 //! (feed, truncate, fork) goes through the engine.
 
+pub mod batch;
 mod bench;
 mod engine;
 mod error;
@@ -15,9 +16,12 @@ pub mod sampling;
 mod sequence;
 pub mod stop;
 
+pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
 pub use bench::{BenchReport, bench, peak_rss_bytes};
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use eval::{EvalReport, eval};
-pub use generate::{FinishReason, GenerateRequest, Generation, Timings, generate};
+pub use generate::{
+    FinishReason, GenerateHook, GenerateRequest, Generation, Timings, TokenStep, generate, generate_with,
+};
 pub use sequence::Sequence;

@@ -1,7 +1,7 @@
 //! A sequence: token ids, KV cache and forward buffers.
 
 use lem_kv::SeqCache;
-use lem_model::{LogitsRequest, SeqInput, Workspace};
+use lem_model::{LogitsRequest, Observer, SeqInput, Workspace};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -17,6 +17,25 @@ pub struct Sequence {
 impl Sequence {
     pub(crate) fn new(cache: SeqCache) -> Sequence {
         Sequence { tokens: Vec::new(), cache, ws: Workspace::default() }
+    }
+
+    /// A sequence made from restored state (a snapshot, a session, prefix-cache blocks):
+    /// `tokens` and a cache built for `engine`'s model that holds exactly those tokens.
+    pub fn from_cache(engine: &Engine, tokens: Vec<u32>, cache: SeqCache) -> Result<Sequence, EngineError> {
+        if cache.len() as usize != tokens.len() {
+            return Err(EngineError::StateMismatch(format!(
+                "cache holds {} positions for {} tokens",
+                cache.len(),
+                tokens.len()
+            )));
+        }
+        if let Some(what) = engine.model().cache_layout().difference(cache.layout()) {
+            return Err(EngineError::StateMismatch(format!("cache layout differs from the model's: {what}")));
+        }
+        if tokens.len() > engine.ctx_size() {
+            return Err(EngineError::PromptTooLong { tokens: tokens.len(), ctx: engine.ctx_size() });
+        }
+        Ok(Sequence { tokens, cache, ws: Workspace::default() })
     }
 
     /// Token ids the cache holds state for.
@@ -53,10 +72,21 @@ impl Sequence {
     /// Appends `tokens`, running them through the model in batches, and returns the
     /// logits of the last one.
     pub fn feed(&mut self, engine: &Engine, tokens: &[u32]) -> Result<&[f32], EngineError> {
+        self.feed_observed(engine, tokens, None)
+    }
+
+    /// [`Sequence::feed`] with `observer` watching every forward pass (see
+    /// [`lem_model::Observer`]); with `None` it is exactly `feed`.
+    pub fn feed_observed(
+        &mut self,
+        engine: &Engine,
+        tokens: &[u32],
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<&[f32], EngineError> {
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        self.feed_each(engine, tokens, LogitsRequest::Last, &mut |_, _| {})?;
+        self.feed_inner(engine, tokens, LogitsRequest::Last, &mut |_, _| {}, observer)?;
         let vocab = engine.model().vocab();
         Ok(self.ws.logits(0, vocab))
     }
@@ -69,6 +99,17 @@ impl Sequence {
         tokens: &[u32],
         request: LogitsRequest,
         on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        self.feed_inner(engine, tokens, request, on_logits, None)
+    }
+
+    fn feed_inner(
+        &mut self,
+        engine: &Engine,
+        tokens: &[u32],
+        request: LogitsRequest,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+        mut observer: Option<&mut dyn Observer>,
     ) -> Result<(), EngineError> {
         let total = self.tokens.len() + tokens.len();
         if total > engine.ctx_size() {
@@ -86,7 +127,12 @@ impl Sequence {
             };
             let first = self.tokens.len();
             let mut input = [SeqInput { tokens: chunk, cache: &mut self.cache, logits }];
-            model.forward(&mut input, &mut self.ws, engine.threads(), None)?;
+            // Reborrow for this call only (shortening the trait object's lifetime too).
+            let obs: Option<&mut dyn Observer> = match &mut observer {
+                Some(o) => Some(&mut **o),
+                None => None,
+            };
+            model.forward(&mut input, &mut self.ws, engine.threads(), obs)?;
             self.tokens.extend_from_slice(chunk);
             if logits == LogitsRequest::All {
                 for (j, row) in self.ws.logits(0, vocab).chunks_exact(vocab).enumerate() {
@@ -109,6 +155,12 @@ impl Sequence {
     /// An independent copy of this sequence (tokens and cache).
     pub fn fork(&self) -> Sequence {
         Sequence { tokens: self.tokens.clone(), cache: self.cache.fork(), ws: Workspace::default() }
+    }
+
+    /// Token ids and cache, mutably, for the batch scheduler (which runs many sequences
+    /// through one forward and keeps the two in step itself).
+    pub(crate) fn parts_mut(&mut self) -> (&mut Vec<u32>, &mut SeqCache) {
+        (&mut self.tokens, &mut self.cache)
     }
 
     /// Number of leading tokens shared with `ids`.

@@ -5,14 +5,18 @@
 //! token it holds, so masks and rotary positions stay right after a sliding window wraps,
 //! after truncation and after a restore. The model's forward pass appends to it and reads
 //! it through [`lem_kernels::ops::KvView`]; everything else (truncate, fork, export,
-//! import) is a sequence operation here.
+//! import) is a sequence operation here. [`SeqCache::export_raw`] /
+//! [`SeqCache::import_raw`] move K/V in the storage type itself ([`RawLayer`]), so a
+//! snapshot or a prefix-cache block restores a cache bit for bit.
 //!
 //! Storage type is a property of the cache ([`KvDtype`]: f16 by default, or f32); the
 //! one place that converts is [`KvDtype::round_in_place`] / [`LayerCache::append`].
 
 mod layer;
+mod raw;
 
-pub use layer::{LayerCache, LayerExport};
+pub use layer::{EMPTY_POS, LayerCache, LayerExport};
+pub use raw::RawLayer;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +35,14 @@ pub enum LayerKind {
 }
 
 impl LayerKind {
+    /// The window length of a sliding-window layer.
+    pub fn window(self) -> Option<u32> {
+        match self {
+            LayerKind::Full => None,
+            LayerKind::SlidingWindow { window } => Some(window),
+        }
+    }
+
     /// The attention mask this kind implies.
     pub fn mask(self) -> lem_kernels::ops::Mask {
         match self {
@@ -91,6 +103,32 @@ pub struct CacheLayout {
     pub dtype: KvDtype,
     /// Most tokens one forward call appends (sizes sliding-window rings).
     pub max_batch: usize,
+}
+
+impl CacheLayout {
+    /// What differs between `self` (expected) and `other`, in words; `None` when the two
+    /// caches are interchangeable (same storage type and per-layer specs; `max_batch`
+    /// only sizes rings and is not compared).
+    pub fn difference(&self, other: &CacheLayout) -> Option<String> {
+        if self.dtype != other.dtype {
+            return Some(format!("K/V storage type {:?} vs {:?}", self.dtype, other.dtype));
+        }
+        if self.layers.len() != other.layers.len() {
+            return Some(format!("{} layers vs {}", self.layers.len(), other.layers.len()));
+        }
+        let describe = |s: &LayerSpec| match s.kind {
+            LayerKind::Full => format!("full attention, {} KV heads x {}", s.n_kv, s.head_dim),
+            LayerKind::SlidingWindow { window } => {
+                format!("sliding window {window}, {} KV heads x {}", s.n_kv, s.head_dim)
+            }
+        };
+        self.layers
+            .iter()
+            .zip(&other.layers)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| format!("layer {i}: {} vs {}", describe(a), describe(b)))
+    }
 }
 
 /// Errors of sequence operations.
@@ -201,6 +239,42 @@ impl SeqCache {
         self.layers.iter().map(LayerCache::bytes_used).sum()
     }
 
+    /// Exports every layer's live K/V exactly as stored (see [`RawLayer`]).
+    pub fn export_raw(&self) -> Vec<RawLayer> {
+        self.layers.iter().map(LayerCache::export_raw).collect()
+    }
+
+    /// Every layer's K/V of positions `from..to`, exactly as stored, or `None` when some
+    /// layer no longer holds all of them.
+    pub fn export_raw_range(&self, from: u32, to: u32) -> Option<Vec<RawLayer>> {
+        self.layers.iter().map(|l| l.export_raw_range(from, to)).collect()
+    }
+
+    /// Replaces the state with raw layers (as [`SeqCache::export_raw`] gives them) for a
+    /// sequence of `len` positions. Checks everything a later forward relies on: layer
+    /// count, storage type, shapes, that full-attention layers hold exactly positions
+    /// `0..len` and that sliding-window layers hold a contiguous run ending at `len - 1`
+    /// that covers the window the next query sees. On error the cache is unchanged.
+    pub fn import_raw(&mut self, layers: &[RawLayer], len: u32) -> Result<(), KvError> {
+        if layers.len() != self.layers.len() {
+            return Err(KvError::Shape {
+                layer: layers.len().min(self.layers.len()),
+                what: format!("expected {} layers, got {}", self.layers.len(), layers.len()),
+            });
+        }
+        for (i, e) in layers.iter().enumerate() {
+            check_held(self.layout.layers[i].kind, &e.positions, len)
+                .map_err(|what| KvError::Shape { layer: i, what })?;
+        }
+        let mut fresh = SeqCache::new(&self.layout);
+        for (i, (l, e)) in fresh.layers.iter_mut().zip(layers).enumerate() {
+            l.import_raw(e).map_err(|what| KvError::Shape { layer: i, what })?;
+        }
+        fresh.len = len;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Exports every layer's live K/V (see [`LayerCache::export`]).
     pub fn export(&self) -> Vec<LayerExport> {
         self.layers.iter().map(LayerCache::export).collect()
@@ -214,6 +288,10 @@ impl SeqCache {
                 what: format!("expected {} layers, got {}", self.layers.len(), layers.len()),
             });
         }
+        for (i, e) in layers.iter().enumerate() {
+            check_held(self.layout.layers[i].kind, &e.positions, len)
+                .map_err(|what| KvError::Shape { layer: i, what })?;
+        }
         let mut fresh = SeqCache::new(&self.layout);
         for (i, (l, e)) in fresh.layers.iter_mut().zip(layers).enumerate() {
             l.import(e).map_err(|what| KvError::Shape { layer: i, what })?;
@@ -222,4 +300,35 @@ impl SeqCache {
         *self = fresh;
         Ok(())
     }
+}
+
+/// Whether `positions` (ascending) is what a layer of `kind` must hold for a sequence of
+/// `len` tokens to continue correctly.
+fn check_held(kind: LayerKind, positions: &[u32], len: u32) -> Result<(), String> {
+    let contiguous_to_end = positions.last().is_none_or(|&last| last + 1 == len)
+        && positions.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
+    match kind {
+        LayerKind::Full => {
+            if positions.len() != len as usize || !contiguous_to_end || positions.first().is_some_and(|&p| p != 0) {
+                let span = match (positions.first(), positions.last()) {
+                    (Some(a), Some(b)) => format!("{} positions {a}..={b}", positions.len()),
+                    _ => "no positions".to_owned(),
+                };
+                return Err(format!("full-attention layer must hold positions 0..{len}, got {span}"));
+            }
+        }
+        LayerKind::SlidingWindow { window } => {
+            let need_from = (len + 1).saturating_sub(window);
+            let first = positions.first().copied().unwrap_or(len);
+            if !contiguous_to_end || first > need_from || (len > 0 && positions.is_empty()) {
+                return Err(format!(
+                    "sliding-window layer (window {window}) must hold a contiguous run of positions from at most \
+                     {need_from} up to {}, got {} positions starting at {first}",
+                    len.saturating_sub(1),
+                    positions.len()
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -240,6 +240,11 @@ impl GgufFile {
         self.size
     }
 
+    /// The parsed header (metadata and tensor table), for the fingerprint.
+    pub(crate) fn content(&self) -> &Content {
+        &self.content
+    }
+
     /// All metadata.
     pub fn metadata(&self) -> &std::collections::HashMap<String, Value> {
         &self.content.metadata
@@ -320,9 +325,6 @@ impl GgufFile {
             return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![rows, cols] });
         }
         let dtype = info.ggml_dtype;
-        if std::env::var_os("LEM_DEBUG_TYPES").is_some() {
-            eprintln!("{name} {dtype:?}");
-        }
         let start = self.content.tensor_data_offset + info.offset;
         let io = |source| ModelError::Io { path: self.path.clone(), source };
         self.file.seek(SeekFrom::Start(start)).map_err(io)?;

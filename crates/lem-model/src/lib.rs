@@ -9,6 +9,7 @@
 mod arch;
 mod config;
 mod error;
+pub mod fingerprint;
 mod gguf;
 mod layers;
 mod model;

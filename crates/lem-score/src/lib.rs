@@ -100,8 +100,10 @@
 //!     but rounds the stored f32 keys (relative 6e-8), so the floats move by ~1e-7 and a
 //!     threshold count or the truncated composite can flip for values at a boundary.
 //! 11. **Cost.** Many-head is `O(L·H²·T·D)`; few-head is `O(L·T²·D)` (all position pairs,
-//!     as the spec requires), single-threaded. [`KeySnapshot::load`] reads the whole file
-//!     into memory; [`KeySnapshot::save`] streams layer by layer.
+//!     as the spec requires), single-threaded; pair cosines are computed eight at a time
+//!     with interleaved dot products, each still summed in index order (bit-identical).
+//!     [`KeySnapshot::load`] reads the whole file into memory; [`KeySnapshot::save`]
+//!     streams layer by layer.
 
 mod error;
 mod file;

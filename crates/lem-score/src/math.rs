@@ -26,16 +26,69 @@ fn dot<A: Copy + Into<f64>>(a: &[A], b: &[A]) -> f64 {
     s
 }
 
+/// `LANES` dot products of `a` with equally long vectors `bs`, each summed sequentially
+/// in index order from `+0.0`: bit for bit `[dot(a, bs[0]), ...]`. The independent sums
+/// run interleaved, so they overlap in the CPU's pipeline instead of each waiting on its
+/// own chain of additions (several times faster than `LANES` calls of [`dot`]).
+#[inline]
+fn dots<const LANES: usize, A: Copy + Into<f64>>(a: &[A], bs: [&[A]; LANES]) -> [f64; LANES] {
+    let bs = bs.map(|b| &b[..a.len()]);
+    let mut s = [0.0f64; LANES];
+    for (k, &x) in a.iter().enumerate() {
+        let x: f64 = x.into();
+        for n in 0..LANES {
+            let y: f64 = bs[n][k].into();
+            s[n] += x * y;
+        }
+    }
+    s
+}
+
+/// Cosines of every pair `i < j` of `vs` (equally long, non-empty vectors with squared
+/// norms `sq`), handed to `f(i, j, cos)` in `i`-outer, `j`-inner order. Bit-identical to
+/// `cos_with_sq_norms(vs[i], vs[j], sq[i], sq[j])` per pair; computed [`dots`]-wise.
+pub(crate) fn pair_cosines<A: Copy + Into<f64>, V: AsRef<[A]>>(
+    vs: &[V],
+    sq: &[f64],
+    mut f: impl FnMut(usize, usize, f64),
+) {
+    const LANES: usize = 8;
+    let n = vs.len();
+    for i in 0..n {
+        let a = vs[i].as_ref();
+        let mut j = i + 1;
+        while j + LANES <= n {
+            let ds = dots::<LANES, A>(a, std::array::from_fn(|m| vs[j + m].as_ref()));
+            for (m, d) in ds.into_iter().enumerate() {
+                f(i, j + m, cos_from_dot(d, sq[i], sq[j + m]));
+            }
+            j += LANES;
+        }
+        for j in j..n {
+            f(i, j, cos_from_dot(dot(a, vs[j].as_ref()), sq[i], sq[j]));
+        }
+    }
+}
+
 /// `cos` given precomputed squared norms ([`sq_norm`]). Bit-identical to [`cos`] for
 /// equal-length non-empty inputs; the scorer uses it to avoid recomputing norms for every
 /// pair.
+#[inline]
+pub(crate) fn cos_with_sq_norms<A: Copy + Into<f64>>(a: &[A], b: &[A], sq_a: f64, sq_b: f64) -> f64 {
+    if sq_a == 0.0 || sq_b == 0.0 {
+        return 0.0;
+    }
+    cos_from_dot(dot(a, b), sq_a, sq_b)
+}
+
+/// `dot / sqrt(|a|² · |b|²)`, clamped to `[-1, 1]`; 0 for a zero denominator.
 ///
 /// The denominator is `sqrt(|a|² · |b|²)` rather than `|a| · |b|`: algebraically the same,
 /// but `sqrt(x²) == x` exactly in binary floating point, so `cos(a, a)` is exactly 1.
 /// Should the product overflow or underflow (impossible for f32 inputs), it falls back to
 /// `sqrt(|a|²) · sqrt(|b|²)`.
 #[inline]
-pub(crate) fn cos_with_sq_norms<A: Copy + Into<f64>>(a: &[A], b: &[A], sq_a: f64, sq_b: f64) -> f64 {
+fn cos_from_dot(dot: f64, sq_a: f64, sq_b: f64) -> f64 {
     if sq_a == 0.0 || sq_b == 0.0 {
         return 0.0;
     }
@@ -46,7 +99,7 @@ pub(crate) fn cos_with_sq_norms<A: Copy + Into<f64>>(a: &[A], b: &[A], sq_a: f64
     if den == 0.0 {
         return 0.0;
     }
-    (dot(a, b) / den).clamp(-1.0, 1.0)
+    (dot / den).clamp(-1.0, 1.0)
 }
 
 /// Cosine similarity `dot(a, b) / (|a| |b|)`, computed in f64 as
@@ -149,6 +202,30 @@ pub fn entropy<A: Copy + Into<f64>>(flat: &[A], t: usize, d: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_cosines_match_cos_bitwise() {
+        // 11 vectors: full batches of 4 and remainders, zero vectors included.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut vs: Vec<Vec<f32>> = (0..11).map(|_| (0..37).map(|_| next()).collect()).collect();
+        vs[3] = vec![0.0; 37];
+        let sq: Vec<f64> = vs.iter().map(|v| sq_norm(v)).collect();
+        let mut seen = Vec::new();
+        pair_cosines(&vs, &sq, |i, j, c| seen.push((i, j, c.to_bits())));
+        let mut want = Vec::new();
+        for i in 0..vs.len() {
+            for j in i + 1..vs.len() {
+                want.push((i, j, cos(&vs[i], &vs[j]).to_bits()));
+            }
+        }
+        assert_eq!(seen, want);
+    }
 
     #[test]
     fn cos_degenerate_cases_are_zero() {

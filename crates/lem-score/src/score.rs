@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::KeySnapshot;
-use crate::math::{cos, cos_with_sq_norms, entropy, mean_vec, sq_norm};
+use crate::math::{cos, entropy, mean_vec, pair_cosines, sq_norm};
 
 /// Labels of [`Scores::features`], in order.
 pub const FEATURE_LABELS: [&str; 5] =
@@ -156,16 +156,13 @@ fn many_head(snap: &KeySnapshot) -> Scores {
         let norms: Vec<f64> = heads.iter().map(|k| sq_norm(k)).collect();
         let mut coh = 0.0;
         let mut n_pairs = 0usize;
-        for i in 0..heads.len() {
-            for j in i + 1..heads.len() {
-                let c = cos_with_sq_norms(&heads[i], &heads[j], norms[i], norms[j]);
-                coh += c;
-                n_pairs += 1;
-                if c >= MANY_LOCK_COS {
-                    acc.locked += 1;
-                }
+        pair_cosines(heads, &norms, |_, _, c| {
+            coh += c;
+            n_pairs += 1;
+            if c >= MANY_LOCK_COS {
+                acc.locked += 1;
             }
-        }
+        });
         acc.layer_coherence[li] = if n_pairs > 0 { coh / n_pairs as f64 } else { 0.0 };
         acc.pairs += n_pairs;
         for k in heads {
@@ -205,20 +202,19 @@ fn few_head(snap: &KeySnapshot) -> Scores {
             continue;
         };
         let k = &heads[0];
-        let pos: Vec<&[f32]> = k.chunks_exact(d).collect();
+        // Widened once (exactly) rather than once per pair.
+        let wide: Vec<f64> = k.iter().map(|&x| f64::from(x)).collect();
+        let pos: Vec<&[f64]> = wide.chunks_exact(d).collect();
         let norms: Vec<f64> = pos.iter().map(|v| sq_norm(v)).collect();
         let mut sim = 0.0;
         let mut n_pairs = 0usize;
-        for i in 0..pos.len() {
-            for j in i + 1..pos.len() {
-                let c = cos_with_sq_norms(pos[i], pos[j], norms[i], norms[j]);
-                sim += c;
-                n_pairs += 1;
-                if c < FEW_LOCK_COS {
-                    acc.locked += 1;
-                }
+        pair_cosines(&pos, &norms, |_, _, c| {
+            sim += c;
+            n_pairs += 1;
+            if c < FEW_LOCK_COS {
+                acc.locked += 1;
             }
-        }
+        });
         // t >= 2 here, so n_pairs >= 1.
         let diff = 1.0 - sim / n_pairs as f64;
         acc.layer_coherence[li] = diff;

@@ -1,11 +1,15 @@
-//! `lem chat`: an interactive conversation that keeps its KV state between turns.
+//! `lem chat`: an interactive conversation that keeps its KV state between turns, and
+//! with `--session NAME` across processes (woken at start, put to sleep after each turn).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
 
-use lem_engine::{Engine, GenerateRequest, Sequence, generate};
+use lem_engine::{Engine, GenerateRequest, Sequence};
+use lem_state::{StateError, Transcript, generate_cached};
 use lem_tokenizer::{Bos, ChatMessage};
 
+use crate::cmd::kv::PrefixCacheArgs;
+use crate::cmd::session::StoreArgs;
 use crate::common::{ModelArgs, SamplingArgs};
 
 /// Arguments of `lem chat`.
@@ -21,6 +25,13 @@ pub struct Args {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Named session: wake its KV state and transcript at start, sleep after each turn.
+    #[arg(long, value_name = "NAME")]
+    session: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    prefix: PrefixCacheArgs,
 }
 
 /// Feeds only what the cache does not already hold: the rendered conversation is
@@ -42,6 +53,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
     let mut messages = base.clone();
     let mut seq = engine.new_sequence();
+    let cache = a.prefix.open()?;
+    let session = match &a.session {
+        Some(name) => Some((a.store.open()?, name.clone())),
+        None => None,
+    };
+    if let Some((store, name)) = &session {
+        if let Some((woken, transcript)) = store.wake(name, &engine)? {
+            eprintln!("(woke session {name}: {} tokens, {} messages)", woken.len(), transcript.messages.len());
+            seq = woken;
+            messages = transcript.to_chat();
+            if a.system.is_some() && messages.first() != base.first() {
+                eprintln!("(--system ignored: the session keeps its own history; /reset to start over)");
+            }
+        } else {
+            eprintln!("(new session {name})");
+        }
+    }
+    let sleep = |seq: &Sequence, messages: &[ChatMessage]| -> anyhow::Result<()> {
+        if let Some((store, name)) = &session {
+            store.sleep(name, &engine, seq, &Transcript::from_chat(messages))?;
+        }
+        Ok(())
+    };
     if interactive {
         eprintln!("lem chat: {} ({}); /reset clears the history, /exit quits", a.model.model, engine.path().display());
     }
@@ -61,6 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "/reset" => {
                 messages = base.clone();
                 seq = engine.new_sequence();
+                sleep(&seq, &messages)?;
                 eprintln!("(history cleared)");
                 continue;
             }
@@ -76,9 +111,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         };
-        let g = match generate(&engine, &mut seq, &ids[keep..], &req, &mut on_text) {
-            Ok(g) => g,
-            Err(lem_engine::EngineError::PromptTooLong { tokens, ctx }) => {
+        let g = match generate_cached(&engine, &mut seq, &ids[keep..], &req, cache.as_ref(), &mut on_text) {
+            Ok((g, _)) => g,
+            Err(StateError::Engine(lem_engine::EngineError::PromptTooLong { tokens, ctx })) => {
                 eprintln!("(conversation of {tokens} tokens no longer fits the context of {ctx}; use /reset)");
                 messages.pop();
                 continue;
@@ -90,6 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("[{} tokens, {:.1} tok/s, reused {} cached tokens]", g.ids.len(), g.timings.decode_tok_s, keep);
         }
         messages.push(ChatMessage::assistant(g.text));
+        sleep(&seq, &messages)?;
     }
     Ok(())
 }

@@ -34,6 +34,13 @@ pub struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Write probe events to this JSON-lines file: a prefill summary with the prompt's
+    /// attention scores, then per token its id, text, position, KV bytes in use and the
+    /// per-layer norm of its key (docs/attention.md).
+    #[arg(long, value_name = "FILE.jsonl")]
+    probe: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    prefix: crate::cmd::kv::PrefixCacheArgs,
 }
 
 /// Runs `lem generate`.
@@ -67,13 +74,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let g = generate(&engine, &mut seq, &prompt_ids, &req, &mut on_text)?;
+    let cache = a.prefix.open()?;
+    if cache.is_some() && a.probe.is_some() {
+        anyhow::bail!("--prefix-cache and --probe cannot be combined");
+    }
+    let mut cache_report = None;
+    let g = match (&a.probe, &cache) {
+        (Some(path), _) => {
+            crate::cmd::inspect::generate_probed(&engine, &mut seq, &prompt_ids, &req, &mut on_text, path)?
+        }
+        (None, Some(c)) => {
+            let (g, r) = lem_state::generate_cached(&engine, &mut seq, &prompt_ids, &req, Some(c), &mut on_text)?;
+            cache_report = Some(serde_json::json!({ "report": r, "stats": c.stats() }));
+            g
+        }
+        (None, None) => generate(&engine, &mut seq, &prompt_ids, &req, &mut on_text)?,
+    };
     if let Some(e) = io_err {
         return Err(e.into());
     }
     if a.json {
         drop(out);
-        print_json(&json!({
+        let mut v = json!({
             "model": engine.path().file_name().map(|f| f.to_string_lossy()),
             "prompt_ids": g.prompt_ids,
             "ids": g.ids,
@@ -81,7 +103,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "finish_reason": g.finish_reason,
             "seed": params.seed,
             "timings": g.timings,
-        }))?;
+        });
+        if let Some(c) = cache_report {
+            v["prefix_cache"] = c;
+        }
+        print_json(&v)?;
     } else {
         writeln!(out)?;
         eprintln!(
@@ -93,6 +119,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             g.timings.ttft_ms,
             g.finish_reason
         );
+        if let Some(c) = cache_report {
+            eprintln!("[prefix cache: {}]", c["report"]);
+        }
     }
     Ok(())
 }

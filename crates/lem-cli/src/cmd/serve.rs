@@ -1,0 +1,79 @@
+//! `lem serve`: the HTTP server (OpenAI, Anthropic and Ollama APIs).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use lem_server::ServerConfig;
+
+use crate::common::ModelArgs;
+
+/// Arguments of `lem serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require this key as `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    #[arg(long, env = "LEM_API_KEY")]
+    api_key: Option<String>,
+    /// Most sequences generating at once (they share each forward pass).
+    #[arg(long, default_value_t = 16)]
+    max_concurrent: usize,
+    /// Most requests waiting for a slot; more are refused with 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Most prompt tokens prefilled per batch step (long prompts are split).
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 2 << 20)]
+    max_body_bytes: usize,
+    /// Directory of named sessions (default: $LEM_SESSIONS_DIR, else the lem cache).
+    #[arg(long)]
+    sessions_dir: Option<PathBuf>,
+    /// Directory for the prefix cache's disk tier (default: memory only).
+    #[arg(long)]
+    prefix_cache_dir: Option<PathBuf>,
+    /// Memory budget of the prefix cache in MiB.
+    #[arg(long, default_value_t = 512)]
+    prefix_cache_mib: usize,
+    /// Seconds running generations get to finish on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+/// Runs `lem serve`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    lem_server::init_logging();
+    let engine = a.model.load()?;
+    let config = ServerConfig {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        max_concurrent: a.max_concurrent,
+        max_queue: a.max_queue,
+        prefill_chunk: a.prefill_chunk,
+        max_body_bytes: a.max_body_bytes,
+        sessions_dir: a.sessions_dir,
+        prefix_cache_dir: a.prefix_cache_dir,
+        prefix_cache_memory: a.prefix_cache_mib << 20,
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        ..ServerConfig::default()
+    };
+    lem_server::run(engine, &a.model.model, &config, |addr, state| {
+        eprintln!(
+            "lem: serving {} on http://{addr} (OpenAI /v1, Anthropic /v1/messages, Ollama /api; ctx {}, batch {}, sessions in {})",
+            state.names.primary,
+            state.engine.ctx_size(),
+            config.max_concurrent,
+            state.sessions.dir().display()
+        );
+    })
+    .context("serving")
+}

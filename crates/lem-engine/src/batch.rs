@@ -1,0 +1,491 @@
+//! Continuous batching: many sequences generate at once and share each forward pass.
+//!
+//! A [`Batcher`] holds up to [`BatchConfig::max_active`] generating sequences. Every call
+//! to [`Batcher::step`] runs exactly one [`lem_model::Model::forward`] over
+//!
+//! - one token for every sequence that is decoding (the token it sampled last step), and
+//! - prompt chunks of the sequences that are still prefilling, at most
+//!   [`BatchConfig::prefill_chunk`] prompt tokens per step in all, oldest job first (so a
+//!   long prompt delays the decoding sequences by one chunk at a time, not by its whole
+//!   prefill),
+//!
+//! then samples the next token of every sequence that got logits, each with its own
+//! [`Sampler`] (own parameters and seed), and hands the text to the job's [`TokenSink`].
+//! Jobs join at any step ([`Batcher::admit`]) and leave the batch as soon as they finish;
+//! nobody waits for the slowest sequence.
+//!
+//! Per sequence, the result is what [`generate`](crate::generate) gives for the same
+//! sequence, prompt and request: the same tokens fed in the same order, the same sampling
+//! history, the same end-of-generation, stop-string, length and context rules, and the
+//! same streamed text. The matrix products treat every row of a batch on its own and
+//! attention runs per sequence over its own cache, so greedy output is identical
+//! whatever else is in the batch.
+//!
+//! A sink that says it is cancelled ([`TokenSink::is_cancelled`], e.g. the client went
+//! away) or that answers [`ControlFlow::Break`] ends its job at once with
+//! [`FinishReason::Cancelled`]; its sequence leaves the batch before the next forward.
+//!
+//! The batcher is single-threaded and synchronous: the caller (for example a server's
+//! engine thread) owns it, admits jobs and calls `step` while [`Batcher::is_idle`] is
+//! false. Finished jobs come back from `step` with their [`Sequence`], so the caller can
+//! keep the KV state (a prefix cache, a session).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use lem_model::{LogitsRequest, SeqInput, Workspace};
+use lem_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::generate::{FinishReason, GenerateRequest, Generation, Timings};
+use crate::sampling::{Sampler, TokenLogprobs};
+use crate::sequence::Sequence;
+use crate::stop::StopMatcher;
+
+/// How a [`Batcher`] schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most sequences in the batch at once (at least 1).
+    pub max_active: usize,
+    /// Most prompt tokens prefilled per step, over all prefilling sequences (at least 1).
+    pub prefill_chunk: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_active: 16, prefill_chunk: 256 }
+    }
+}
+
+/// Identifies a job within one [`Batcher`].
+pub type JobId = u64;
+
+/// What a job's sink is told while it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BatchEvent<'a> {
+    /// A token was sampled (end-of-generation tokens are not reported). `text` is the text
+    /// that became final with it: possibly empty (half a UTF-8 character, or the possible
+    /// start of a stop string is held back).
+    Token {
+        /// The token id.
+        id: u32,
+        /// Text released by this token.
+        text: &'a str,
+        /// Log-probabilities, when the job asked for them.
+        logprobs: Option<&'a TokenLogprobs>,
+    },
+    /// Held-back text released when generation ends without a stop string.
+    Tail {
+        /// The text.
+        text: &'a str,
+    },
+}
+
+/// Receives a job's output as it is produced.
+pub trait TokenSink: Send {
+    /// Called for every event; [`ControlFlow::Break`] cancels the job.
+    fn event(&mut self, event: BatchEvent<'_>) -> ControlFlow<()>;
+
+    /// Whether the receiver went away; checked before every step, so a job is cancelled
+    /// even while it is still prefilling.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Work for the batcher.
+pub struct Job {
+    /// The sequence to continue: empty, or holding a reused prefix (from a cache, a
+    /// session). `prompt_ids` are fed after what it holds, as [`generate`](crate::generate)
+    /// does.
+    pub seq: Sequence,
+    /// Tokens to feed before generating; may be empty when `seq` is not (generation then
+    /// continues from the sequence's last token).
+    pub prompt_ids: Vec<u32>,
+    /// Token budget, sampling and stop strings.
+    pub request: GenerateRequest,
+    /// Report the log-probabilities of each sampled token and of this many most likely
+    /// alternatives.
+    pub top_logprobs: Option<usize>,
+    /// Where the output goes.
+    pub sink: Box<dyn TokenSink>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("seq_len", &self.seq.len())
+            .field("prompt_ids", &self.prompt_ids.len())
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job that left the batch.
+pub struct Finished {
+    /// The id [`Batcher::admit`] gave it.
+    pub id: JobId,
+    /// The sequence, holding the state of everything fed (prompt and generated tokens,
+    /// except the last sampled one, which was never fed).
+    pub seq: Sequence,
+    /// The generation, or why it failed.
+    pub result: Result<Generation, EngineError>,
+    /// Index (into the request's `stop`) of the stop string that ended generation.
+    pub stopped_by: Option<usize>,
+    /// The job's sink, back to the caller (to send a final message, for instance).
+    pub sink: Box<dyn TokenSink>,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished").field("id", &self.id).field("result", &self.result).finish_non_exhaustive()
+    }
+}
+
+/// One generating sequence.
+struct Slot {
+    id: JobId,
+    seq: Sequence,
+    /// Prompt tokens to feed, and how many were fed.
+    prompt: Vec<u32>,
+    fed: usize,
+    /// The token to feed next while decoding.
+    next: [u32; 1],
+    decoding: bool,
+    sampler: Sampler,
+    stream: StreamDecoder,
+    stops: StopMatcher,
+    max_tokens: usize,
+    top_logprobs: Option<usize>,
+    ids: Vec<u32>,
+    text: String,
+    sink: Box<dyn TokenSink>,
+    start: Instant,
+    prefill_s: f64,
+    ttft_ms: f64,
+    decode_start: Instant,
+    finish: Option<FinishReason>,
+    error: Option<EngineError>,
+}
+
+impl Slot {
+    /// Samples from one row of logits and streams the result (the body of
+    /// [`generate`](crate::generate)'s loop).
+    fn on_logits(&mut self, tokenizer: &Tokenizer, logits: &[f32], ctx: usize) {
+        if self.ids.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return;
+        }
+        let history = self.seq.tokens();
+        let (id, lp) = match self.top_logprobs {
+            Some(n) => {
+                let (id, lp) = self.sampler.sample_with_logprobs(logits, history, n);
+                (id, Some(lp))
+            }
+            None => (self.sampler.sample(logits, history), None),
+        };
+        if self.ids.is_empty() {
+            self.ttft_ms = self.start.elapsed().as_secs_f64() * 1e3;
+            self.decode_start = Instant::now();
+        }
+        self.ids.push(id);
+        if tokenizer.is_eog(id) {
+            self.finish = Some(FinishReason::Stop);
+            return;
+        }
+        let piece = match self.stream.push(id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error = Some(e.into());
+                return;
+            }
+        };
+        let out = self.stops.push(&piece);
+        self.text.push_str(&out.emit);
+        if self.sink.event(BatchEvent::Token { id, text: &out.emit, logprobs: lp.as_ref() }).is_break() {
+            self.finish = Some(FinishReason::Cancelled);
+        } else if out.stopped.is_some() {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.ids.len() == self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+        } else if self.seq.len() + 1 >= ctx {
+            self.finish = Some(FinishReason::ContextFull);
+        } else {
+            self.next = [id];
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.finish.is_some() || self.error.is_some()
+    }
+
+    /// Flushes held-back text and builds the result (the end of
+    /// [`generate`](crate::generate)).
+    fn finalize(mut self) -> Finished {
+        let result = match self.error.take() {
+            Some(e) => Err(e),
+            None => {
+                let mut finish = self.finish.unwrap_or(FinishReason::Cancelled);
+                if self.stops.stopped().is_none() && finish != FinishReason::Cancelled {
+                    let tail = self.stops.push(&self.stream.clone().finish());
+                    let mut rest = tail.emit;
+                    if tail.stopped.is_some() {
+                        finish = FinishReason::Stop;
+                    } else {
+                        rest.push_str(&self.stops.finish());
+                    }
+                    if !rest.is_empty() {
+                        self.text.push_str(&rest);
+                        let _ = self.sink.event(BatchEvent::Tail { text: &rest });
+                    }
+                }
+                let decoded = self.ids.len().saturating_sub(1);
+                let decode_s = self.decode_start.elapsed().as_secs_f64();
+                let timings = Timings {
+                    prefill_tok_s: if self.prefill_s > 0.0 { self.prompt.len() as f64 / self.prefill_s } else { 0.0 },
+                    decode_tok_s: if decoded > 0 && decode_s > 0.0 { decoded as f64 / decode_s } else { 0.0 },
+                    ttft_ms: self.ttft_ms,
+                };
+                Ok(Generation {
+                    prompt_ids: self.prompt,
+                    ids: self.ids,
+                    text: self.text,
+                    finish_reason: finish,
+                    timings,
+                })
+            }
+        };
+        Finished { id: self.id, seq: self.seq, result, stopped_by: self.stops.stopped(), sink: self.sink }
+    }
+}
+
+/// The continuous-batching scheduler (see the module documentation).
+pub struct Batcher {
+    config: BatchConfig,
+    slots: Vec<Slot>,
+    /// Jobs that failed on admission, reported by the next step.
+    rejected: Vec<Finished>,
+    /// Forward buffers shared by every step.
+    ws: Workspace,
+    /// (slot index, tokens this step, logits request), in slot order.
+    plan: Vec<(usize, usize, LogitsRequest)>,
+    next_id: JobId,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("config", &self.config).field("active", &self.slots.len()).finish()
+    }
+}
+
+impl Batcher {
+    /// An empty batcher.
+    pub fn new(config: BatchConfig) -> Batcher {
+        let config = BatchConfig { max_active: config.max_active.max(1), prefill_chunk: config.prefill_chunk.max(1) };
+        Batcher {
+            config,
+            slots: Vec::new(),
+            rejected: Vec::new(),
+            ws: Workspace::default(),
+            plan: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> BatchConfig {
+        self.config
+    }
+
+    /// Sequences in the batch.
+    pub fn active(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether another job can be admitted now.
+    pub fn has_capacity(&self) -> bool {
+        self.slots.len() < self.config.max_active
+    }
+
+    /// Whether there is nothing to step (no sequence and no rejection to report).
+    pub fn is_idle(&self) -> bool {
+        self.slots.is_empty() && self.rejected.is_empty()
+    }
+
+    /// Bytes of KV state held by the sequences in the batch.
+    pub fn kv_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.seq.kv_bytes()).sum()
+    }
+
+    /// Adds a job to the batch; its prefill starts with the next step. A job that cannot
+    /// run (empty prompt, prompt over the context, invalid sampling parameters) still gets
+    /// an id, and comes back from the next [`Batcher::step`] with the error.
+    ///
+    /// Returns the job unchanged when the batch is full ([`Batcher::has_capacity`]).
+    pub fn admit(&mut self, engine: &Engine, job: Job) -> Result<JobId, Box<Job>> {
+        if !self.has_capacity() {
+            return Err(Box::new(job));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let Job { mut seq, mut prompt_ids, request, top_logprobs, sink } = job;
+        match prepare(engine, &mut seq, &mut prompt_ids, &request) {
+            Ok(sampler) => {
+                let now = Instant::now();
+                self.slots.push(Slot {
+                    id,
+                    seq,
+                    prompt: prompt_ids,
+                    fed: 0,
+                    next: [0],
+                    decoding: false,
+                    sampler,
+                    stream: StreamDecoder::new(engine.tokenizer().clone()),
+                    stops: StopMatcher::new(&request.stop),
+                    max_tokens: request.max_tokens,
+                    top_logprobs,
+                    ids: Vec::with_capacity(request.max_tokens.min(4096)),
+                    text: String::new(),
+                    sink,
+                    start: now,
+                    prefill_s: 0.0,
+                    ttft_ms: 0.0,
+                    decode_start: now,
+                    finish: None,
+                    error: None,
+                });
+            }
+            Err(e) => self.rejected.push(Finished { id, seq, result: Err(e), stopped_by: None, sink }),
+        }
+        Ok(id)
+    }
+
+    /// Runs one forward over the batch, samples, streams, and returns the jobs that
+    /// finished (including cancelled and failed ones, and admission failures).
+    pub fn step(&mut self, engine: &Engine) -> Vec<Finished> {
+        let mut done = std::mem::take(&mut self.rejected);
+        for s in &mut self.slots {
+            if !s.done() && s.sink.is_cancelled() {
+                s.finish = Some(FinishReason::Cancelled);
+            }
+        }
+        self.reap(&mut done);
+        if self.slots.is_empty() {
+            return done;
+        }
+
+        // Plan: every decoding sequence feeds one token; prompt chunks fill the rest of
+        // the budget, oldest job first.
+        let n_decode = self.slots.iter().filter(|s| s.decoding).count();
+        let mut budget = self.config.prefill_chunk.min(engine.model().max_batch().saturating_sub(n_decode));
+        self.plan.clear();
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.decoding {
+                self.plan.push((i, 1, LogitsRequest::Last));
+            } else if budget > 0 {
+                let n = (s.prompt.len() - s.fed).min(budget);
+                budget -= n;
+                let logits = if s.fed + n == s.prompt.len() { LogitsRequest::Last } else { LogitsRequest::None };
+                self.plan.push((i, n, logits));
+            }
+        }
+
+        let forward = {
+            let mut inputs = Vec::with_capacity(self.plan.len());
+            let mut plan = self.plan.iter().peekable();
+            for (i, s) in self.slots.iter_mut().enumerate() {
+                let Some(&(_, n, logits)) = plan.next_if(|p| p.0 == i) else {
+                    continue;
+                };
+                let tokens: &[u32] = if s.decoding { &s.next } else { &s.prompt[s.fed..s.fed + n] };
+                let (_, cache) = s.seq.parts_mut();
+                inputs.push(SeqInput { tokens, cache, logits });
+            }
+            engine.model().forward(&mut inputs, &mut self.ws, engine.threads(), None)
+        };
+        if let Err(e) = forward {
+            // Inputs are checked before anything is computed; fail every sequence that was
+            // in the call (the message is the same for each).
+            let msg = e.to_string();
+            for &(i, _, _) in &self.plan {
+                self.slots[i].error = Some(EngineError::Model(lem_model::ModelError::Input(msg.clone())));
+            }
+            self.reap(&mut done);
+            return done;
+        }
+
+        let vocab = engine.model().vocab();
+        let ctx = engine.ctx_size();
+        let tokenizer = engine.tokenizer();
+        for (b, &(i, n, logits)) in self.plan.iter().enumerate() {
+            let s = &mut self.slots[i];
+            let (tokens, _) = s.seq.parts_mut();
+            if s.decoding {
+                tokens.push(s.next[0]);
+            } else {
+                tokens.extend_from_slice(&s.prompt[s.fed..s.fed + n]);
+                s.fed += n;
+            }
+            if logits == LogitsRequest::Last {
+                if !s.decoding {
+                    s.decoding = true;
+                    s.prefill_s = s.start.elapsed().as_secs_f64();
+                }
+                s.on_logits(tokenizer, &self.ws.logits(b, vocab)[..vocab], ctx);
+            }
+        }
+        self.reap(&mut done);
+        done
+    }
+
+    /// Ends every job now (as cancelled) and returns them, e.g. at a shutdown deadline.
+    pub fn cancel_all(&mut self) -> Vec<Finished> {
+        let mut done = std::mem::take(&mut self.rejected);
+        for s in &mut self.slots {
+            if !s.done() {
+                s.finish = Some(FinishReason::Cancelled);
+            }
+        }
+        self.reap(&mut done);
+        done
+    }
+
+    /// Moves finished slots out, keeping the order of the others.
+    fn reap(&mut self, done: &mut Vec<Finished>) {
+        if !self.slots.iter().any(Slot::done) {
+            return;
+        }
+        let (finished, active): (Vec<Slot>, Vec<Slot>) =
+            std::mem::take(&mut self.slots).into_iter().partition(Slot::done);
+        self.slots = active;
+        done.extend(finished.into_iter().map(Slot::finalize));
+    }
+}
+
+/// Checks a job against the context and its parameters and sets up the sequence as
+/// [`generate`](crate::generate) does (continuing from the last token when there is no
+/// new prompt).
+fn prepare(
+    engine: &Engine,
+    seq: &mut Sequence,
+    prompt_ids: &mut Vec<u32>,
+    request: &GenerateRequest,
+) -> Result<Sampler, EngineError> {
+    let ctx = engine.ctx_size();
+    if prompt_ids.is_empty() && seq.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    if seq.len() + prompt_ids.len() >= ctx {
+        return Err(EngineError::PromptTooLong { tokens: seq.len() + prompt_ids.len(), ctx });
+    }
+    let sampler = Sampler::new(request.sampling)?;
+    if prompt_ids.is_empty() {
+        let last = *seq.tokens().last().ok_or(EngineError::EmptyPrompt)?;
+        seq.truncate(seq.len() - 1)?;
+        prompt_ids.push(last);
+    }
+    // Room for the prompt and a first stretch of output; the cache grows past that.
+    seq.reserve((seq.len() + prompt_ids.len() + request.max_tokens.min(256)).min(ctx));
+    Ok(sampler)
+}

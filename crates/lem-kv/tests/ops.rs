@@ -1,0 +1,372 @@
+//! Sequence operations against a reference model of the cache.
+//!
+//! The reference keeps, per layer, a map from position to the K/V row appended there
+//! (rounded to the storage type) and applies the cache's documented rules: a full layer
+//! keeps every position; a sliding-window ring of `capacity` cells evicts position
+//! `p - capacity` when `p` is appended; truncation drops positions `>= len` and fails,
+//! changing nothing, when a window layer no longer holds what the next query needs.
+//! Random programs of append / truncate / fork / export-import run on a pool of
+//! sequences; after every step every sequence must match its reference exactly, and a
+//! cache rebuilt from the reference contents must lay its cells out identically (so
+//! attention over either is bit-identical).
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use lem_kv::{CacheLayout, EMPTY_POS, KvDtype, KvError, LayerKind, LayerSpec, RawLayer, SeqCache};
+use proptest::prelude::*;
+
+const N_KV: usize = 2;
+const HD: usize = 3;
+const ROW: usize = N_KV * HD;
+const MAX_BATCH: usize = 4;
+
+fn layout(dtype: KvDtype) -> CacheLayout {
+    let spec = |kind| LayerSpec { kind, n_kv: N_KV, head_dim: HD };
+    CacheLayout {
+        layers: vec![
+            spec(LayerKind::Full),
+            spec(LayerKind::SlidingWindow { window: 3 }),
+            spec(LayerKind::SlidingWindow { window: 6 }),
+        ],
+        dtype,
+        max_batch: MAX_BATCH,
+    }
+}
+
+/// K/V rows of one appended position: deterministic in (seed, position, layer).
+fn row(seed: u64, p: u32, layer: usize, dtype: KvDtype) -> (Vec<f32>, Vec<f32>) {
+    let f = |i: usize, kv: u64| {
+        let x =
+            seed.wrapping_mul(6364136223846793005).wrapping_add(u64::from(p) * 1000 + (layer * 100 + i) as u64 + kv);
+        ((x % 20011) as f32 - 10005.0) / 997.0
+    };
+    let mut k: Vec<f32> = (0..ROW).map(|i| f(i, 0)).collect();
+    let mut v: Vec<f32> = (0..ROW).map(|i| f(i, 7)).collect();
+    dtype.round_in_place(&mut k);
+    dtype.round_in_place(&mut v);
+    (k, v)
+}
+
+/// One layer of the reference: position -> (K row, V row).
+type RefLayer = BTreeMap<u32, (Vec<f32>, Vec<f32>)>;
+
+/// The reference model of one sequence.
+#[derive(Debug, Clone)]
+struct Reference {
+    len: u32,
+    layers: Vec<RefLayer>,
+}
+
+impl Reference {
+    fn new(layout: &CacheLayout) -> Reference {
+        Reference { len: 0, layers: vec![BTreeMap::new(); layout.layers.len()] }
+    }
+
+    fn capacity(kind: LayerKind) -> Option<u32> {
+        kind.window().map(|w| w + MAX_BATCH as u32)
+    }
+
+    fn append(&mut self, layout: &CacheLayout, n: u32, seed: u64) {
+        for p in self.len..self.len + n {
+            for (i, spec) in layout.layers.iter().enumerate() {
+                self.layers[i].insert(p, row(seed, p, i, layout.dtype));
+                if let Some(cap) = Self::capacity(spec.kind)
+                    && p >= cap
+                {
+                    self.layers[i].remove(&(p - cap));
+                }
+            }
+        }
+        self.len += n;
+    }
+
+    /// `Err(layer, oldest)` when truncation must fail.
+    fn truncate(&mut self, layout: &CacheLayout, len: u32) -> Result<(), (usize, u32)> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for (i, spec) in layout.layers.iter().enumerate() {
+            if let (Some(w), Some((&oldest, _))) = (spec.kind.window(), self.layers[i].first_key_value())
+                && len > 0
+                && oldest > (len + 1).saturating_sub(w)
+            {
+                return Err((i, oldest));
+            }
+        }
+        for l in &mut self.layers {
+            l.retain(|&p, _| p < len);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// A cache built from scratch out of the reference contents (through the f32 import).
+    fn rebuild(&self, layout: &CacheLayout) -> SeqCache {
+        let exports: Vec<lem_kv::LayerExport> = self
+            .layers
+            .iter()
+            .map(|m| {
+                let t = m.len();
+                let (mut k, mut v) = (vec![0f32; N_KV * t * HD], vec![0f32; N_KV * t * HD]);
+                for (i, (kr, vr)) in m.values().enumerate() {
+                    for h in 0..N_KV {
+                        let dst = (h * t + i) * HD;
+                        k[dst..dst + HD].copy_from_slice(&kr[h * HD..(h + 1) * HD]);
+                        v[dst..dst + HD].copy_from_slice(&vr[h * HD..(h + 1) * HD]);
+                    }
+                }
+                lem_kv::LayerExport { k, v, positions: m.keys().copied().collect() }
+            })
+            .collect();
+        let mut c = SeqCache::new(layout);
+        c.import(&exports, self.len).expect("reference contents import");
+        c
+    }
+}
+
+/// Appends `n` positions to a cache the way the model's forward does.
+fn append(cache: &mut SeqCache, n: u32, seed: u64) {
+    let start = cache.len();
+    let dtype = cache.layout().dtype;
+    for i in 0..cache.n_layers() {
+        let positions: Vec<u32> = (start..start + n).collect();
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for &p in &positions {
+            let (kr, vr) = row(seed, p, i, dtype);
+            k.extend(kr);
+            v.extend(vr);
+        }
+        cache.layer_mut(i).append(&positions, &k, &v);
+    }
+    cache.advance(n);
+}
+
+/// Every observable property of `cache` against `reference`.
+fn check(cache: &SeqCache, reference: &Reference, what: &str) {
+    let layout = cache.layout().clone();
+    assert_eq!(cache.len(), reference.len, "{what}: len");
+    let mut bytes = 0;
+    for (i, spec) in layout.layers.iter().enumerate() {
+        let layer = cache.layer(i);
+        let want = &reference.layers[i];
+        let e = layer.export();
+        assert_eq!(e.positions, want.keys().copied().collect::<Vec<_>>(), "{what}: layer {i} positions");
+        let t = e.positions.len();
+        for (j, (kr, vr)) in want.values().enumerate() {
+            for h in 0..N_KV {
+                let src = (h * t + j) * HD;
+                assert_eq!(&e.k[src..src + HD], &kr[h * HD..(h + 1) * HD], "{what}: layer {i} K");
+                assert_eq!(&e.v[src..src + HD], &vr[h * HD..(h + 1) * HD], "{what}: layer {i} V");
+            }
+        }
+        assert_eq!(layer.cells(), want.len(), "{what}: layer {i} cells");
+        bytes += want.len() * ROW * 2 * layout.dtype.size();
+        // Placement: position p lives in cell p % capacity of a ring.
+        let view = layer.view();
+        if let Some(cap) = layer.ring_capacity() {
+            assert!(view.pos.len() <= cap, "{what}: layer {i} ring grew past its capacity");
+            for (c, &p) in view.pos.iter().enumerate() {
+                assert!(p == EMPTY_POS || p as usize % cap == c, "{what}: layer {i} cell {c} holds {p}");
+            }
+        }
+        // The next query sees every position its window covers.
+        if let Some(w) = spec.kind.window() {
+            for p in (reference.len + 1).saturating_sub(w)..reference.len {
+                assert!(want.contains_key(&p), "{what}: layer {i} lost position {p} of the window");
+            }
+        }
+        // The raw export round-trips exactly.
+        let raw = layer.export_raw();
+        assert_eq!(raw.positions, e.positions);
+        assert_eq!(raw.k.len(), t * ROW * layout.dtype.size());
+    }
+    assert_eq!(cache.bytes_used(), bytes, "{what}: bytes_used");
+
+    // A cache rebuilt from the reference lays out every live cell identically.
+    let rebuilt = reference.rebuild(&layout);
+    assert_same_cells(cache, &rebuilt, what);
+    // So does one restored from the raw export.
+    let mut restored = SeqCache::new(&layout);
+    restored.import_raw(&cache.export_raw(), cache.len()).expect("raw import");
+    assert_same_cells(cache, &restored, what);
+}
+
+/// Live cells at the same indices with the same positions and bit-identical K/V.
+fn assert_same_cells(a: &SeqCache, b: &SeqCache, what: &str) {
+    for i in 0..a.n_layers() {
+        let (va, vb) = (a.layer(i).view(), b.layer(i).view());
+        let n = va.pos.len().max(vb.pos.len());
+        let at = |pos: &[u32], c: usize| pos.get(c).copied().unwrap_or(EMPTY_POS);
+        for c in 0..n {
+            let (pa, pb) = (at(va.pos, c), at(vb.pos, c));
+            assert_eq!(pa, pb, "{what}: layer {i} cell {c} position");
+            if pa == EMPTY_POS {
+                continue;
+            }
+            let bits = |v: &lem_kernels::ops::KvView<'_>| -> Vec<u32> {
+                match v.data {
+                    lem_kernels::ops::KvData::F32 { k, v } => k[c * ROW..(c + 1) * ROW]
+                        .iter()
+                        .chain(&v[c * ROW..(c + 1) * ROW])
+                        .map(|x| x.to_bits())
+                        .collect(),
+                    lem_kernels::ops::KvData::F16 { k, v } => k[c * ROW..(c + 1) * ROW]
+                        .iter()
+                        .chain(&v[c * ROW..(c + 1) * ROW])
+                        .map(|x| u32::from(x.to_bits()))
+                        .collect(),
+                }
+            };
+            assert_eq!(bits(&va), bits(&vb), "{what}: layer {i} cell {c} data");
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append n positions to sequence s.
+    Append { s: usize, n: u32, seed: u64 },
+    /// Truncate sequence s to `frac` of its length (in 1/16ths, may exceed 1).
+    Truncate { s: usize, sixteenths: u32 },
+    /// Fork sequence s into a new one.
+    Fork { s: usize },
+    /// Replace sequence s by a restore of its raw export.
+    Reimport { s: usize },
+    /// Export positions a..b (fractions of the length) and check them against the reference.
+    Range { s: usize, a: u32, b: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..4usize, 1..=MAX_BATCH as u32, any::<u64>()).prop_map(|(s, n, seed)| Op::Append { s, n, seed }),
+        2 => (0..4usize, 0..20u32).prop_map(|(s, sixteenths)| Op::Truncate { s, sixteenths }),
+        1 => (0..4usize).prop_map(|s| Op::Fork { s }),
+        1 => (0..4usize).prop_map(|s| Op::Reimport { s }),
+        1 => (0..4usize, 0..17u32, 0..17u32).prop_map(|(s, a, b)| Op::Range { s, a, b }),
+    ]
+}
+
+fn run(dtype: KvDtype, ops: &[Op]) {
+    let layout = layout(dtype);
+    let mut pool: Vec<(SeqCache, Reference)> = vec![(SeqCache::new(&layout), Reference::new(&layout))];
+    for (step, op) in ops.iter().enumerate() {
+        let what = format!("step {step} {op:?}");
+        let pool_len = pool.len();
+        match *op {
+            Op::Append { s, n, seed } => {
+                let (c, r) = &mut pool[s % pool_len];
+                append(c, n, seed);
+                r.append(&layout, n, seed);
+            }
+            Op::Truncate { s, sixteenths } => {
+                let (c, r) = &mut pool[s % pool_len];
+                let len = r.len * sixteenths / 16;
+                match (c.truncate(len), r.truncate(&layout, len)) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(KvError::EvictedByWindow { layer, len: l, oldest }), Err((rl, ro))) => {
+                        assert_eq!((layer, l, oldest), (rl, len, ro), "{what}");
+                    }
+                    (got, want) => panic!("{what}: cache {got:?}, reference {want:?}"),
+                }
+            }
+            Op::Fork { s } => {
+                let (c, r) = &pool[s % pool_len];
+                let forked = (c.fork(), r.clone());
+                pool.push(forked);
+            }
+            Op::Reimport { s } => {
+                let (c, _) = &mut pool[s % pool_len];
+                let mut fresh = SeqCache::new(&layout);
+                fresh.import_raw(&c.export_raw(), c.len()).unwrap();
+                *c = fresh;
+            }
+            Op::Range { s, a, b } => {
+                let (c, r) = &pool[s % pool_len];
+                let (a, b) = (r.len * a.min(b) / 16, r.len * a.max(b) / 16);
+                let held = r.layers.iter().all(|m| (a..b).all(|p| m.contains_key(&p)));
+                let got = c.export_raw_range(a, b);
+                assert_eq!(got.is_some(), held, "{what}: range {a}..{b}");
+                if let Some(layers) = got {
+                    for (i, l) in layers.iter().enumerate() {
+                        assert_eq!(l.positions, (a..b).collect::<Vec<_>>(), "{what}");
+                        let whole = c.layer(i).export_raw();
+                        let at = whole.positions.iter().position(|&p| p == a).unwrap_or(0);
+                        let part = RawLayer::concat(&[(&whole, at..at + (b - a) as usize)], N_KV);
+                        assert_eq!(&part, l, "{what}: layer {i} range bytes");
+                    }
+                }
+            }
+        }
+        for (i, (c, r)) in pool.iter().enumerate() {
+            check(c, r, &format!("{what}, sequence {i}"));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_programs_f16(ops in proptest::collection::vec(op(), 1..60)) {
+        run(KvDtype::F16, &ops);
+    }
+
+    #[test]
+    fn random_programs_f32(ops in proptest::collection::vec(op(), 1..60)) {
+        run(KvDtype::F32, &ops);
+    }
+}
+
+/// A long program that wraps every ring several times, truncates inside the window and
+/// forks a wrapped ring.
+#[test]
+fn wrapped_rings_truncate_and_fork() {
+    let mut ops = Vec::new();
+    for i in 0..12 {
+        ops.push(Op::Append { s: 0, n: 4, seed: i });
+    }
+    ops.push(Op::Fork { s: 0 });
+    ops.push(Op::Truncate { s: 0, sixteenths: 15 });
+    ops.push(Op::Append { s: 0, n: 3, seed: 99 });
+    ops.push(Op::Append { s: 1, n: 2, seed: 98 });
+    ops.push(Op::Reimport { s: 1 });
+    ops.push(Op::Truncate { s: 1, sixteenths: 1 });
+    ops.push(Op::Truncate { s: 1, sixteenths: 0 });
+    ops.push(Op::Append { s: 1, n: 4, seed: 5 });
+    run(KvDtype::F16, &ops);
+}
+
+#[test]
+fn import_raw_refuses_wrong_state() {
+    let layout = layout(KvDtype::F16);
+    let mut c = SeqCache::new(&layout);
+    append(&mut c, 4, 1);
+    append(&mut c, 4, 2);
+    let good = c.export_raw();
+    let mut target = SeqCache::new(&layout);
+    // Wrong length for the full layer.
+    let err = target.import_raw(&good, 9).unwrap_err();
+    assert!(matches!(err, KvError::Shape { layer: 0, .. }), "{err}");
+    // Missing layer.
+    assert!(target.import_raw(&good[..2], 8).is_err());
+    // Other storage type.
+    let mut f32_target = SeqCache::new(&self::layout(KvDtype::F32));
+    let err = f32_target.import_raw(&good, 8).unwrap_err();
+    assert!(err.to_string().contains("F16"), "{err}");
+    // A window layer missing the positions the next query needs.
+    let mut holed = good.clone();
+    let l = &mut holed[1];
+    let keep = l.positions.len() - 2..l.positions.len();
+    *l = RawLayer::concat(&[(&good[1], keep)], N_KV);
+    l.positions = vec![3, 4];
+    let err = target.import_raw(&holed, 8).unwrap_err();
+    assert!(matches!(err, KvError::Shape { layer: 1, .. }), "{err}");
+    // Truncated bytes.
+    let mut short = good.clone();
+    short[2].k.pop();
+    assert!(target.import_raw(&short, 8).is_err());
+    assert!(target.is_empty(), "failed imports leave the cache unchanged");
+    target.import_raw(&good, 8).unwrap();
+    assert_same_cells(&c, &target, "good import");
+}

@@ -1,0 +1,177 @@
+//! Model identity: a SHA-256 over what determines the model's outputs, computed once per
+//! file and remembered.
+//!
+//! The fingerprint covers `general.architecture`, every `<architecture>.*` metadata key
+//! (hyper-parameters, in key order, values canonically encoded) and every tensor's name,
+//! GGML type, shape and data bytes. It leaves out the file name, `general.*` descriptions
+//! and the tokenizer (which has its own fingerprint), so a renamed or re-described file
+//! keeps its identity and any change to the weights or hyper-parameters changes it.
+//!
+//! Hashing a few hundred megabytes takes about a second, so [`cached_fingerprint`] keeps
+//! results in `fingerprints.json` under the lem cache directory ([`cache_dir`]), keyed by
+//! canonical path, size and modification time.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use candle_core::quantized::gguf_file::Value;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+use crate::gguf::GgufFile;
+
+/// Version tag mixed into every fingerprint; bump when what is hashed changes.
+const DOMAIN: &[u8] = b"lem-model fingerprint v1";
+
+/// The lem cache directory: `$LEM_CACHE_DIR` if set and non-empty, else
+/// `$HOME/.cache/lem` (`None` when neither is known). Not created here.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("LEM_CACHE_DIR") {
+        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
+        _ => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cache").join("lem")),
+    }
+}
+
+/// Feeds length-prefixed byte strings to a hash, so that concatenations cannot collide.
+struct Hasher(Sha256);
+
+impl Hasher {
+    fn put(&mut self, b: &[u8]) {
+        self.0.update((b.len() as u64).to_le_bytes());
+        self.0.update(b);
+    }
+
+    fn value(&mut self, v: &Value) {
+        let tag = |h: &mut Hasher, t: &str, b: &[u8]| {
+            h.put(t.as_bytes());
+            h.put(b);
+        };
+        match v {
+            Value::U8(x) => tag(self, "u8", &x.to_le_bytes()),
+            Value::I8(x) => tag(self, "i8", &x.to_le_bytes()),
+            Value::U16(x) => tag(self, "u16", &x.to_le_bytes()),
+            Value::I16(x) => tag(self, "i16", &x.to_le_bytes()),
+            Value::U32(x) => tag(self, "u32", &x.to_le_bytes()),
+            Value::I32(x) => tag(self, "i32", &x.to_le_bytes()),
+            Value::U64(x) => tag(self, "u64", &x.to_le_bytes()),
+            Value::I64(x) => tag(self, "i64", &x.to_le_bytes()),
+            Value::F32(x) => tag(self, "f32", &x.to_bits().to_le_bytes()),
+            Value::F64(x) => tag(self, "f64", &x.to_bits().to_le_bytes()),
+            Value::Bool(x) => tag(self, "bool", &[u8::from(*x)]),
+            Value::String(s) => tag(self, "str", s.as_bytes()),
+            Value::Array(items) => {
+                tag(self, "array", &(items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| self.value(i));
+            }
+        }
+    }
+}
+
+/// Computes the fingerprint of the GGUF file at `path` (hex SHA-256), reading every
+/// tensor's bytes. Prefer [`cached_fingerprint`].
+pub fn fingerprint(path: &Path) -> Result<String, ModelError> {
+    let g = GgufFile::open(path)?;
+    let content = g.content();
+    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let mut h = Hasher(Sha256::new());
+    h.put(DOMAIN);
+    let arch = g.str("general.architecture")?.to_owned();
+    h.put(arch.as_bytes());
+    let prefix = format!("{arch}.");
+    let arch_meta: BTreeMap<&String, &Value> =
+        content.metadata.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    h.put(&(arch_meta.len() as u64).to_le_bytes());
+    for (k, v) in arch_meta {
+        h.put(k.as_bytes());
+        h.value(v);
+    }
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(_, i)| i.offset);
+    h.put(&(infos.len() as u64).to_le_bytes());
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (name, info) in infos {
+        h.put(name.as_bytes());
+        h.put(format!("{:?}", info.ggml_dtype).as_bytes());
+        let dims = info.shape.dims();
+        h.put(&(dims.len() as u64).to_le_bytes());
+        dims.iter().for_each(|&d| h.put(&(d as u64).to_le_bytes()));
+        // Bounds were checked when the file was opened.
+        let elems: u64 = dims.iter().map(|&d| d as u64).product();
+        let bytes = elems / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64;
+        h.put(&bytes.to_le_bytes());
+        file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset)).map_err(io)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..n]).map_err(io)?;
+            h.0.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+    Ok(hex::encode(h.0.finalize()))
+}
+
+/// One remembered fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    mtime_ns: u128,
+    fingerprint: String,
+}
+
+/// `fingerprints.json`: canonical path -> entry.
+type CacheFile = BTreeMap<String, Entry>;
+
+/// The key and stamp that decide whether a remembered fingerprint still holds.
+fn stamp(path: &Path) -> Result<(String, u64, u128), ModelError> {
+    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let canonical = path.canonicalize().map_err(io)?;
+    let meta = std::fs::metadata(&canonical).map_err(io)?;
+    let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok((canonical.to_string_lossy().into_owned(), meta.len(), mtime_ns))
+}
+
+/// [`fingerprint`], remembered in `cache_file` (default: `fingerprints.json` in
+/// [`cache_dir`]) keyed by canonical path, size and modification time. A missing,
+/// unreadable or unwritable cache file only costs the recomputation; the cache is
+/// rewritten atomically (temporary file, rename), so concurrent processes never see a
+/// torn file (the last writer wins, which loses at most another process's new entry).
+pub fn cached_fingerprint(path: &Path, cache_file: Option<&Path>) -> Result<String, ModelError> {
+    let (key, size, mtime_ns) = stamp(path)?;
+    let default = cache_dir().map(|d| d.join("fingerprints.json"));
+    let Some(cache_file) = cache_file.map(Path::to_owned).or(default) else { return fingerprint(path) };
+    let mut entries: CacheFile =
+        std::fs::read(&cache_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    if let Some(e) = entries.get(&key)
+        && e.size == size
+        && e.mtime_ns == mtime_ns
+        && e.fingerprint.len() == 64
+    {
+        return Ok(e.fingerprint.clone());
+    }
+    let fp = fingerprint(path)?;
+    entries.insert(key, Entry { size, mtime_ns, fingerprint: fp.clone() });
+    let _ = write_atomic(&cache_file, &serde_json::to_vec_pretty(&entries).unwrap_or_default());
+    Ok(fp)
+}
+
+/// Writes `bytes` to a temporary sibling of `path` and renames it into place.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{:x}.tmp",
+        path.file_name().map_or_else(|| "fingerprints".into(), |f| f.to_string_lossy()),
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    ));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,424 @@
+//! OpenAI-compatible routes: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models[/{id}]`.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use lem_engine::FinishReason;
+use lem_tokenizer::ChatMessage;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, session_header};
+use crate::generation::{Collected, start};
+use crate::middleware::RequestId;
+use crate::params::{self, Content, GenSpec, PromptSpec, SamplingFields, StopField};
+use crate::state::{AppState, ServerState};
+use crate::worker::{Done, Event, TokenLogprob};
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageIn {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    /// Text or text parts.
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// Fields of both chat and text completions.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonFields {
+    /// The model name.
+    pub model: Option<String>,
+    /// Stream the response as server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Temperature (0 to 2).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k (lem extension, as llama.cpp).
+    pub top_k: Option<i64>,
+    /// Min-p (lem extension).
+    pub min_p: Option<f32>,
+    /// Repeat penalty (lem extension).
+    pub repeat_penalty: Option<f32>,
+    /// Presence penalty (-2 to 2).
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty (-2 to 2).
+    pub frequency_penalty: Option<f32>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<i64>,
+    /// Stop strings.
+    pub stop: Option<StopField>,
+    /// Sampling seed.
+    pub seed: Option<i64>,
+    /// Number of choices (only 1).
+    pub n: Option<i64>,
+    /// A lem session to continue.
+    pub session: Option<String>,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<MessageIn>,
+    /// The newer name of `max_tokens`.
+    pub max_completion_tokens: Option<i64>,
+    /// Return log-probabilities.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0 to 20).
+    pub top_logprobs: Option<i64>,
+    /// Tools (not supported when non-empty).
+    pub tools: Option<Vec<Value>>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+/// A completion prompt: text, a one-element list of text, or token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptIn {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+    /// A list of texts (one supported).
+    Texts(Vec<String>),
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// The prompt.
+    pub prompt: PromptIn,
+    /// Log-probabilities of this many alternatives (0 to 5).
+    pub logprobs: Option<i64>,
+    /// Return the prompt before the completion.
+    pub echo: Option<bool>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+impl CommonFields {
+    fn spec(
+        &self,
+        state: &ServerState,
+        prompt: PromptSpec,
+        max_tokens: Option<i64>,
+        headers: &HeaderMap,
+    ) -> Result<GenSpec, ApiError> {
+        state.names.check(self.model.as_deref())?;
+        if let Some(n) = self.n.filter(|&n| n != 1) {
+            return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
+        }
+        let fields = SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        };
+        Ok(GenSpec {
+            prompt,
+            max_tokens: params::max_tokens(max_tokens, "max_tokens", state.engine.ctx_size())?,
+            sampling: fields.params(&params::OPENAI)?,
+            stop: StopField::into_vec(self.stop.clone())?,
+            top_logprobs: None,
+            session: params::session_name(self.session.clone().or_else(|| session_header(headers)))?,
+        })
+    }
+
+    fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// OpenAI's name of a finish reason.
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// The `usage` object.
+pub fn usage(done: &Done) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+    })
+}
+
+fn chat_logprob(lp: &TokenLogprob) -> Value {
+    json!({
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": lp.top.iter().map(|(t, b, l)| json!({"token": t, "logprob": l, "bytes": b})).collect::<Vec<_>>(),
+    })
+}
+
+fn sse(v: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(v.to_string()))
+}
+
+fn done_marker() -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data("[DONE]"))
+}
+
+fn sse_response<S>(stream: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+{
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid("tools", "tools are not supported"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        messages.push(ChatMessage::new(params::role(&m.role)?, Content::into_text(m.content, "messages")?));
+    }
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let max = req.max_completion_tokens.or(req.common.max_tokens);
+    let mut spec = req.common.spec(&state, PromptSpec::Chat(messages), max, &headers)?;
+    if req.logprobs.unwrap_or(false) {
+        spec.top_logprobs = Some(params::top_logprobs(req.top_logprobs, "top_logprobs", 20)?);
+    }
+    let logprobs = spec.top_logprobs.is_some();
+    let id = format!("chatcmpl-{}", rid.0);
+    let model = state.names.primary.clone();
+    let created = ServerState::now_unix();
+    let running = start(&state, spec, rid.0.clone(), received).await?;
+    if !req.common.stream() {
+        let Collected { logprobs: lps, done } = running.collect().await?;
+        let lp = if logprobs {
+            json!({"content": lps.iter().map(chat_logprob).collect::<Vec<_>>(), "refusal": null})
+        } else {
+            Value::Null
+        };
+        return Ok(axum::Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text, "refusal": null},
+                "logprobs": lp,
+                "finish_reason": finish_reason(done.finish),
+            }],
+            "usage": usage(&done),
+        }))
+        .into_response());
+    }
+    let include_usage = req.common.include_usage();
+    let chunk = move |delta: Value, lp: Value, finish: Value| {
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+        });
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    };
+    let first = sse(&chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null));
+    let stream = running.into_stream(move |ev| match ev {
+        Event::Token { text, logprob } => {
+            if text.is_empty() && logprob.is_none() {
+                return vec![];
+            }
+            let lp = logprob.map_or(Value::Null, |l| json!({"content": [chat_logprob(&l)], "refusal": null}));
+            vec![sse(&chunk(json!({"content": text}), lp, Value::Null))]
+        }
+        Event::Done(done) => {
+            let mut out = vec![sse(&chunk(json!({}), Value::Null, json!(finish_reason(done.finish))))];
+            if include_usage {
+                let mut u = chunk(json!({}), Value::Null, Value::Null);
+                u["choices"] = json!([]);
+                u["usage"] = usage(&done);
+                out.push(sse(&u));
+            }
+            out.push(done_marker());
+            out
+        }
+        Event::Failed(e) => vec![sse(&e.body()), done_marker()],
+    });
+    Ok(sse_response(futures_util::StreamExt::chain(futures_util::stream::once(async { first }), stream)))
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let prompt = match req.prompt {
+        PromptIn::Text(t) => PromptSpec::Text(t),
+        PromptIn::Tokens(ids) => PromptSpec::Tokens(ids),
+        PromptIn::Texts(mut v) if v.len() == 1 => PromptSpec::Text(v.remove(0)),
+        PromptIn::Texts(v) => {
+            return Err(ApiError::invalid("prompt", format!("one prompt per request is supported, got {}", v.len())));
+        }
+    };
+    let echo = match (&prompt, req.echo.unwrap_or(false)) {
+        (PromptSpec::Text(t), true) => t.clone(),
+        (PromptSpec::Tokens(ids), true) => state.engine.tokenizer().decode(ids).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut spec = req.common.spec(&state, prompt, req.common.max_tokens, &headers)?;
+    if let Some(n) = req.logprobs {
+        spec.top_logprobs = Some(params::top_logprobs(Some(n), "logprobs", 5)?);
+    }
+    let logprobs = spec.top_logprobs.is_some();
+    let id = format!("cmpl-{}", rid.0);
+    let model = state.names.primary.clone();
+    let created = ServerState::now_unix();
+    let running = start(&state, spec, rid.0.clone(), received).await?;
+    if !req.common.stream() {
+        let Collected { logprobs: lps, done } = running.collect().await?;
+        let lp = if logprobs { completion_logprobs(&lps, echo.len()) } else { Value::Null };
+        return Ok(axum::Json(json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "text": format!("{echo}{}", done.text),
+                "logprobs": lp,
+                "finish_reason": finish_reason(done.finish),
+            }],
+            "usage": usage(&done),
+        }))
+        .into_response());
+    }
+    let include_usage = req.common.include_usage();
+    let mut offset = echo.len();
+    let chunk = move |text: &str, lp: Value, finish: Value| {
+        let mut c = json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
+        });
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    };
+    let mut echo = Some(echo).filter(|e| !e.is_empty());
+    let stream = running.into_stream(move |ev| {
+        let mut out = Vec::new();
+        if let Some(e) = echo.take() {
+            out.push(sse(&chunk(&e, Value::Null, Value::Null)));
+        }
+        match ev {
+            Event::Token { text, logprob } => {
+                if text.is_empty() && logprob.is_none() {
+                    return out;
+                }
+                let lp = logprob.map_or(Value::Null, |l| completion_logprobs(&[l], offset));
+                offset += text.len();
+                out.push(sse(&chunk(&text, lp, Value::Null)));
+            }
+            Event::Done(done) => {
+                out.push(sse(&chunk("", Value::Null, json!(finish_reason(done.finish)))));
+                if include_usage {
+                    let mut u = chunk("", Value::Null, Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&done);
+                    out.push(sse(&u));
+                }
+                out.push(done_marker());
+            }
+            Event::Failed(e) => {
+                out.push(sse(&e.body()));
+                out.push(done_marker());
+            }
+        }
+        out
+    });
+    Ok(sse_response(stream))
+}
+
+/// The legacy completions `logprobs` object, with text offsets from `offset`.
+fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut offsets = Vec::with_capacity(lps.len());
+    for lp in lps {
+        offsets.push(offset);
+        offset += lp.token.len();
+    }
+    json!({
+        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps
+            .iter()
+            .map(|l| l.top.iter().map(|(t, _, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>())
+            .collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
+fn model_object(state: &ServerState) -> Value {
+    let created = state.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    json!({"id": state.names.primary, "object": "model", "created": created, "owned_by": "lem"})
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<AppState>) -> axum::Json<Value> {
+    axum::Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    state.names.check(Some(&id))?;
+    Ok(axum::Json(model_object(&state)))
+}

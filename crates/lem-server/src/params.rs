@@ -1,0 +1,411 @@
+//! The API-independent request: what every endpoint's JSON is checked and turned into.
+//!
+//! The OpenAI, Anthropic and Ollama handlers each parse their own request shape, then
+//! build a [`GenSpec`] through the checks here, so that a limit means the same on every
+//! route (and is unit-tested once).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lem_engine::sampling::SamplingParams;
+use lem_tokenizer::{ChatMessage, Role};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// The prompt before the chat template is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptSpec {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Plain text, tokenized as is (special-token text is parsed).
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+}
+
+/// A checked generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenSpec {
+    /// The prompt.
+    pub prompt: PromptSpec,
+    /// Most new tokens; `None` runs until end of generation or a full context.
+    pub max_tokens: Option<usize>,
+    /// Sampling parameters (checked).
+    pub sampling: SamplingParams,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Report log-probabilities with this many alternatives per token.
+    pub top_logprobs: Option<usize>,
+    /// Continue and update this named session.
+    pub session: Option<String>,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl StopField {
+    /// The stop strings, checked: at most [`MAX_STOPS`], none empty.
+    pub fn into_vec(field: Option<StopField>) -> Result<Vec<String>, ApiError> {
+        let v = match field {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(v)) => v,
+        };
+        if v.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("at most {MAX_STOPS} stop strings are allowed, got {}", v.len()),
+            ));
+        }
+        if v.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+        }
+        Ok(v)
+    }
+}
+
+/// Most stop strings per request.
+pub const MAX_STOPS: usize = 16;
+
+/// Message content: a string, or a list of parts of which only text is supported.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts (`{"type": "text", "text": ...}`).
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ContentPart {
+    /// The part's type; only `"text"` is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a text part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Content {
+    /// The text, with text parts joined; other parts are refused.
+    pub fn into_text(content: Option<Content>, param: &str) -> Result<String, ApiError> {
+        match content {
+            None => Ok(String::new()),
+            Some(Content::Text(s)) => Ok(s),
+            Some(Content::Parts(parts)) => {
+                let mut out = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text" | "input_text", Some(t)) => out.push_str(&t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                param,
+                                format!("content parts of type `{kind}` are not supported (only text)"),
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// A chat role name as the APIs spell it.
+pub fn role(name: &str) -> Result<Role, ApiError> {
+    match name {
+        "system" | "developer" => Ok(Role::System),
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        other => Err(ApiError::invalid(
+            "messages",
+            format!("unsupported message role `{other}` (use system, user or assistant)"),
+        )),
+    }
+}
+
+/// Checks `max_tokens` (any API's spelling of it) against the context.
+pub fn max_tokens(value: Option<i64>, param: &str, ctx: usize) -> Result<Option<usize>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(n) if n < 1 => Err(ApiError::invalid(param, format!("{param} must be at least 1, got {n}"))),
+        Some(n) if n as u64 > ctx as u64 => Err(ApiError::invalid(
+            param,
+            format!("{param} is too large: {n}; this server's context holds {ctx} tokens"),
+        )),
+        Some(n) => Ok(Some(n as usize)),
+    }
+}
+
+/// Sampling fields common to the APIs; `None` takes the API's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingFields {
+    /// Temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus threshold.
+    pub top_p: Option<f32>,
+    /// Top-k.
+    pub top_k: Option<i64>,
+    /// Min-p.
+    pub min_p: Option<f32>,
+    /// Repeat penalty (llama.cpp style).
+    pub repeat_penalty: Option<f32>,
+    /// Presence penalty.
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty.
+    pub frequency_penalty: Option<f32>,
+    /// Seed.
+    pub seed: Option<i64>,
+}
+
+/// An API's defaults and allowed ranges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingRules {
+    /// Temperature when none is given.
+    pub default_temperature: f32,
+    /// Highest temperature accepted.
+    pub max_temperature: f32,
+    /// Top-k when none is given (0: off).
+    pub default_top_k: usize,
+    /// Top-p when none is given.
+    pub default_top_p: f32,
+}
+
+/// OpenAI's: temperature 1 by default, at most 2.
+pub const OPENAI: SamplingRules =
+    SamplingRules { default_temperature: 1.0, max_temperature: 2.0, default_top_k: 0, default_top_p: 1.0 };
+/// Anthropic's: temperature 1 by default, at most 1.
+pub const ANTHROPIC: SamplingRules =
+    SamplingRules { default_temperature: 1.0, max_temperature: 1.0, default_top_k: 0, default_top_p: 1.0 };
+/// Ollama's: temperature 0.8, top-k 40, top-p 0.9.
+pub const OLLAMA: SamplingRules =
+    SamplingRules { default_temperature: 0.8, max_temperature: 100.0, default_top_k: 40, default_top_p: 0.9 };
+
+impl SamplingFields {
+    /// Checks the fields against `rules` and builds the parameters (a random seed when
+    /// none is given).
+    pub fn params(&self, rules: &SamplingRules) -> Result<SamplingParams, ApiError> {
+        let temperature = self.temperature.unwrap_or(rules.default_temperature);
+        if !(temperature.is_finite() && (0.0..=rules.max_temperature).contains(&temperature)) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be between 0 and {}, got {temperature}", rules.max_temperature),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(rules.default_top_p);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+        }
+        let top_k = match self.top_k {
+            None => rules.default_top_k,
+            Some(k) if k < 0 => return Err(ApiError::invalid("top_k", format!("top_k must be >= 0, got {k}"))),
+            Some(k) => k as usize,
+        };
+        let min_p = self.min_p.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid("min_p", format!("min_p must be in [0, 1], got {min_p}")));
+        }
+        let repeat_penalty = self.repeat_penalty.unwrap_or(1.0);
+        if !(repeat_penalty.is_finite() && repeat_penalty > 0.0) {
+            return Err(ApiError::invalid(
+                "repeat_penalty",
+                format!("repeat_penalty must be > 0, got {repeat_penalty}"),
+            ));
+        }
+        let penalty = |v: Option<f32>, name: &str| -> Result<f32, ApiError> {
+            let v = v.unwrap_or(0.0);
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::invalid(name, format!("{name} must be between -2 and 2, got {v}")));
+            }
+            Ok(v)
+        };
+        let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
+        let frequency_penalty = penalty(self.frequency_penalty, "frequency_penalty")?;
+        let seed = self.seed.map_or_else(random_seed, |s| s as u64);
+        let p = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            presence_penalty,
+            frequency_penalty,
+            penalty_last_n: 64,
+            seed,
+        };
+        p.validate().map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+        Ok(p)
+    }
+}
+
+/// A seed from the clock, different for every call.
+fn random_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // SplitMix64 of the clock and a counter.
+    let mut z = nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Checks a requested number of log-probability alternatives.
+pub fn top_logprobs(n: Option<i64>, param: &str, max: usize) -> Result<usize, ApiError> {
+    match n {
+        None => Ok(0),
+        Some(n) if n < 0 || n as u64 > max as u64 => {
+            Err(ApiError::invalid(param, format!("{param} must be between 0 and {max}, got {n}")))
+        }
+        Some(n) => Ok(n as usize),
+    }
+}
+
+/// Checks a session name.
+pub fn session_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    match name {
+        Some(n) if !lem_state::valid_session_name(&n) => Err(ApiError::invalid(
+            "session",
+            format!(
+                "invalid session name `{n}`: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The names the served model answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelNames {
+    /// The name reported in responses (the alias when the file is a packaged model).
+    pub primary: String,
+    /// Every accepted name (primary, file name, file stem, `default`).
+    pub accepted: Vec<String>,
+}
+
+impl ModelNames {
+    /// The names for the model file at `path`, given as `arg` on the command line.
+    pub fn for_model(path: &std::path::Path, arg: &str) -> ModelNames {
+        let file = path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let alias = lem_hub::registry().iter().find(|s| s.file_name == file).map(|s| s.alias.to_owned());
+        let primary = alias.clone().unwrap_or_else(|| file.clone());
+        let stem = path.file_stem().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let mut accepted = vec![primary.clone()];
+        for n in [alias, Some(file), Some(stem), Some(arg.to_owned()), Some("default".to_owned())].into_iter().flatten()
+        {
+            if !n.is_empty() && !accepted.contains(&n) {
+                accepted.push(n);
+            }
+        }
+        ModelNames { primary, accepted }
+    }
+
+    /// Accepts a requested model name (absent means the default; Ollama's `:latest` tag
+    /// is ignored).
+    pub fn check(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        let Some(name) = requested else { return Ok(()) };
+        let bare = name.strip_suffix(":latest").unwrap_or(name);
+        if self.accepted.iter().any(|a| a == name || a == bare) {
+            Ok(())
+        } else {
+            Err(ApiError::ModelNotFound { requested: name.to_owned(), served: self.primary.clone() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_limits() {
+        assert_eq!(max_tokens(None, "max_tokens", 100), Ok(None));
+        assert_eq!(max_tokens(Some(1), "max_tokens", 100), Ok(Some(1)));
+        assert_eq!(max_tokens(Some(100), "max_tokens", 100), Ok(Some(100)));
+        for bad in [0, -1, -1_000_000, 101, i64::MAX] {
+            let e = max_tokens(Some(bad), "max_tokens", 100).unwrap_err();
+            assert_eq!(e.status().as_u16(), 400, "{bad}");
+            assert!(matches!(e, ApiError::InvalidRequest { ref param, .. } if param.as_deref() == Some("max_tokens")));
+        }
+    }
+
+    #[test]
+    fn sampling_defaults_and_ranges() {
+        let p = SamplingFields { seed: Some(5), ..Default::default() }.params(&OPENAI).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.seed), (1.0, 1.0, 0, 5));
+        let p = SamplingFields { seed: Some(-1), ..Default::default() }.params(&OLLAMA).unwrap();
+        assert_eq!((p.temperature, p.top_k, p.seed), (0.8, 40, u64::MAX));
+        let greedy = SamplingFields { temperature: Some(0.0), ..Default::default() }.params(&OPENAI).unwrap();
+        assert!(greedy.is_greedy());
+        let bad = [
+            SamplingFields { temperature: Some(-0.5), ..Default::default() },
+            SamplingFields { temperature: Some(2.5), ..Default::default() },
+            SamplingFields { temperature: Some(f32::NAN), ..Default::default() },
+            SamplingFields { top_p: Some(0.0), ..Default::default() },
+            SamplingFields { top_p: Some(1.5), ..Default::default() },
+            SamplingFields { top_k: Some(-3), ..Default::default() },
+            SamplingFields { min_p: Some(2.0), ..Default::default() },
+            SamplingFields { repeat_penalty: Some(0.0), ..Default::default() },
+            SamplingFields { presence_penalty: Some(3.0), ..Default::default() },
+            SamplingFields { frequency_penalty: Some(-2.5), ..Default::default() },
+        ];
+        for f in bad {
+            assert_eq!(f.params(&OPENAI).unwrap_err().status().as_u16(), 400, "{f:?}");
+        }
+        assert!(SamplingFields { temperature: Some(1.5), ..Default::default() }.params(&ANTHROPIC).is_err());
+        // Random seeds differ.
+        let a = SamplingFields::default().params(&OPENAI).unwrap().seed;
+        let b = SamplingFields::default().params(&OPENAI).unwrap().seed;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stops_content_roles() {
+        assert_eq!(StopField::into_vec(None).unwrap(), Vec::<String>::new());
+        let one: StopField = serde_json::from_str(r#""\n""#).unwrap();
+        assert_eq!(StopField::into_vec(Some(one)).unwrap(), vec!["\n"]);
+        let many: StopField = serde_json::from_str(r#"["a","b"]"#).unwrap();
+        assert_eq!(StopField::into_vec(Some(many)).unwrap(), vec!["a", "b"]);
+        assert!(StopField::into_vec(Some(StopField::Many(vec![String::new()]))).is_err());
+        assert!(StopField::into_vec(Some(StopField::Many(vec!["x".into(); 17]))).is_err());
+        assert!(serde_json::from_str::<StopField>("3").is_err());
+
+        let c: Content = serde_json::from_str(r#"[{"type":"text","text":"a"},{"type":"text","text":"b"}]"#).unwrap();
+        assert_eq!(Content::into_text(Some(c), "messages").unwrap(), "ab");
+        let c: Content = serde_json::from_str(r#"[{"type":"image_url","image_url":{"url":"x"}}]"#).unwrap();
+        assert!(Content::into_text(Some(c), "messages").is_err());
+        assert_eq!(Content::into_text(None, "messages").unwrap(), "");
+
+        assert_eq!(role("developer").unwrap(), Role::System);
+        assert!(role("tool").is_err());
+        assert_eq!(top_logprobs(Some(20), "top_logprobs", 20), Ok(20));
+        assert!(top_logprobs(Some(21), "top_logprobs", 20).is_err());
+        assert!(top_logprobs(Some(-1), "top_logprobs", 20).is_err());
+        assert!(session_name(Some("../etc".into())).is_err());
+        assert_eq!(session_name(Some("alice-1".into())), Ok(Some("alice-1".into())));
+    }
+
+    #[test]
+    fn model_names() {
+        let names = ModelNames::for_model("/m/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), "smollm2-135m");
+        assert_eq!(names.primary, "smollm2-135m");
+        for ok in ["smollm2-135m", "smollm2-135m:latest", "SmolLM2-135M-Instruct.Q4_1.gguf", "default"] {
+            assert_eq!(names.check(Some(ok)), Ok(()), "{ok}");
+        }
+        assert_eq!(names.check(None), Ok(()));
+        let e = names.check(Some("gpt-4o")).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code()), (404, Some("model_not_found")));
+        let other = ModelNames::for_model("/x/my-model.gguf".as_ref(), "/x/my-model.gguf");
+        assert_eq!(other.primary, "my-model.gguf");
+        assert!(other.check(Some("my-model")).is_ok());
+        assert!(other.check(Some("/x/my-model.gguf")).is_ok());
+    }
+}

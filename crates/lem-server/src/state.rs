@@ -1,0 +1,128 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use lem_engine::Engine;
+use lem_state::{PrefixCache, SessionStore};
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+use crate::params::ModelNames;
+use crate::worker::WorkerHandle;
+
+/// The shared server state (cheap to clone).
+pub type AppState = Arc<ServerState>;
+
+/// The shared server state.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The engine (tokenizer and template for handlers; the model runs on the engine
+    /// thread).
+    pub engine: Arc<Engine>,
+    /// Names the model answers to.
+    pub names: ModelNames,
+    /// The engine thread.
+    pub worker: WorkerHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The prefix cache (used by the engine thread; read here for metrics).
+    pub prefix: Arc<PrefixCache>,
+    /// Named sessions.
+    pub sessions: Arc<SessionStore>,
+    /// One lock per session name: requests on a session run one after another, and a
+    /// session's save finishes before the next request wakes it.
+    session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Background work that must finish before exit (session saves).
+    pub background: Arc<Background>,
+    /// The API key, when one is required.
+    pub api_key: Option<String>,
+    /// Body size limit in bytes.
+    pub max_body_bytes: usize,
+    /// When the server started.
+    pub started: SystemTime,
+    next_request: AtomicU64,
+}
+
+impl ServerState {
+    /// Assembles the state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Arc<Engine>,
+        names: ModelNames,
+        worker: WorkerHandle,
+        metrics: Arc<Metrics>,
+        prefix: Arc<PrefixCache>,
+        sessions: Arc<SessionStore>,
+        api_key: Option<String>,
+        max_body_bytes: usize,
+    ) -> ServerState {
+        ServerState {
+            engine,
+            names,
+            worker,
+            metrics,
+            prefix,
+            sessions,
+            session_locks: Mutex::new(HashMap::new()),
+            background: Arc::default(),
+            api_key,
+            max_body_bytes,
+            started: SystemTime::now(),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// A new request id (`req-<n>`).
+    pub fn request_id(&self) -> String {
+        format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The lock of session `name`.
+    pub fn session_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.session_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now_unix() -> u64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Counts background tasks so that shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct Background {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl Background {
+    /// Runs `f` on the blocking pool, counted until it returns.
+    pub fn spawn_blocking(self: &Arc<Self>, f: impl FnOnce() + Send + 'static) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            f();
+            if me.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                me.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits until no task runs, or `timeout` passes; returns whether all finished.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+"""Named sessions: across two requests, through every API, and across a server restart
+(with a graceful shutdown in the middle of a stream)."""
+
+import threading
+import time
+
+import requests
+
+from conftest import RUN_ID
+
+
+def name(tag):
+    return f"suite-{tag}-{RUN_ID}"
+
+
+def chat(oai, session, content, max_tokens=8, **kw):
+    return oai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0,
+        extra_body={"session": session}, **kw)
+
+
+def wait_saved(server, session, messages, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = server.get(f"/v1/sessions/{session}")
+        if r.status_code == 200 and r.json()["messages"] >= messages:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"session {session} not saved with {messages} messages")
+
+
+def test_session_across_two_requests(oai, server):
+    s = name("two")
+    first = chat(oai, s, "My favourite colour is teal. Please remember it.")
+    # Only the new turn is sent: the session holds the history and its KV state.
+    second = chat(oai, s, "What is my favourite colour?")
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens - 2
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    info = wait_saved(server, s, 4)
+    assert info["tokens"] > 0
+    transcript = info["transcript"]
+    assert [m["role"] for m in transcript] == ["user", "assistant", "user", "assistant"]
+    assert transcript[1]["content"] == first.choices[0].message.content
+
+    listed = [x["name"] for x in server.get("/v1/sessions").json()["data"]]
+    assert s in listed
+    fork = server.post(f"/v1/sessions/{s}/fork", {"to": s + "-fork"})
+    assert fork.status_code == 201, fork.text
+    assert server.post(f"/v1/sessions/{s}/fork", {"to": s + "-fork"}).status_code == 409
+    # The fork continues independently, from the same state.
+    forked = chat(oai, s + "-fork", "And my favourite animal?")
+    assert forked.usage.prompt_tokens_details.cached_tokens >= second.usage.prompt_tokens
+    r = requests.delete(f"{server.url}/v1/sessions/{s}-fork", headers=server.headers, timeout=30)
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    r = requests.delete(f"{server.url}/v1/sessions/{s}-fork", headers=server.headers, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+
+
+def test_session_header_and_other_apis(server, claude):
+    s = name("hdr")
+    r = server.post("/api/chat", {"messages": [{"role": "user", "content": "I live in Oslo."}], "stream": False,
+                                  "options": {"temperature": 0, "num_predict": 6}}, headers={"X-Lem-Session": s})
+    assert r.status_code == 200, r.text
+    m = claude.messages.create(model="default", max_tokens=6, extra_body={"temperature": 0},
+                               messages=[{"role": "user", "content": "Where do I live?"}],
+                               extra_headers={"X-Lem-Session": s})
+    assert m.usage.cache_read_input_tokens >= r.json()["prompt_eval_count"]
+    # Plain-text sessions append.
+    t = name("text")
+    a = server.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0, "session": t}).json()
+    b = server.post("/v1/completions", {"prompt": " Then", "max_tokens": 5, "temperature": 0, "session": t}).json()
+    assert b["usage"]["prompt_tokens_details"]["cached_tokens"] >= a["usage"]["prompt_tokens"]
+
+
+def test_session_survives_graceful_restart(server, oai):
+    s = name("restart")
+    first = chat(oai, s, "The secret word is lemon.")
+    wait_saved(server, s, 2)
+    # A stream in flight when SIGTERM arrives still completes, and its turn is saved.
+    done = {}
+
+    def stream():
+        chunks = list(chat(oai, s, "Write a poem about the secret word.", max_tokens=24, stream=True))
+        done["finish"] = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        done["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    deadline = time.time() + 120
+    while server.metrics().get("lem_active_sequences", 0) < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    rc = server.stop()
+    t.join(timeout=120)
+    assert rc == 0, server.tail()
+    assert done.get("finish") and done["finish"][0] in ("stop", "length"), done
+    assert "session saved" in server.log.read_text()
+
+    server.start()
+    info = server.get(f"/v1/sessions/{s}").json()
+    assert info["messages"] == 4, info
+    assert info["transcript"][3]["content"] == done["text"]
+    third = chat(oai, s, "What is the secret word?")
+    # Only the new turn is computed: the rest comes from the session file.
+    assert third.usage.prompt_tokens_details.cached_tokens >= info["tokens"] - 1
+    assert third.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens
+    m = server.metrics()
+    assert m["lem_session_wakes_total"] >= 1
+    assert info["name"] == s
