@@ -9,9 +9,11 @@
 //! and (later) SIMD dot products are lem's own, because candle's CPU path is the measured
 //! bottleneck (see docs/performance.md).
 
+mod attention;
 mod dot;
 mod qmatrix;
 mod quant_act;
+pub mod simd;
 mod threads;
 
 pub mod ops;

@@ -229,9 +229,51 @@ impl QMatrix {
     /// the type's dot-product partner (Q8_0, Q8_1, Q8_K or the float type itself), as
     /// llama.cpp does, into `scratch`, and reused for every weight row.
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch, threads: &Threads) {
-        assert_eq!(x.len(), n * self.cols, "activation shape");
-        assert_eq!(out.len(), n * self.rows, "output shape");
-        with_blocks!(&self.data, v => matmul_impl(v, self.rows, self.cols, x, n, out, scratch, threads))
+        QMatrix::matmul_many(&mut [(self, out)], x, n, scratch, threads);
+    }
+
+    /// Products of several matrices with the same activations (Q, K and V of one layer;
+    /// gate and up of a feed-forward): `out_i = x W_i^T` for every `(W_i, out_i)`. When
+    /// the matrices share a GGML type and row length, `x` is quantized once and all their
+    /// rows are spread over the threads in one parallel pass (one dispatch per layer
+    /// step instead of one per matrix, which is what a single-token decode step pays);
+    /// otherwise they are computed one after another. Results equal [`QMatrix::matmul`]'s
+    /// bit for bit.
+    pub fn matmul_many(
+        parts: &mut [(&QMatrix, &mut [f32])],
+        x: &[f32],
+        n: usize,
+        scratch: &mut Scratch,
+        threads: &Threads,
+    ) {
+        let Some((first, _)) = parts.first() else { return };
+        let (dtype, cols) = (first.dtype, first.cols);
+        assert_eq!(x.len(), n * cols, "activation shape");
+        for (m, out) in parts.iter() {
+            assert_eq!(out.len(), n * m.rows, "output shape");
+        }
+        if parts.len() > MAX_PARTS {
+            let (a, b) = parts.split_at_mut(MAX_PARTS);
+            QMatrix::matmul_many(a, x, n, scratch, threads);
+            QMatrix::matmul_many(b, x, n, scratch, threads);
+            return;
+        }
+        if parts.iter().any(|(m, _)| m.dtype != dtype || m.cols != cols) {
+            for (m, out) in parts.iter_mut() {
+                m.matmul(x, n, out, scratch, threads);
+            }
+            return;
+        }
+        with_blocks!(&first.data, v => matmul_impl(v, parts, x, n, scratch, threads))
+    }
+
+    /// The blocks of this matrix as `T`, which must be its block type.
+    fn blocks_of<T: GgmlType>(&self, _witness: &[T]) -> &[T] {
+        let (ptr, len): (*const u8, usize) = with_blocks!(&self.data, v => (v.as_ptr().cast::<u8>(), v.len()));
+        assert_eq!(std::mem::size_of::<T>() * len, self.size_in_bytes(), "block type");
+        // SAFETY: callers pass a witness slice taken from a matrix of the same GGML type
+        // (checked by `matmul_many`), so the storage holds `len` values of `T`.
+        unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }
     }
 }
 
@@ -240,17 +282,15 @@ fn dequantize_row_impl<T: GgmlType>(blocks: &[T], cols: usize, row: usize, out: 
     T::to_float(&blocks[row * bpr..(row + 1) * bpr], out);
 }
 
-#[allow(clippy::too_many_arguments)]
 fn matmul_impl<T: GgmlType>(
-    w: &[T],
-    rows: usize,
-    cols: usize,
+    witness: &[T],
+    parts: &mut [(&QMatrix, &mut [f32])],
     x: &[f32],
     n: usize,
-    out: &mut [f32],
     scratch: &mut Scratch,
     threads: &Threads,
 ) {
+    let cols = parts[0].0.cols;
     let bpr = cols / T::BLCK_SIZE;
     let vbpr = cols / T::VecDotType::BLCK_SIZE;
     let xq = scratch.blocks::<T::VecDotType>(n * vbpr);
@@ -267,34 +307,56 @@ fn matmul_impl<T: GgmlType>(
         });
     }
     let xq: &[T::VecDotType] = xq;
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    // (weights, rows, output, first global row) of every matrix; global rows number the
+    // matrices' rows one after another.
+    // (On the stack: the decode step allocates nothing.)
+    let mut mats: [(&[T], usize, SharedMut<f32>, usize); MAX_PARTS] =
+        std::array::from_fn(|_| (&[][..], 0, SharedMut(std::ptr::null_mut()), 0));
+    let mut start = 0;
+    for (slot, (m, out)) in mats.iter_mut().zip(parts.iter_mut()) {
+        *slot = (m.blocks_of(witness), m.rows, SharedMut(out.as_mut_ptr()), start);
+        start += m.rows;
+    }
+    let mats = &mats[..parts.len()];
+    let total = start;
     // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K` activation
     // rows (also hot in L1) in each kernel call, which unpacks the weights once per call.
     let dot = RowDot::<T>::new(cols);
-    let row_tile = (ROW_TILE_BYTES / std::mem::size_of_val(&w[..bpr])).clamp(1, 16);
-    threads.for_ranges(rows, 8, |rs| {
+    let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
+    threads.for_ranges(total, 8, |rs| {
         let mut buf = [0f32; MAX_K];
-        let mut r0 = rs.start;
-        while r0 < rs.end {
-            let r1 = (r0 + row_tile).min(rs.end);
-            let mut t = 0;
-            while t < n {
-                let k = (n - t).min(MAX_K);
-                let xs = &xq[t * vbpr..(t + k) * vbpr];
-                for r in r0..r1 {
-                    dot.run(&w[r * bpr..(r + 1) * bpr], xs, &mut buf[..k]);
-                    for (j, &v) in buf[..k].iter().enumerate() {
-                        // SAFETY: (t, r) pairs are disjoint across workers (rows are
-                        // partitioned).
-                        unsafe { *out_ptr.ptr().add((t + j) * rows + r) = v };
-                    }
-                }
-                t += k;
+        for &(w, rows, out_ptr, first) in mats {
+            // This worker's share of this matrix, in its own row numbers.
+            let (lo, hi) = (rs.start.max(first), rs.end.min(first + rows));
+            if lo >= hi {
+                continue;
             }
-            r0 = r1;
+            let (lo, hi) = (lo - first, hi - first);
+            let mut r0 = lo;
+            while r0 < hi {
+                let r1 = (r0 + row_tile).min(hi);
+                let mut t = 0;
+                while t < n {
+                    let k = (n - t).min(MAX_K);
+                    let xs = &xq[t * vbpr..(t + k) * vbpr];
+                    for r in r0..r1 {
+                        dot.run(&w[r * bpr..(r + 1) * bpr], xs, &mut buf[..k]);
+                        for (j, &v) in buf[..k].iter().enumerate() {
+                            // SAFETY: (matrix, t, r) triples are disjoint across workers
+                            // (global rows are partitioned).
+                            unsafe { *out_ptr.ptr().add((t + j) * rows + r) = v };
+                        }
+                    }
+                    t += k;
+                }
+                r0 = r1;
+            }
         }
     });
 }
+
+/// Matrices one [`QMatrix::matmul_many`] pass handles (more are split into passes).
+const MAX_PARTS: usize = 4;
 
 /// Bytes of weight rows per row tile of [`matmul_impl`] (about half an L1 data cache).
 const ROW_TILE_BYTES: usize = 16 * 1024;

@@ -115,3 +115,51 @@ fn one_row_at_a_time_equals_a_batch() {
         }
     }
 }
+
+/// Several matrices in one pass give what each gives alone, bit for bit: same types
+/// (one shared quantization), mixed types (one after another), and more matrices than
+/// one pass takes.
+#[test]
+fn matmul_many_equals_separate_products() {
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let threads = Threads::new(2);
+    let cols = 256;
+    let sets: [&[(GgmlDType, usize)]; 3] = [
+        &[(GgmlDType::Q4_1, 96), (GgmlDType::Q4_1, 32), (GgmlDType::Q4_1, 32)],
+        &[(GgmlDType::Q5_0, 40), (GgmlDType::Q8_0, 24), (GgmlDType::Q4K, 17)],
+        &[
+            (GgmlDType::Q8_0, 8),
+            (GgmlDType::Q8_0, 9),
+            (GgmlDType::Q8_0, 10),
+            (GgmlDType::Q8_0, 11),
+            (GgmlDType::Q8_0, 12),
+        ],
+    ];
+    for set in sets {
+        let mats: Vec<QMatrix> = set
+            .iter()
+            .map(|&(dtype, rows)| QMatrix::quantize(dtype, rows, cols, &random(&mut rng, rows * cols)).unwrap())
+            .collect();
+        for n in [1, 3, 9] {
+            let x = random(&mut rng, n * cols);
+            let mut scratch = Scratch::default();
+            let want: Vec<Vec<f32>> = mats
+                .iter()
+                .map(|m| {
+                    let mut out = vec![0f32; n * m.rows()];
+                    m.matmul(&x, n, &mut out, &mut scratch, &threads);
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![f32::NAN; n * m.rows()]).collect();
+            let mut parts: Vec<(&QMatrix, &mut [f32])> =
+                mats.iter().zip(outs.iter_mut()).map(|(m, o)| (m, o.as_mut_slice())).collect();
+            QMatrix::matmul_many(&mut parts, &x, n, &mut scratch, &threads);
+            for (i, (g, w)) in outs.iter().zip(&want).enumerate() {
+                let gb: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+                let wb: Vec<u32> = w.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(gb, wb, "{set:?}: matrix {i}, {n} rows");
+            }
+        }
+    }
+}

@@ -100,11 +100,9 @@ impl Attention {
         let want = observer.as_ref().map_or(Capture::NONE, |o| o.wants(layer));
 
         let q = fit(&mut buf.q, n * qd);
-        self.q.forward(x, n, q, k);
         let kk = fit(&mut buf.k, n * kd);
-        self.k.forward(x, n, kk, k);
         let v = fit(&mut buf.v, n * kd);
-        self.v.forward(x, n, v, k);
+        Linear::forward_many([(&self.q, &mut *q), (&self.k, &mut *kk), (&self.v, &mut *v)], x, n, k);
         if let Some(norm) = &self.q_norm {
             norm.forward(q);
         }

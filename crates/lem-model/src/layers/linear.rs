@@ -42,6 +42,21 @@ impl Linear {
     /// Projects `n` rows of `x` into `out` (`n * out_dim`).
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], k: &mut Kernels<'_>) {
         self.weight.matmul(x, n, out, k.scratch, k.threads);
+        self.add_bias(out);
+    }
+
+    /// Several projections of the same `n` rows of `x` (Q, K, V; gate and up) in one
+    /// pass of the kernels ([`QMatrix::matmul_many`]); results equal [`Linear::forward`]'s.
+    pub fn forward_many<const N: usize>(parts: [(&Linear, &mut [f32]); N], x: &[f32], n: usize, k: &mut Kernels<'_>) {
+        let layers: [&Linear; N] = std::array::from_fn(|i| parts[i].0);
+        let mut mats = parts.map(|(l, out)| (&*l.weight, out));
+        QMatrix::matmul_many(&mut mats, x, n, k.scratch, k.threads);
+        for (l, (_, out)) in layers.iter().zip(mats.iter_mut()) {
+            l.add_bias(out);
+        }
+    }
+
+    fn add_bias(&self, out: &mut [f32]) {
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(b.len()) {
                 lem_kernels::ops::add_assign(row, b);

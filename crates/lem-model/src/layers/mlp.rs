@@ -52,9 +52,8 @@ impl GatedMlp {
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], buf: &mut MlpBuffers, k: &mut Kernels<'_>) {
         let ff = self.gate.out_dim();
         let gate = fit(&mut buf.gate, n * ff);
-        self.gate.forward(x, n, gate, k);
         let up = fit(&mut buf.up, n * ff);
-        self.up.forward(x, n, up, k);
+        Linear::forward_many([(&self.gate, &mut *gate), (&self.up, &mut *up)], x, n, k);
         match self.act {
             Activation::Silu => ops::silu_mul(gate, up),
             Activation::GeluTanh => ops::gelu_mul(gate, up),

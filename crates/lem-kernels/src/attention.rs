@@ -1,0 +1,350 @@
+//! Scaled dot-product attention over a cache of keys and values.
+//!
+//! The work is split into items of (a block of query tokens) x (a KV head) x (some or all
+//! of the query heads sharing it, for grouped-query attention). Each item widens a cached
+//! K or V row to f32 once and uses it for every query row of the item, so an f16 cache
+//! costs one conversion per row per item instead of one per query; it visits only the
+//! span of cells some query of the block can see (for a full-attention layer in a prompt,
+//! the causal triangle); scores, softmax (vectorised `exp`) and the weighted sum of values
+//! run on [`crate::simd`]'s runtime-dispatched primitives. Nothing is allocated in the
+//! steady state: per-thread scratch buffers grow to the largest call and stay.
+//!
+//! Arithmetic follows GGML's non-flash path: with f16 storage, queries and attention
+//! weights are rounded to f16 before their products with keys and values (accumulated in
+//! f32).
+
+use std::cell::RefCell;
+
+use half::f16;
+
+use crate::simd;
+use crate::threads::{SharedMut, Threads};
+
+/// Element types a KV cache may store; attention reads them through this trait.
+pub trait KvElem: simd::Element {
+    /// Rounds a query element the way GGML rounds the right-hand side of a dot product
+    /// with this type (f16 keys meet f16-rounded queries).
+    fn round_query(x: f32) -> f32;
+    /// Rounds an attention weight the same way, for the product with values.
+    fn round_weight(p: f32) -> f32;
+    /// [`KvElem::round_query`] / [`KvElem::round_weight`] over a slice.
+    fn round_slice(x: &mut [f32]);
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn round_query(x: f32) -> f32 {
+        x
+    }
+    #[inline]
+    fn round_weight(p: f32) -> f32 {
+        p
+    }
+    #[inline]
+    fn round_slice(_x: &mut [f32]) {}
+}
+
+impl KvElem for f16 {
+    #[inline]
+    fn round_query(x: f32) -> f32 {
+        f16::from_f32(x).to_f32()
+    }
+    #[inline]
+    fn round_weight(p: f32) -> f32 {
+        f16::from_f32(p).to_f32()
+    }
+    #[inline]
+    fn round_slice(x: &mut [f32]) {
+        simd::round_f16(x);
+    }
+}
+
+/// Stored keys and values, in the cache's element type.
+#[derive(Debug, Clone, Copy)]
+pub enum KvData<'a> {
+    /// f32 cells.
+    F32 {
+        /// Keys, cell-major: `[cells][n_kv][head_dim]`.
+        k: &'a [f32],
+        /// Values, same layout.
+        v: &'a [f32],
+    },
+    /// f16 cells.
+    F16 {
+        /// Keys, cell-major: `[cells][n_kv][head_dim]`.
+        k: &'a [f16],
+        /// Values, same layout.
+        v: &'a [f16],
+    },
+}
+
+/// The keys and values an attention call reads: `cells` cache cells, each holding
+/// `n_kv * head_dim` elements of K (and of V), with the absolute position of each cell.
+#[derive(Debug, Clone, Copy)]
+pub struct KvView<'a> {
+    /// The stored K and V.
+    pub data: KvData<'a>,
+    /// Absolute position of each cell.
+    pub pos: &'a [u32],
+}
+
+/// Which cached positions a query may attend to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every position up to and including the query's own.
+    Causal,
+    /// Causal, and only the `window` most recent positions (`q - p < window`).
+    SlidingWindow {
+        /// Window length in positions.
+        window: u32,
+    },
+}
+
+impl Mask {
+    /// Whether a query at `q` sees the key at `p`.
+    #[inline]
+    pub fn visible(self, q: u32, p: u32) -> bool {
+        match self {
+            Mask::Causal => p <= q,
+            Mask::SlidingWindow { window } => p <= q && q - p < window,
+        }
+    }
+}
+
+/// Head geometry and scaling of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention shares each among `n_head / n_kv`).
+    pub n_kv: usize,
+    /// Dimension of every head.
+    pub head_dim: usize,
+    /// Multiplier applied to `q . k`.
+    pub scale: f32,
+    /// Optional soft-cap on attention logits.
+    pub softcap: Option<f32>,
+    /// Visibility rule.
+    pub mask: Mask,
+}
+
+/// Query tokens per work item when there are enough tokens to keep every thread busy.
+const TOKEN_BLOCK: usize = 4;
+
+/// Per-thread buffers of one work item.
+#[derive(Default)]
+struct Scratch {
+    /// Rounded queries, `[rows][head_dim]`.
+    q: Vec<f32>,
+    /// Scores, then weights, `[rows][span]`.
+    scores: Vec<f32>,
+    /// Outputs, `[rows][head_dim]`.
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Scaled dot-product attention of `q` (`[n_tok][n_head][head_dim]`, query `t` at
+/// absolute position `q_pos[t]`) over the cache cells in `kv`; writes `out` in the same
+/// layout as `q`. When `probs` is given it receives the attention weights,
+/// `[n_tok][n_head][cells]` in cell order (0 for masked cells).
+pub fn attention(
+    q: &[f32],
+    q_pos: &[u32],
+    kv: KvView<'_>,
+    shape: &AttnShape,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+    threads: &Threads,
+) {
+    match kv.data {
+        KvData::F32 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
+        KvData::F16 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
+    }
+}
+
+/// One work item: query tokens `t0..t1`, query heads `h0..h1` (all sharing KV head `g`).
+#[derive(Clone, Copy)]
+struct Item {
+    t0: usize,
+    t1: usize,
+    h0: usize,
+    h1: usize,
+    g: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_impl<E: KvElem>(
+    q: &[f32],
+    q_pos: &[u32],
+    (k, v): (&[E], &[E]),
+    pos: &[u32],
+    shape: &AttnShape,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+    threads: &Threads,
+) {
+    let AttnShape { n_head, n_kv, head_dim: hd, .. } = *shape;
+    let n_tok = q_pos.len();
+    let cells = pos.len();
+    assert!(n_kv > 0 && n_head.is_multiple_of(n_kv), "{n_head} query heads over {n_kv} KV heads");
+    assert_eq!(q.len(), n_tok * n_head * hd);
+    assert_eq!(out.len(), q.len());
+    assert_eq!(k.len(), cells * n_kv * hd);
+    assert_eq!(v.len(), k.len());
+    let group = n_head / n_kv;
+    let n_threads = threads.count();
+    // Few tokens (decode): one token per item, and heads on their own if that is what
+    // it takes to give every thread work.
+    let tb = if n_tok >= 8 * n_threads { TOKEN_BLOCK } else { 1 };
+    let n_tb = n_tok.div_ceil(tb);
+    let heads_per_item = if n_tb * n_kv >= 2 * n_threads { group } else { 1 };
+    let n_hb = group / heads_per_item;
+    let items = n_tb * n_kv * n_hb;
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let probs_ptr = probs.map(|p| {
+        assert_eq!(p.len(), n_tok * n_head * cells);
+        SharedMut(p.as_mut_ptr())
+    });
+    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr };
+    threads.for_ranges(items, 1, |range| {
+        SCRATCH.with(|s| {
+            let sc = &mut *s.borrow_mut();
+            for i in range {
+                let (tbi, rest) = (i / (n_kv * n_hb), i % (n_kv * n_hb));
+                let (g, hb) = (rest / n_hb, rest % n_hb);
+                let t0 = tbi * tb;
+                let h0 = g * group + hb * heads_per_item;
+                ctx.run(Item { t0, t1: (t0 + tb).min(n_tok), h0, h1: h0 + heads_per_item, g }, sc);
+            }
+        });
+    });
+}
+
+/// Everything a work item reads, and where it writes.
+struct Ctx<'a, E> {
+    q: &'a [f32],
+    q_pos: &'a [u32],
+    k: &'a [E],
+    v: &'a [E],
+    pos: &'a [u32],
+    shape: &'a AttnShape,
+    out: SharedMut<f32>,
+    probs: Option<SharedMut<f32>>,
+}
+
+// SAFETY: the raw pointers are only written at the disjoint rows each item owns.
+unsafe impl<E: Sync> Sync for Ctx<'_, E> {}
+
+impl<E: KvElem> Ctx<'_, E> {
+    fn run(&self, it: Item, sc: &mut Scratch) {
+        let AttnShape { n_head, n_kv, head_dim: hd, scale, softcap, mask } = *self.shape;
+        let (nt, nh) = (it.t1 - it.t0, it.h1 - it.h0);
+        let rows = nt * nh;
+        let stride = n_kv * hd;
+        let cells = self.pos.len();
+        let qp = &self.q_pos[it.t0..it.t1];
+        // The span of cells some query of the block sees.
+        let visible = |c: usize| qp.iter().any(|&t| mask.visible(t, self.pos[c]));
+        let Some(lo) = (0..cells).find(|&c| visible(c)) else {
+            self.write_empty(it, sc);
+            return;
+        };
+        let hi = (lo..cells).rev().find(|&c| visible(c)).map_or(lo, |c| c) + 1;
+        // Score rows cover whole groups of 8 cells aligned on absolute cell indices, so
+        // that the vectorised softmax sums every row in the same grouping however the
+        // work was split into items (padding holds -inf, whose weight adds an exact 0):
+        // results do not depend on batch shapes or thread counts.
+        let lo = lo & !7;
+        let ld = ((hi + 7) & !7) - lo;
+        let span = hi - lo;
+
+        let Scratch { q: qbuf, scores, out } = sc;
+        qbuf.resize(rows * hd, 0.0);
+        for ti in 0..nt {
+            let src = ((it.t0 + ti) * n_head + it.h0) * hd;
+            qbuf[ti * nh * hd..(ti + 1) * nh * hd].copy_from_slice(&self.q[src..src + nh * hd]);
+        }
+        E::round_slice(qbuf);
+        scores.clear();
+        scores.resize(rows * ld, f32::NEG_INFINITY);
+        let krows = simd::Rows { data: self.k, stride, offset: it.g * hd, len: hd };
+        simd::qk(qbuf, krows, lo..hi, scale, scores, ld);
+        // Mask and soft-cap.
+        for (ti, &t) in qp.iter().enumerate() {
+            let block = &mut scores[ti * nh * ld..(ti + 1) * nh * ld];
+            for (c, &p) in self.pos[lo..hi].iter().enumerate() {
+                if !mask.visible(t, p) {
+                    for hi in 0..nh {
+                        block[hi * ld + c] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if let Some(cap) = softcap {
+                for x in block.iter_mut().filter(|x| x.is_finite()) {
+                    *x = cap * (*x / cap).tanh();
+                }
+            }
+        }
+        // Softmax per row; a sliding window may leave a row of the block with no cell.
+        for s in scores.chunks_exact_mut(ld) {
+            let m = simd::max(s);
+            if m == f32::NEG_INFINITY {
+                s.fill(0.0);
+                continue;
+            }
+            let sum = simd::exp_sub_sum(s, m);
+            simd::scale(s, 1.0 / sum);
+        }
+        if let Some(pp) = self.probs {
+            for r in 0..rows {
+                let (t, h) = (it.t0 + r / nh, it.h0 + r % nh);
+                // SAFETY: row (t, h) of `probs` belongs to this item alone.
+                let dst = unsafe { std::slice::from_raw_parts_mut(pp.ptr().add((t * n_head + h) * cells), cells) };
+                dst[..lo].fill(0.0);
+                dst[lo..hi].copy_from_slice(&scores[r * ld..r * ld + span]);
+                dst[hi..].fill(0.0);
+            }
+        }
+        // Weighted sum of values.
+        E::round_slice(scores);
+        out.clear();
+        out.resize(rows * hd, 0.0);
+        let vrows = simd::Rows { data: self.v, stride, offset: it.g * hd, len: hd };
+        simd::pv(scores, ld, vrows, lo..hi, out);
+        for ti in 0..nt {
+            let dst = ((it.t0 + ti) * n_head + it.h0) * hd;
+            // SAFETY: rows (t, h0..h1) of `out` are contiguous and belong to this item alone.
+            let o = unsafe { std::slice::from_raw_parts_mut(self.out.ptr().add(dst), nh * hd) };
+            o.copy_from_slice(&out[ti * nh * hd..(ti + 1) * nh * hd]);
+        }
+    }
+
+    /// Output row of token `it.t0 + ti`, head `it.h0 + hi`.
+    #[allow(clippy::mut_from_ref)]
+    fn out_row(&self, it: Item, ti: usize, hi: usize, hd: usize) -> &mut [f32] {
+        let (t, h) = (it.t0 + ti, it.h0 + hi);
+        // SAFETY: row (t, h) of `out` belongs to this item alone, and no other reference
+        // to it is alive while the returned one is used.
+        unsafe { std::slice::from_raw_parts_mut(self.out.ptr().add((t * self.shape.n_head + h) * hd), hd) }
+    }
+
+    /// No query of the item sees any cell: zero output and weights.
+    fn write_empty(&self, it: Item, _sc: &mut Scratch) {
+        let (n_head, hd, cells) = (self.shape.n_head, self.shape.head_dim, self.pos.len());
+        for t in it.t0..it.t1 {
+            for h in it.h0..it.h1 {
+                self.out_row(it, t - it.t0, h - it.h0, hd).fill(0.0);
+                if let Some(pp) = self.probs {
+                    // SAFETY: as in `run`.
+                    unsafe { std::slice::from_raw_parts_mut(pp.ptr().add((t * n_head + h) * cells), cells) }.fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
