@@ -99,7 +99,7 @@ def test_disconnect_cancels(server):
 
 def test_long_shared_system_prompt_reuses_prefix(server, oai):
     facts = " ".join(f"Fact {i}: the {w} tower in district {i} is {i * 7 % 97} metres tall." for i, w in
-                     zip(range(1, 70), ["red", "blue", "green", "white", "black", "grey", "gold", "silver"] * 9))
+                     zip(range(1, 78), ["red", "blue", "green", "white", "black", "grey", "gold", "silver"] * 10))
     system = f"Session {RUN_ID}. You answer questions about a city. {facts}"
 
     def ask(question):
@@ -116,7 +116,7 @@ def test_long_shared_system_prompt_reuses_prefix(server, oai):
 
     t1, u1 = ask("How tall is the red tower in district 1?")
     t2, u2 = ask("How tall is the blue tower in district 2?")
-    assert 1400 <= u1.prompt_tokens <= 2200, u1.prompt_tokens
+    assert 1500 <= u1.prompt_tokens <= 2200, u1.prompt_tokens
     assert u1.prompt_tokens_details.cached_tokens < 64
     cached = u2.prompt_tokens_details.cached_tokens
     assert cached >= u2.prompt_tokens - 128, f"cached {cached} of {u2.prompt_tokens}"
