@@ -25,22 +25,10 @@ use crate::worker::{Done, Event};
 /// `options`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Options {
-    /// Temperature.
-    pub temperature: Option<f32>,
-    /// Nucleus sampling.
-    pub top_p: Option<f32>,
-    /// Top-k.
-    pub top_k: Option<i64>,
-    /// Min-p.
-    pub min_p: Option<f32>,
-    /// Repeat penalty.
-    pub repeat_penalty: Option<f32>,
-    /// Presence penalty.
-    pub presence_penalty: Option<f32>,
-    /// Frequency penalty.
-    pub frequency_penalty: Option<f32>,
-    /// Seed.
-    pub seed: Option<i64>,
+    /// Sampling parameters (`temperature`, `top_p`, `top_k`, `min_p`, `repeat_penalty`,
+    /// `presence_penalty`, `frequency_penalty`, `seed`).
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     /// Most tokens (-1 or -2: no limit but the context).
     pub num_predict: Option<i64>,
     /// Stop strings.
@@ -99,16 +87,7 @@ impl Options {
             Some(-1 | -2) | None => None,
             n => params::max_tokens(n, "num_predict", state.engine.ctx_size())?,
         };
-        let fields = SamplingFields {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            seed: self.seed,
-        };
+        let fields = self.sampling;
         Ok(GenSpec {
             prompt,
             max_tokens,

@@ -49,26 +49,15 @@ pub struct CommonFields {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
-    /// Temperature (0 to 2).
-    pub temperature: Option<f32>,
-    /// Nucleus sampling.
-    pub top_p: Option<f32>,
-    /// Top-k (lem extension, as llama.cpp).
-    pub top_k: Option<i64>,
-    /// Min-p (lem extension).
-    pub min_p: Option<f32>,
-    /// Repeat penalty (lem extension).
-    pub repeat_penalty: Option<f32>,
-    /// Presence penalty (-2 to 2).
-    pub presence_penalty: Option<f32>,
-    /// Frequency penalty (-2 to 2).
-    pub frequency_penalty: Option<f32>,
+    /// Sampling parameters (`temperature` 0 to 2, `top_p`, `presence_penalty` and
+    /// `frequency_penalty` -2 to 2, `seed`; lem extensions `top_k`, `min_p`,
+    /// `repeat_penalty`).
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     /// Most tokens to generate.
     pub max_tokens: Option<i64>,
     /// Stop strings.
     pub stop: Option<StopField>,
-    /// Sampling seed.
-    pub seed: Option<i64>,
     /// Number of choices (only 1).
     pub n: Option<i64>,
     /// A lem session to continue.
@@ -131,16 +120,7 @@ impl CommonFields {
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
         }
-        let fields = SamplingFields {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            seed: self.seed,
-        };
+        let fields = self.sampling;
         Ok(GenSpec {
             prompt,
             max_tokens: params::max_tokens(max_tokens, "max_tokens", state.engine.ctx_size())?,

@@ -146,8 +146,9 @@ pub fn max_tokens(value: Option<i64>, param: &str, ctx: usize) -> Result<Option<
     }
 }
 
-/// Sampling fields common to the APIs; `None` takes the API's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Sampling fields common to the APIs; `None` takes the API's default. The OpenAI and
+/// Ollama request types flatten it into their bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
 pub struct SamplingFields {
     /// Temperature.
     pub temperature: Option<f32>,
