@@ -317,8 +317,11 @@ unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(nb: usize, w: *const W, x:
             i += 1;
         }
         for k in 0..K {
-            let [a, b] = acc[k];
-            let mut total = hsum8(_mm256_add_ps(a, b));
+            let mut sum = acc[k][0];
+            for l in 1..ACC_LANES {
+                sum = _mm256_add_ps(sum, acc[k][l]);
+            }
+            let mut total = hsum8(sum);
             if W::PAIRED {
                 // The minimum's products sit in the odd lanes.
                 total += hsum8(_mm256_blend_ps::<0b1010_1010>(_mm256_setzero_ps(), accm[k]));
