@@ -318,8 +318,8 @@ unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(nb: usize, w: *const W, x:
         }
         for k in 0..K {
             let mut sum = acc[k][0];
-            for l in 1..ACC_LANES {
-                sum = _mm256_add_ps(sum, acc[k][l]);
+            for a in &acc[k][1..] {
+                sum = _mm256_add_ps(sum, *a);
             }
             let mut total = hsum8(sum);
             if W::PAIRED {
