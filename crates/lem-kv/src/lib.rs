@@ -256,23 +256,7 @@ impl SeqCache {
     /// `0..len` and that sliding-window layers hold a contiguous run ending at `len - 1`
     /// that covers the window the next query sees. On error the cache is unchanged.
     pub fn import_raw(&mut self, layers: &[RawLayer], len: u32) -> Result<(), KvError> {
-        if layers.len() != self.layers.len() {
-            return Err(KvError::Shape {
-                layer: layers.len().min(self.layers.len()),
-                what: format!("expected {} layers, got {}", self.layers.len(), layers.len()),
-            });
-        }
-        for (i, e) in layers.iter().enumerate() {
-            check_held(self.layout.layers[i].kind, &e.positions, len)
-                .map_err(|what| KvError::Shape { layer: i, what })?;
-        }
-        let mut fresh = SeqCache::new(&self.layout);
-        for (i, (l, e)) in fresh.layers.iter_mut().zip(layers).enumerate() {
-            l.import_raw(e).map_err(|what| KvError::Shape { layer: i, what })?;
-        }
-        fresh.len = len;
-        *self = fresh;
-        Ok(())
+        self.replace_with(layers, len, |e| &e.positions, LayerCache::import_raw)
     }
 
     /// Exports every layer's live K/V (see [`LayerCache::export`]).
@@ -282,6 +266,18 @@ impl SeqCache {
 
     /// Replaces the state with exported layers, for a sequence of `len` positions.
     pub fn import(&mut self, layers: &[LayerExport], len: u32) -> Result<(), KvError> {
+        self.replace_with(layers, len, |e| &e.positions, LayerCache::import)
+    }
+
+    /// The shared body of the imports: checks the layer count and every layer's held
+    /// positions, fills a fresh cache with `import`, and swaps it in only if all succeed.
+    fn replace_with<T>(
+        &mut self,
+        layers: &[T],
+        len: u32,
+        positions: impl Fn(&T) -> &[u32],
+        import: impl Fn(&mut LayerCache, &T) -> Result<(), String>,
+    ) -> Result<(), KvError> {
         if layers.len() != self.layers.len() {
             return Err(KvError::Shape {
                 layer: layers.len().min(self.layers.len()),
@@ -289,12 +285,12 @@ impl SeqCache {
             });
         }
         for (i, e) in layers.iter().enumerate() {
-            check_held(self.layout.layers[i].kind, &e.positions, len)
+            check_held(self.layout.layers[i].kind, positions(e), len)
                 .map_err(|what| KvError::Shape { layer: i, what })?;
         }
         let mut fresh = SeqCache::new(&self.layout);
         for (i, (l, e)) in fresh.layers.iter_mut().zip(layers).enumerate() {
-            l.import(e).map_err(|what| KvError::Shape { layer: i, what })?;
+            import(l, e).map_err(|what| KvError::Shape { layer: i, what })?;
         }
         fresh.len = len;
         *self = fresh;
