@@ -10,7 +10,7 @@ use candle_core::quantized::k_quants::{
 };
 use half::{bf16, f16};
 
-use crate::dot::{MAX_K, RowDot};
+use crate::dot::{MAX_K, Panel, RowDot};
 use crate::threads::{SharedMut, Threads};
 
 /// Errors building or using a [`QMatrix`].
@@ -293,7 +293,11 @@ fn matmul_impl<T: GgmlType>(
     let cols = parts[0].0.cols;
     let bpr = cols / T::BLCK_SIZE;
     let vbpr = cols / T::VecDotType::BLCK_SIZE;
-    let xq = scratch.blocks::<T::VecDotType>(n * vbpr);
+    // Many activation rows: the register-tiled product, which unpacks each weight row
+    // once (bit-identical to the row kernel, so the choice never changes a result).
+    let panel = if n >= PANEL_MIN_ROWS { Panel::<T>::new(cols) } else { None };
+    let scale_len = panel.as_ref().map_or(0, |p| p.scale_len(n));
+    let (xq, xscales) = scratch.parts::<T::VecDotType>(n * vbpr, scale_len);
     {
         let xq_ptr = SharedMut(xq.as_mut_ptr());
         threads.for_ranges(n, 4, |ts| {
@@ -307,6 +311,10 @@ fn matmul_impl<T: GgmlType>(
         });
     }
     let xq: &[T::VecDotType] = xq;
+    if let Some(p) = &panel {
+        p.scales(xq, n, xscales);
+    }
+    let xscales: &[f32] = xscales;
     // (weights, rows, output, first global row) of every matrix; global rows number the
     // matrices' rows one after another.
     // (On the stack: the decode step allocates nothing.)
@@ -321,6 +329,23 @@ fn matmul_impl<T: GgmlType>(
     let total = start;
     // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K` activation
     // rows (also hot in L1) in each kernel call, which unpacks the weights once per call.
+    if let Some(panel) = &panel {
+        threads.for_ranges(total, 16, |rs| {
+            for &(w, rows, out_ptr, first) in mats {
+                let (lo, hi) = (rs.start.max(first), rs.end.min(first + rows));
+                if lo >= hi {
+                    continue;
+                }
+                let (lo, hi) = (lo - first, hi - first);
+                panel.run(&w[lo * bpr..hi * bpr], hi - lo, xq, n, xscales, |r, t, v| {
+                    // SAFETY: (matrix, t, r) triples are disjoint across workers (global
+                    // rows are partitioned); r + lo < rows and t < n.
+                    unsafe { *out_ptr.ptr().add(t * rows + lo + r) = v };
+                });
+            }
+        });
+        return;
+    }
     let dot = RowDot::<T>::new(cols);
     let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
     threads.for_ranges(total, 8, |rs| {
@@ -355,6 +380,10 @@ fn matmul_impl<T: GgmlType>(
     });
 }
 
+/// Activation rows from which products use the register-tiled kernel (below it, the
+/// row kernel's per-call unpacking is cheaper than repacking).
+const PANEL_MIN_ROWS: usize = 8;
+
 /// Matrices one [`QMatrix::matmul_many`] pass handles (more are split into passes).
 const MAX_PARTS: usize = 4;
 
@@ -366,6 +395,7 @@ const ROW_TILE_BYTES: usize = 16 * 1024;
 #[derive(Default)]
 pub struct Scratch {
     buf: Vec<u64>,
+    scales: Vec<f32>,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -375,15 +405,25 @@ impl std::fmt::Debug for Scratch {
 }
 
 impl Scratch {
-    /// A view of `n` blocks of `T`, growing the buffer when needed (contents unspecified).
-    fn blocks<T: GgmlType>(&mut self, n: usize) -> &mut [T] {
+    /// Views of `n` blocks of `T` and of `floats` floats, growing the buffers when needed
+    /// (contents unspecified).
+    fn parts<T: GgmlType>(&mut self, n: usize, floats: usize) -> (&mut [T], &mut [f32]) {
+        if self.scales.len() < floats {
+            self.scales.resize(floats, 0.0);
+        }
+        let Scratch { buf, scales } = self;
+        (Scratch::blocks_in(buf, n), &mut scales[..floats])
+    }
+
+    /// A view of `n` blocks of `T` in `buf`, growing it when needed.
+    fn blocks_in<T: GgmlType>(buf: &mut Vec<u64>, n: usize) -> &mut [T] {
         assert!(std::mem::align_of::<T>() <= 8);
         let bytes = n * std::mem::size_of::<T>();
         let words = bytes.div_ceil(8);
-        if self.buf.len() < words {
-            self.buf.resize(words, 0);
+        if buf.len() < words {
+            buf.resize(words, 0);
         }
         // SAFETY: the buffer is initialised, aligned to 8 and large enough; T is POD.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<T>(), n) }
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T>(), n) }
     }
 }

@@ -23,6 +23,8 @@ use crate::qmatrix::GgmlType;
 
 mod blocks;
 #[cfg(target_arch = "x86_64")]
+mod panel;
+#[cfg(target_arch = "x86_64")]
 mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -218,6 +220,90 @@ impl<T: GgmlType> RowDot<T> {
                     *o = T::vec_dot(self.n, &w[..nb], &x[j * nb..(j + 1) * nb]);
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type PanelFns = panel::PanelFns;
+#[cfg(not(target_arch = "x86_64"))]
+type PanelFns = std::convert::Infallible;
+
+/// The register-tiled product of many activation rows with weights of type `T` (see
+/// `panel`), where this CPU has one. Bit-identical to [`RowDot`].
+pub(crate) struct Panel<T: GgmlType> {
+    fns: PanelFns,
+    nb: usize,
+    _blocks: PhantomData<fn(&[T])>,
+}
+
+impl<T: GgmlType> Panel<T> {
+    /// The product for `n`-element rows at the current ISA level, if there is one.
+    pub(crate) fn new(n: usize) -> Option<Panel<T>> {
+        Panel::with_isa(Isa::current(), n)
+    }
+
+    /// The product for `n`-element rows at `isa` (at most [`Isa::detected`]), if any.
+    pub(crate) fn with_isa(isa: Isa, n: usize) -> Option<Panel<T>> {
+        assert!(isa <= Isa::detected(), "{isa:?} kernels need a CPU that supports them");
+        assert!(n.is_multiple_of(T::BLCK_SIZE), "{n} is not a whole number of blocks");
+        #[cfg(target_arch = "x86_64")]
+        let fns = panel::panel_fns(T::DTYPE, isa)?;
+        #[cfg(not(target_arch = "x86_64"))]
+        let fns: PanelFns = return None;
+        Some(Panel { fns, nb: n / T::BLCK_SIZE, _blocks: PhantomData })
+    }
+
+    /// Floats of activation scales (and sums) [`Panel::scales`] needs for `n` rows.
+    pub(crate) fn scale_len(&self, n: usize) -> usize {
+        2 * n * self.nb
+    }
+
+    /// Converts the scales (and sums) of the `n` activation rows in `x` to f32, into
+    /// `out` ([`Panel::scale_len`] floats).
+    pub(crate) fn scales(&self, x: &[T::VecDotType], n: usize, out: &mut [f32]) {
+        let count = n * self.nb;
+        assert!(x.len() >= count && out.len() >= 2 * count, "activation scales");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (d, s) = out.split_at_mut(count);
+            // SAFETY: the ISA was checked in `with_isa`; `x` holds `count` blocks of the
+            // activation type the functions were chosen for; `d` and `s` hold `count`.
+            unsafe { self.fns.scales(count, x.as_ptr().cast(), d.as_mut_ptr(), s.as_mut_ptr()) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        match self.fns {}
+    }
+
+    /// `store(r, t, dot(w_r, x_t))` for every weight row `r` of `w` (`rows` of them) and
+    /// activation row `t` of `x` (`n` of them), where `scales` came from
+    /// [`Panel::scales`] for the same `x`.
+    pub(crate) fn run(
+        &self,
+        w: &[T],
+        rows: usize,
+        x: &[T::VecDotType],
+        n: usize,
+        scales: &[f32],
+        store: impl FnMut(usize, usize, f32),
+    ) {
+        let nb = self.nb;
+        assert!(w.len() >= rows * nb && x.len() >= n * nb && scales.len() >= 2 * n * nb, "operands too short");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (xd, xs) = scales.split_at(n * nb);
+            let wb = std::mem::size_of::<T>();
+            let xb = std::mem::size_of::<T::VecDotType>();
+            // SAFETY: the ISA was checked in `with_isa`; the operand lengths above; the
+            // block types are the ones the functions were chosen for (by `T::DTYPE`).
+            unsafe {
+                self.fns.run(nb, (w.as_ptr().cast(), wb, rows), (x.as_ptr().cast(), xb, n), xd, xs, store)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = store;
+            match self.fns {}
         }
     }
 }

@@ -9,7 +9,7 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Isa, MAX_K, quantize_row_with, vec_dot, vec_dot_multi_with};
+use super::{Isa, MAX_K, Panel, RowDot, quantize_row_with, vec_dot, vec_dot_multi_with};
 use crate::qmatrix::GgmlType;
 
 /// The ISA levels with kernels that this CPU can run.
@@ -330,5 +330,77 @@ fn matmul_breakdown() {
                 t_q * 1e6
             );
         }
+    }
+}
+
+/// The register-tiled product equals the row kernel bit for bit, for every shape around
+/// its tile sizes and block grouping, on random bytes (any quants, scales of both signs).
+fn check_panel<T: GgmlType>(seed: u64, half_offsets: &[usize], act_half_offsets: &[usize]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for isa in levels() {
+        for nb in [1, 2, 3, 4, 5, 7, 8, 9, 13, 20] {
+            let cols = nb * T::BLCK_SIZE;
+            let Some(panel) = Panel::<T>::with_isa(isa, cols) else { continue };
+            let row = RowDot::<T>::with_isa(isa, cols);
+            for (rows, n) in [(1, 1), (2, 4), (3, 5), (5, 9), (6, 8), (7, 13)] {
+                let w: Vec<T> = raw(&mut rng, rows * cols, half_offsets);
+                let x: Vec<T::VecDotType> = raw(&mut rng, n * cols, act_half_offsets);
+                let mut scales = vec![0f32; panel.scale_len(n)];
+                panel.scales(&x, n, &mut scales);
+                let mut got = vec![f32::NAN; rows * n];
+                panel.run(&w, rows, &x, n, &scales, |r, t, v| got[t * rows + r] = v);
+                for r in 0..rows {
+                    let mut want = vec![0f32; n];
+                    row.run(&w[r * nb..(r + 1) * nb], &x, &mut want);
+                    for t in 0..n {
+                        assert_eq!(
+                            got[t * rows + r].to_bits(),
+                            want[t].to_bits(),
+                            "{:?} {isa:?} nb={nb} rows={rows} n={n} ({r}, {t}): {} vs {}",
+                            T::DTYPE,
+                            got[t * rows + r],
+                            want[t]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn panel_q4_0() {
+    check_panel::<BlockQ4_0>(41, &[0], &[0]);
+}
+
+#[test]
+fn panel_q4_1() {
+    check_panel::<BlockQ4_1>(42, &[0, 2], &[0, 2]);
+}
+
+#[test]
+fn panel_q5_0() {
+    check_panel::<BlockQ5_0>(43, &[0], &[0]);
+}
+
+#[test]
+fn panel_q5_1() {
+    check_panel::<BlockQ5_1>(44, &[0, 2], &[0, 2]);
+}
+
+#[test]
+fn panel_q8_0() {
+    check_panel::<BlockQ8_0>(45, &[0], &[0]);
+}
+
+#[test]
+fn panel_exists_for_the_32_element_types() {
+    for isa in levels() {
+        assert!(Panel::<BlockQ4_0>::with_isa(isa, 64).is_some(), "Q4_0 {isa:?}");
+        assert!(Panel::<BlockQ4_1>::with_isa(isa, 64).is_some(), "Q4_1 {isa:?}");
+        assert!(Panel::<BlockQ5_0>::with_isa(isa, 64).is_some(), "Q5_0 {isa:?}");
+        assert!(Panel::<BlockQ5_1>::with_isa(isa, 64).is_some(), "Q5_1 {isa:?}");
+        assert!(Panel::<BlockQ8_0>::with_isa(isa, 64).is_some(), "Q8_0 {isa:?}");
+        assert!(Panel::<BlockQ4K>::with_isa(isa, 256).is_none(), "Q4_K has no tiled kernel yet");
     }
 }
