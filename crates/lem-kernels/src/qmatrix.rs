@@ -296,8 +296,7 @@ fn matmul_impl<T: GgmlType>(
     // Many activation rows: the register-tiled product, which unpacks each weight row
     // once (bit-identical to the row kernel, so the choice never changes a result).
     let panel = if n >= PANEL_MIN_ROWS { Panel::<T>::new(cols) } else { None };
-    let scale_len = panel.as_ref().map_or(0, |p| p.scale_len(n));
-    let (xq, xscales) = scratch.parts::<T::VecDotType>(n * vbpr, scale_len);
+    let (xq, xh) = scratch.parts::<T::VecDotType>(n * vbpr, n * vbpr * crate::dot::header_floats::<T::VecDotType>());
     {
         let xq_ptr = SharedMut(xq.as_mut_ptr());
         threads.for_ranges(n, 4, |ts| {
@@ -311,10 +310,8 @@ fn matmul_impl<T: GgmlType>(
         });
     }
     let xq: &[T::VecDotType] = xq;
-    if let Some(p) = &panel {
-        p.scales(xq, n, xscales);
-    }
-    let xscales: &[f32] = xscales;
+    crate::dot::act_headers(xq, xh);
+    let xh: &[f32] = xh;
     // (weights, rows, output, first global row) of every matrix; global rows number the
     // matrices' rows one after another.
     // (On the stack: the decode step allocates nothing.)
@@ -337,7 +334,7 @@ fn matmul_impl<T: GgmlType>(
                     continue;
                 }
                 let (lo, hi) = (lo - first, hi - first);
-                panel.run(&w[lo * bpr..hi * bpr], hi - lo, xq, n, xscales, |r, t, v| {
+                panel.run(&w[lo * bpr..hi * bpr], hi - lo, xq, n, xh, |r, t, v| {
                     // SAFETY: (matrix, t, r) triples are disjoint across workers (global
                     // rows are partitioned); r + lo < rows and t < n.
                     unsafe { *out_ptr.ptr().add(t * rows + lo + r) = v };
@@ -347,6 +344,7 @@ fn matmul_impl<T: GgmlType>(
         return;
     }
     let dot = RowDot::<T>::new(cols);
+    let per = crate::dot::header_floats::<T::VecDotType>();
     let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
     threads.for_ranges(total, 8, |rs| {
         let mut buf = [0f32; MAX_K];
@@ -364,8 +362,9 @@ fn matmul_impl<T: GgmlType>(
                 while t < n {
                     let k = (n - t).min(MAX_K);
                     let xs = &xq[t * vbpr..(t + k) * vbpr];
+                    let hs = &xh[t * vbpr * per..];
                     for r in r0..r1 {
-                        dot.run(&w[r * bpr..(r + 1) * bpr], xs, &mut buf[..k]);
+                        dot.run(&w[r * bpr..(r + 1) * bpr], xs, hs, &mut buf[..k]);
                         for (j, &v) in buf[..k].iter().enumerate() {
                             // SAFETY: (matrix, t, r) triples are disjoint across workers
                             // (global rows are partitioned).

@@ -82,12 +82,45 @@ impl Isa {
 }
 
 /// A kernel: `nb` weight blocks at `w` against `k` (1..=[`MAX_K`]) activation rows of `nb`
-/// blocks each, stored back to back at `x`; writes `out[..k]`.
+/// blocks each, stored back to back at `x`, whose block headers [`act_headers`] wrote
+/// to `xh`; writes `out[..k]`.
 ///
 /// # Safety
 /// The CPU supports the kernel's ISA; `w` and `x` point to that many valid, aligned
-/// blocks of the kernel's types; `out` to `k` writable floats.
-type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, k: usize, out: *mut f32);
+/// blocks of the kernel's types; `xh` to their headers (see [`act_headers`]); `out` to
+/// `k` writable floats.
+type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, out: *mut f32);
+
+/// Floats of header per activation block of type `V` in [`act_headers`]' output: the
+/// scale of Q8_0; the scale and sum of Q8_1; none for the others (Q8_K's scale is
+/// already an f32).
+pub(crate) fn header_floats<V: GgmlType>() -> usize {
+    match V::DTYPE {
+        GgmlDType::Q8_0 => 1,
+        GgmlDType::Q8_1 => 2,
+        _ => 0,
+    }
+}
+
+/// The half-float headers of the activation blocks `x` as f32, block after block
+/// ([`header_floats`] each) into `out`: converted once per product instead of once per
+/// weight row (they are what every weight row's dot product multiplies by).
+pub(crate) fn act_headers<V: GgmlType>(x: &[V], out: &mut [f32]) {
+    let per = header_floats::<V>();
+    assert!(out.len() >= per * x.len(), "activation headers");
+    if per == 0 {
+        return;
+    }
+    let size = std::mem::size_of::<V>();
+    // SAFETY: block types are plain old data; the slice covers exactly their memory.
+    let bytes = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) };
+    for (block, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(per)) {
+        // Q8_0 and Q8_1 start with their halves (see `blocks`).
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = half::f16::from_le_bytes([block[2 * j], block[2 * j + 1]]).to_f32();
+        }
+    }
+}
 
 /// The lem kernel for weights of `dtype` at `isa`, if there is one.
 fn kernel(dtype: GgmlDType, isa: Isa) -> Option<KernelFn> {
@@ -166,7 +199,9 @@ pub(crate) fn quantize_row_with<V: GgmlType>(isa: Isa, x: &[f32], y: &mut [V]) {
 
 /// [`vec_dot_multi`] at a given ISA level (which must not exceed [`Isa::detected`]).
 pub(crate) fn vec_dot_multi_with<T: GgmlType>(isa: Isa, n: usize, w: &[T], x: &[T::VecDotType], out: &mut [f32]) {
-    RowDot::<T>::with_isa(isa, n).run(w, x, out);
+    let mut xh = vec![0f32; header_floats::<T::VecDotType>() * x.len()];
+    act_headers(x, &mut xh);
+    RowDot::<T>::with_isa(isa, n).run(w, x, &xh, out);
 }
 
 /// The dot product of `n`-element rows of weight type `T`, with the kernel chosen once
@@ -196,11 +231,13 @@ impl<T: GgmlType> RowDot<T> {
     }
 
     /// `out[j] = dot(w, x_j)` for the `out.len()` activation rows stored back to back in
-    /// `x`, against the weight row `w`.
+    /// `x`, with headers `xh` from [`act_headers`], against the weight row `w`.
     #[inline]
-    pub(crate) fn run(&self, w: &[T], x: &[T::VecDotType], out: &mut [f32]) {
+    pub(crate) fn run(&self, w: &[T], x: &[T::VecDotType], xh: &[f32], out: &mut [f32]) {
         let nb = self.nb;
+        let per = header_floats::<T::VecDotType>();
         assert!(w.len() >= nb && x.len() >= out.len() * nb, "dot product operands too short");
+        assert!(xh.len() >= out.len() * nb * per, "activation headers too short");
         match self.kernel {
             Some(f) => {
                 for (c, chunk) in out.chunks_mut(MAX_K).enumerate() {
@@ -211,7 +248,8 @@ impl<T: GgmlType> RowDot<T> {
                     // floats.
                     unsafe {
                         let xs = x.as_ptr().add(c * MAX_K * nb);
-                        f(nb, w.as_ptr().cast(), xs.cast(), chunk.len(), chunk.as_mut_ptr());
+                        let hs = xh.as_ptr().add(c * MAX_K * nb * per);
+                        f(nb, w.as_ptr().cast(), xs.cast(), hs, chunk.len(), chunk.as_mut_ptr());
                     }
                 }
             }
@@ -254,50 +292,29 @@ impl<T: GgmlType> Panel<T> {
         Some(Panel { fns, nb: n / T::BLCK_SIZE, _blocks: PhantomData })
     }
 
-    /// Floats of activation scales (and sums) [`Panel::scales`] needs for `n` rows.
-    pub(crate) fn scale_len(&self, n: usize) -> usize {
-        2 * n * self.nb
-    }
-
-    /// Converts the scales (and sums) of the `n` activation rows in `x` to f32, into
-    /// `out` ([`Panel::scale_len`] floats).
-    pub(crate) fn scales(&self, x: &[T::VecDotType], n: usize, out: &mut [f32]) {
-        let count = n * self.nb;
-        assert!(x.len() >= count && out.len() >= 2 * count, "activation scales");
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (d, s) = out.split_at_mut(count);
-            // SAFETY: the ISA was checked in `with_isa`; `x` holds `count` blocks of the
-            // activation type the functions were chosen for; `d` and `s` hold `count`.
-            unsafe { self.fns.scales(count, x.as_ptr().cast(), d.as_mut_ptr(), s.as_mut_ptr()) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        match self.fns {}
-    }
-
     /// `store(r, t, dot(w_r, x_t))` for every weight row `r` of `w` (`rows` of them) and
-    /// activation row `t` of `x` (`n` of them), where `scales` came from
-    /// [`Panel::scales`] for the same `x`.
+    /// activation row `t` of `x` (`n` of them), whose headers [`act_headers`] wrote to
+    /// `xh`.
     pub(crate) fn run(
         &self,
         w: &[T],
         rows: usize,
         x: &[T::VecDotType],
         n: usize,
-        scales: &[f32],
+        xh: &[f32],
         store: impl FnMut(usize, usize, f32),
     ) {
         let nb = self.nb;
-        assert!(w.len() >= rows * nb && x.len() >= n * nb && scales.len() >= 2 * n * nb, "operands too short");
+        let per = header_floats::<T::VecDotType>();
+        assert!(w.len() >= rows * nb && x.len() >= n * nb && xh.len() >= n * nb * per, "operands too short");
         #[cfg(target_arch = "x86_64")]
         {
-            let (xd, xs) = scales.split_at(n * nb);
             let wb = std::mem::size_of::<T>();
             let xb = std::mem::size_of::<T::VecDotType>();
             // SAFETY: the ISA was checked in `with_isa`; the operand lengths above; the
             // block types are the ones the functions were chosen for (by `T::DTYPE`).
             unsafe {
-                self.fns.run(nb, (w.as_ptr().cast(), wb, rows), (x.as_ptr().cast(), xb, n), xd, xs, store)
+                self.fns.run(nb, (w.as_ptr().cast(), wb, rows), (x.as_ptr().cast(), xb, n), xh, store)
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

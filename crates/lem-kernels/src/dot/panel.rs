@@ -39,14 +39,6 @@ pub(crate) const TN: usize = 3;
 /// and (with a minimum) `m` have room for `rows * nb` blocks' worth.
 type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32);
 
-/// Writes the scales (and, with a minimum, the sums) of `count` activation blocks at `x`
-/// as f32 to `d` (and `s`).
-///
-/// # Safety
-/// `x` holds `count` activation blocks of the function's type; `d` and (with a minimum)
-/// `s` have room for `count` floats.
-type ScalesFn = unsafe fn(count: usize, x: *const u8, d: *mut f32, s: *mut f32);
-
 /// Dots [`TM`] repacked weight rows with [`TN`] activation rows into `out` (`TM x TN`,
 /// row-major).
 ///
@@ -66,10 +58,9 @@ pub(crate) struct Tile {
     pub wm: *const f32,
     /// The activation rows' blocks (`nb` each).
     pub x: [*const u8; TN],
-    /// The activation rows' scales as f32 (`nb` each).
-    pub xd: [*const f32; TN],
-    /// The activation rows' block sums as f32 (`nb` each), for types with a minimum.
-    pub xs: [*const f32; TN],
+    /// The activation rows' headers from `act_headers` (scale, or scale and sum, per
+    /// block).
+    pub xh: [*const f32; TN],
 }
 
 /// The tiled product for one weight type at one ISA level.
@@ -78,7 +69,6 @@ pub(crate) struct PanelFns {
     /// Whether blocks carry a minimum (Q4_1, Q5_1), and activations a sum.
     pub paired: bool,
     repack: RepackFn,
-    scales: ScalesFn,
     tile: TileFn,
 }
 
@@ -90,15 +80,6 @@ impl PanelFns {
     #[inline]
     pub unsafe fn repack(&self, nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32) {
         unsafe { (self.repack)(nb, rows, w, q, d, m) }
-    }
-
-    /// See [`ScalesFn`].
-    ///
-    /// # Safety
-    /// As for [`ScalesFn`].
-    #[inline]
-    pub unsafe fn scales(&self, count: usize, x: *const u8, d: *mut f32, s: *mut f32) {
-        unsafe { (self.scales)(count, x, d, s) }
     }
 
     /// See [`TileFn`].
@@ -131,20 +112,6 @@ unsafe fn repack_impl<W: Weight32, S: Simd>(nb: usize, rows: usize, w: *const u8
     }
 }
 
-#[inline(always)]
-unsafe fn scales_impl<A: Act32>(count: usize, x: *const u8, d: *mut f32, s: *mut f32) {
-    unsafe {
-        let x = x.cast::<A>();
-        for i in 0..count {
-            let b = x.add(i).cast::<u8>();
-            *d.add(i) = half(b, 0);
-            if A::PAIRED {
-                *s.add(i) = half(b, 2);
-            }
-        }
-    }
-}
-
 /// One block `b` of every product of the tile into `acc`.
 #[inline(always)]
 unsafe fn block<W: Weight32, S: Simd>(op: &Tile, b: usize, acc: &mut [[__m256; TN]; TM]) {
@@ -161,7 +128,8 @@ unsafe fn block<W: Weight32, S: Simd>(op: &Tile, b: usize, acc: &mut [[__m256; T
             for c in 0..TN {
                 let y = if W::PAIRED { xv[c] } else { _mm256_sign_epi8(xv[c], w) };
                 let p = _mm256_cvtepi32_ps(S::dot_u8i8(qa, y));
-                let s = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*op.xd[c].add(b)));
+                let hw = if W::PAIRED { 2 } else { 1 };
+                let s = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
                 acc[r][c] = _mm256_fmadd_ps(s, p, acc[r][c]);
             }
         }
@@ -210,15 +178,18 @@ unsafe fn min_term(op: &Tile, r: usize, c: usize, main: usize) -> f32 {
     unsafe {
         let nb = op.nb;
         let wm = op.wm.add(r * nb);
-        let xs = op.xs[c];
+        // Sums sit at the odd places of the (scale, sum) headers.
+        let xh = op.xh[c];
+        let odd = _mm256_set_epi32(7, 5, 3, 1, 7, 5, 3, 1);
         let mut lanes = _mm_setzero_ps();
         let mut b = 0;
         while b < main {
-            lanes = _mm_add_ps(lanes, _mm_mul_ps(_mm_loadu_ps(wm.add(b)), _mm_loadu_ps(xs.add(b))));
+            let xs = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xh.add(2 * b)), odd));
+            lanes = _mm_add_ps(lanes, _mm_mul_ps(_mm_loadu_ps(wm.add(b)), xs));
             b += 4;
         }
         for b in main..nb {
-            lanes = _mm_add_ps(lanes, _mm_set_ss(*wm.add(b) * *xs.add(b)));
+            lanes = _mm_add_ps(lanes, _mm_set_ss(*wm.add(b) * *xh.add(2 * b + 1)));
         }
         let mut l = [0f32; 4];
         _mm_storeu_ps(l.as_mut_ptr(), lanes);
@@ -226,18 +197,13 @@ unsafe fn min_term(op: &Tile, r: usize, c: usize, main: usize) -> f32 {
     }
 }
 
-/// Defines the three entry points of one weight type at one ISA level.
+/// Defines the two entry points of one weight type at one ISA level.
 macro_rules! panel {
-    ($repack:ident, $scales:ident, $tile:ident, $w:ty, $s:ty, $features:literal) => {
+    ($repack:ident, $tile:ident, $w:ty, $s:ty, $features:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $repack(nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32) {
             // SAFETY: forwarded from the caller (see `RepackFn`).
             unsafe { repack_impl::<$w, $s>(nb, rows, w, q, d, m) }
-        }
-        #[target_feature(enable = $features)]
-        unsafe fn $scales(count: usize, x: *const u8, d: *mut f32, s: *mut f32) {
-            // SAFETY: forwarded from the caller (see `ScalesFn`).
-            unsafe { scales_impl::<<$w as Weight32>::Act>(count, x, d, s) }
         }
         #[target_feature(enable = $features)]
         unsafe fn $tile(op: &Tile, out: &mut [[f32; TN]; TM]) {
@@ -248,33 +214,33 @@ macro_rules! panel {
 }
 
 macro_rules! avx2 {
-    ($($repack:ident, $scales:ident, $tile:ident: $w:ty;)*) => {$(
-        panel!($repack, $scales, $tile, $w, Avx2, "avx2,fma,f16c");
+    ($($repack:ident, $tile:ident: $w:ty;)*) => {$(
+        panel!($repack, $tile, $w, Avx2, "avx2,fma,f16c");
     )*};
 }
 macro_rules! avx512 {
-    ($($repack:ident, $scales:ident, $tile:ident: $w:ty;)*) => {$(
-        panel!($repack, $scales, $tile, $w, Avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+    ($($repack:ident, $tile:ident: $w:ty;)*) => {$(
+        panel!($repack, $tile, $w, Avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
     )*};
 }
 avx2! {
-    rp_q4_0_avx2, sc_q4_0_avx2, tl_q4_0_avx2: Q4_0;
-    rp_q4_1_avx2, sc_q4_1_avx2, tl_q4_1_avx2: Q4_1;
-    rp_q5_0_avx2, sc_q5_0_avx2, tl_q5_0_avx2: Q5_0;
-    rp_q5_1_avx2, sc_q5_1_avx2, tl_q5_1_avx2: Q5_1;
-    rp_q8_0_avx2, sc_q8_0_avx2, tl_q8_0_avx2: Q8_0;
+    rp_q4_0_avx2, tl_q4_0_avx2: Q4_0;
+    rp_q4_1_avx2, tl_q4_1_avx2: Q4_1;
+    rp_q5_0_avx2, tl_q5_0_avx2: Q5_0;
+    rp_q5_1_avx2, tl_q5_1_avx2: Q5_1;
+    rp_q8_0_avx2, tl_q8_0_avx2: Q8_0;
 }
 avx512! {
-    rp_q4_0_avx512, sc_q4_0_avx512, tl_q4_0_avx512: Q4_0;
-    rp_q4_1_avx512, sc_q4_1_avx512, tl_q4_1_avx512: Q4_1;
-    rp_q5_0_avx512, sc_q5_0_avx512, tl_q5_0_avx512: Q5_0;
-    rp_q5_1_avx512, sc_q5_1_avx512, tl_q5_1_avx512: Q5_1;
-    rp_q8_0_avx512, sc_q8_0_avx512, tl_q8_0_avx512: Q8_0;
+    rp_q4_0_avx512, tl_q4_0_avx512: Q4_0;
+    rp_q4_1_avx512, tl_q4_1_avx512: Q4_1;
+    rp_q5_0_avx512, tl_q5_0_avx512: Q5_0;
+    rp_q5_1_avx512, tl_q5_1_avx512: Q5_1;
+    rp_q8_0_avx512, tl_q8_0_avx512: Q8_0;
 }
 
 macro_rules! fns {
-    ($paired:expr, $repack:ident, $scales:ident, $tile:ident) => {
-        PanelFns { paired: $paired, repack: $repack, scales: $scales, tile: $tile }
+    ($paired:expr, $repack:ident, $tile:ident) => {
+        PanelFns { paired: $paired, repack: $repack, tile: $tile }
     };
 }
 
@@ -282,16 +248,16 @@ macro_rules! fns {
 pub(crate) fn panel_fns(dtype: GgmlDType, isa: super::Isa) -> Option<PanelFns> {
     use super::Isa;
     Some(match (isa, dtype) {
-        (Isa::Avx2, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx2, sc_q4_0_avx2, tl_q4_0_avx2),
-        (Isa::Avx2, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx2, sc_q4_1_avx2, tl_q4_1_avx2),
-        (Isa::Avx2, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx2, sc_q5_0_avx2, tl_q5_0_avx2),
-        (Isa::Avx2, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx2, sc_q5_1_avx2, tl_q5_1_avx2),
-        (Isa::Avx2, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx2, sc_q8_0_avx2, tl_q8_0_avx2),
-        (Isa::Avx512, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx512, sc_q4_0_avx512, tl_q4_0_avx512),
-        (Isa::Avx512, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx512, sc_q4_1_avx512, tl_q4_1_avx512),
-        (Isa::Avx512, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx512, sc_q5_0_avx512, tl_q5_0_avx512),
-        (Isa::Avx512, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx512, sc_q5_1_avx512, tl_q5_1_avx512),
-        (Isa::Avx512, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx512, sc_q8_0_avx512, tl_q8_0_avx512),
+        (Isa::Avx2, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx2, tl_q4_0_avx2),
+        (Isa::Avx2, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx2, tl_q4_1_avx2),
+        (Isa::Avx2, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx2, tl_q5_0_avx2),
+        (Isa::Avx2, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx2, tl_q5_1_avx2),
+        (Isa::Avx2, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx2, tl_q8_0_avx2),
+        (Isa::Avx512, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx512, tl_q4_0_avx512),
+        (Isa::Avx512, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx512, tl_q4_1_avx512),
+        (Isa::Avx512, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx512, tl_q5_0_avx512),
+        (Isa::Avx512, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx512, tl_q5_1_avx512),
+        (Isa::Avx512, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx512, tl_q8_0_avx512),
         _ => return None,
     })
 }
@@ -330,26 +296,23 @@ thread_local! {
 impl PanelFns {
     /// `store(r, t, dot(W[r], x[t]))` for the `rows` weight rows at `w` (`nb` blocks each,
     /// of `w_block` bytes) and the `n` activation rows at `x` (`nb` blocks each, of
-    /// `x_block` bytes), whose scales (and sums) [`PanelFns::scales`] wrote to `xd`
-    /// (and `xs`).
+    /// `x_block` bytes), whose headers `act_headers` wrote to `xh`.
     ///
     /// # Safety
-    /// The ISA is supported; `w` and `x` hold that many blocks of this product's types;
-    /// `xd` (and, with a minimum, `xs`) hold `n * nb` floats.
-    #[allow(clippy::too_many_arguments)]
+    /// The ISA is supported; `w` and `x` hold that many blocks of this product's types.
     pub(crate) unsafe fn run(
         &self,
         nb: usize,
         (w, w_block, rows): (*const u8, usize, usize),
         (x, x_block, n): (*const u8, usize, usize),
-        xd: &[f32],
-        xs: &[f32],
+        xh: &[f32],
         mut store: impl FnMut(usize, usize, f32),
     ) {
         if rows == 0 || n == 0 {
             return;
         }
-        assert!(xd.len() >= n * nb && (!self.paired || xs.len() >= n * nb), "activation scales");
+        let hw = if self.paired { 2 } else { 1 };
+        assert!(xh.len() >= n * nb * hw, "activation headers");
         let tile_rows = (TILE_BYTES / (nb * 36)).clamp(TM, 64) / TM * TM;
         PANEL_BUF.with_borrow_mut(|buf| {
             buf.reserve(tile_rows * nb);
@@ -374,8 +337,7 @@ impl PanelFns {
                         wm: buf.m.as_ptr(),
                         // SAFETY (for the three): row(c) < n * nb.
                         x: std::array::from_fn(|c| unsafe { x.add(row(c) * x_block) }),
-                        xd: std::array::from_fn(|c| unsafe { xd.as_ptr().add(row(c)) }),
-                        xs: std::array::from_fn(|c| if self.paired { unsafe { xs.as_ptr().add(row(c)) } } else { xs.as_ptr() }),
+                        xh: std::array::from_fn(|c| unsafe { xh.as_ptr().add(row(c) * hw) }),
                     };
                     let mut g = 0;
                     while g < m {

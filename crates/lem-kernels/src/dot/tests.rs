@@ -9,7 +9,7 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Isa, MAX_K, Panel, RowDot, quantize_row_with, vec_dot, vec_dot_multi_with};
+use super::{Isa, MAX_K, Panel, RowDot, act_headers, header_floats, quantize_row_with, vec_dot, vec_dot_multi_with};
 use crate::qmatrix::GgmlType;
 
 /// The ISA levels with kernels that this CPU can run.
@@ -345,13 +345,13 @@ fn check_panel<T: GgmlType>(seed: u64, half_offsets: &[usize], act_half_offsets:
             for (rows, n) in [(1, 1), (2, 4), (3, 5), (5, 9), (6, 8), (7, 13)] {
                 let w: Vec<T> = raw(&mut rng, rows * cols, half_offsets);
                 let x: Vec<T::VecDotType> = raw(&mut rng, n * cols, act_half_offsets);
-                let mut scales = vec![0f32; panel.scale_len(n)];
-                panel.scales(&x, n, &mut scales);
+                let mut xh = vec![0f32; header_floats::<T::VecDotType>() * x.len()];
+                act_headers(&x, &mut xh);
                 let mut got = vec![f32::NAN; rows * n];
-                panel.run(&w, rows, &x, n, &scales, |r, t, v| got[t * rows + r] = v);
+                panel.run(&w, rows, &x, n, &xh, |r, t, v| got[t * rows + r] = v);
                 for r in 0..rows {
                     let mut want = vec![0f32; n];
-                    row.run(&w[r * nb..(r + 1) * nb], &x, &mut want);
+                    row.run(&w[r * nb..(r + 1) * nb], &x, &xh, &mut want);
                     for t in 0..n {
                         assert_eq!(
                             got[t * rows + r].to_bits(),

@@ -45,7 +45,8 @@ unsafe fn headers<B: Block32, const G: usize>(p: *const B) -> __m256 {
     unsafe {
         let half = |j: usize, w: usize| u64::from(p.add(j).cast::<u16>().add(w).read_volatile());
         if B::PAIRED {
-            let h = |j: usize| half(j, 0) | (half(j, 1) << 16);
+            // Both halves of a block in one load.
+            let h = |j: usize| u64::from(p.add(j).cast::<u32>().read_unaligned());
             let lo = if G > 1 { h(0) | (h(1) << 32) } else { h(0) };
             let hi = match G {
                 4 => h(2) | (h(3) << 32),
@@ -258,13 +259,35 @@ impl Weight32 for Q8_0 {
 /// result does not depend on how many rows it was computed with.
 const ACC_LANES: usize = 2;
 
-/// Accumulates `G` (1..=4) consecutive blocks starting at block `i` of the weight row
-/// `w` against the `K` activation rows at `x` (row stride `nb` blocks).
+/// The f32 headers (from `act_headers`) of `G` (1..=4) consecutive activation blocks at
+/// `p`, laid out as [`headers`] lays out half headers; unused lanes are zero.
 #[inline(always)]
+unsafe fn act_headers<A: Block32, const G: usize>(p: *const f32) -> __m256 {
+    unsafe {
+        match (A::PAIRED, G) {
+            (true, 4) => _mm256_loadu_ps(p),
+            (false, 4) => _mm256_zextps128_ps256(_mm_loadu_ps(p)),
+            (true, 1) => _mm256_zextps128_ps256(_mm_castpd_ps(_mm_load_sd(p.cast()))),
+            (false, 1) => _mm256_zextps128_ps256(_mm_load_ss(p)),
+            _ => {
+                let mut v = [0f32; 8];
+                let n = if A::PAIRED { 2 * G } else { G };
+                std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n);
+                _mm256_loadu_ps(v.as_ptr())
+            }
+        }
+    }
+}
+
+/// Accumulates `G` (1..=4) consecutive blocks starting at block `i` of the weight row
+/// `w` against the `K` activation rows at `x` (row stride `nb` blocks, headers at `xh`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
     nb: usize,
     w: *const W,
     x: *const W::Act,
+    xh: *const f32,
     i: usize,
     acc: &mut [[__m256; ACC_LANES]; K],
     accm: &mut [__m256; K],
@@ -280,7 +303,8 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
         }
         for k in 0..K {
             let xp = x.add(k * nb + i);
-            let prod = _mm256_mul_ps(wh, headers::<W::Act, G>(xp));
+            let hw = if W::PAIRED { 2 } else { 1 };
+            let prod = _mm256_mul_ps(wh, act_headers::<W::Act, G>(xh.add((k * nb + i) * hw)));
             if W::PAIRED {
                 accm[k] = _mm256_add_ps(accm[k], prod);
             }
@@ -303,17 +327,23 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
 
 /// Dots the `nb`-block weight row `w` with `K` activation rows at `x`, into `out[..K]`.
 #[inline(always)]
-unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(nb: usize, w: *const W, x: *const W::Act, out: *mut f32) {
+unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(
+    nb: usize,
+    w: *const W,
+    x: *const W::Act,
+    xh: *const f32,
+    out: *mut f32,
+) {
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); ACC_LANES]; K];
         let mut accm = [_mm256_setzero_ps(); K];
         let mut i = 0;
         while i + 4 <= nb {
-            group::<W, S, K, 4>(nb, w, x, i, &mut acc, &mut accm);
+            group::<W, S, K, 4>(nb, w, x, xh, i, &mut acc, &mut accm);
             i += 4;
         }
         while i < nb {
-            group::<W, S, K, 1>(nb, w, x, i, &mut acc, &mut accm);
+            group::<W, S, K, 1>(nb, w, x, xh, i, &mut acc, &mut accm);
             i += 1;
         }
         for k in 0..K {
@@ -345,15 +375,15 @@ macro_rules! entry {
     };
     (@ $name:ident, $body:ident, $w:ty, $s:ty, $features:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name(nb: usize, w: *const u8, x: *const u8, k: usize, out: *mut f32) {
+        unsafe fn $name(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, out: *mut f32) {
             // SAFETY: forwarded from the caller (see `KernelFn`).
             unsafe {
                 let (w, x) = (w.cast::<$w>(), x.cast());
                 match k {
-                    1 => $body::<$s, 1>(nb, w, x, out),
-                    2 => $body::<$s, 2>(nb, w, x, out),
-                    3 => $body::<$s, 3>(nb, w, x, out),
-                    _ => $body::<$s, 4>(nb, w, x, out),
+                    1 => $body::<$s, 1>(nb, w, x, xh, out),
+                    2 => $body::<$s, 2>(nb, w, x, xh, out),
+                    3 => $body::<$s, 3>(nb, w, x, xh, out),
+                    _ => $body::<$s, 4>(nb, w, x, xh, out),
                 }
             }
         }
@@ -380,10 +410,11 @@ macro_rules! dot32_for {
             nb: usize,
             w: *const $w,
             x: *const <$w as Weight32>::Act,
+            xh: *const f32,
             out: *mut f32,
         ) {
             // SAFETY: forwarded from the caller.
-            unsafe { dot32::<$w, S, K>(nb, w, x, out) }
+            unsafe { dot32::<$w, S, K>(nb, w, x, xh, out) }
         }
     )*};
 }

@@ -127,7 +127,7 @@ unsafe fn dot_q45k<S: Simd, const K: usize>(
 
 /// Q4_K weights against `K` Q8_K activation rows.
 #[inline(always)]
-unsafe fn dot_q4k<S: Simd, const K: usize>(nb: usize, w: *const Q4K, x: *const Q8K, out: *mut f32) {
+unsafe fn dot_q4k<S: Simd, const K: usize>(nb: usize, w: *const Q4K, x: *const Q8K, _xh: *const f32, out: *mut f32) {
     unsafe {
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); K];
@@ -148,7 +148,7 @@ unsafe fn dot_q4k<S: Simd, const K: usize>(nb: usize, w: *const Q4K, x: *const Q
 
 /// Q5_K weights against `K` Q8_K activation rows.
 #[inline(always)]
-unsafe fn dot_q5k<S: Simd, const K: usize>(nb: usize, w: *const Q5K, x: *const Q8K, out: *mut f32) {
+unsafe fn dot_q5k<S: Simd, const K: usize>(nb: usize, w: *const Q5K, x: *const Q8K, _xh: *const f32, out: *mut f32) {
     unsafe {
         let m4 = _mm256_set1_epi8(0x0F);
         let m1 = _mm256_set1_epi8(0x01);
@@ -177,7 +177,7 @@ unsafe fn dot_q5k<S: Simd, const K: usize>(nb: usize, w: *const Q5K, x: *const Q
 
 /// Q6_K weights against `K` Q8_K activation rows.
 #[inline(always)]
-unsafe fn dot_q6k<S: Simd, const K: usize>(nb: usize, w: *const Q6K, x: *const Q8K, out: *mut f32) {
+unsafe fn dot_q6k<S: Simd, const K: usize>(nb: usize, w: *const Q6K, x: *const Q8K, _xh: *const f32, out: *mut f32) {
     unsafe {
         let m4 = _mm256_set1_epi8(0x0F);
         let m3 = _mm256_set1_epi8(0x03);
