@@ -117,20 +117,17 @@ unsafe fn repack_impl<W: Weight32, S: Simd>(nb: usize, rows: usize, w: *const u8
 unsafe fn block<W: Weight32, S: Simd>(op: &Tile, b: usize, acc: &mut [[__m256; TN]; TM]) {
     unsafe {
         let nb = op.nb;
-        let mut xv = [_mm256_setzero_si256(); TN];
-        for c in 0..TN {
-            xv[c] = W::Act::qs(op.x[c].cast::<W::Act>().add(b));
-        }
-        for r in 0..TM {
+        let xv: [__m256i; TN] = std::array::from_fn(|c| W::Act::qs(op.x[c].cast::<W::Act>().add(b)));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
             let w = _mm256_loadu_si256(op.wq.add((r * nb + b) * 32).cast());
             let qa = if W::PAIRED { w } else { _mm256_sign_epi8(w, w) };
             let dw = _mm256_broadcast_ss(&*op.wd.add(r * nb + b));
-            for c in 0..TN {
-                let y = if W::PAIRED { xv[c] } else { _mm256_sign_epi8(xv[c], w) };
+            for (c, (a, &xc)) in acc_r.iter_mut().zip(&xv).enumerate() {
+                let y = if W::PAIRED { xc } else { _mm256_sign_epi8(xc, w) };
                 let p = _mm256_cvtepi32_ps(S::dot_u8i8(qa, y));
                 let hw = if W::PAIRED { 2 } else { 1 };
                 let s = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
-                acc[r][c] = _mm256_fmadd_ps(s, p, acc[r][c]);
+                *a = _mm256_fmadd_ps(s, p, *a);
             }
         }
     }
