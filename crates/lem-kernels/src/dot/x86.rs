@@ -279,6 +279,9 @@ unsafe fn act_headers<A: Block32, const G: usize>(p: *const f32) -> __m256 {
     }
 }
 
+/// How far ahead of the current block a one-row product prefetches its weights.
+const PREFETCH_BYTES: usize = 4096;
+
 /// Accumulates `G` (1..=4) consecutive blocks starting at block `i` of the weight row
 /// `w` against the `K` activation rows at `x` (row stride `nb` blocks, headers at `xh`).
 #[inline(always)]
@@ -294,6 +297,16 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
 ) {
     unsafe {
         let wp = w.add(i);
+        if K == 1 && G == 4 {
+            // A decode step streams the weights once: fetch ahead of the hardware
+            // prefetchers (which stop at page boundaries and ramp up slowly).
+            let ahead = wp.cast::<i8>().add(PREFETCH_BYTES);
+            let mut off = 0;
+            while off < 4 * std::mem::size_of::<W>() {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.add(off));
+                off += 64;
+            }
+        }
         let wh = headers::<W, G>(wp);
         let mut q = [_mm256_setzero_si256(); G];
         let mut qa = [_mm256_setzero_si256(); G];
