@@ -31,7 +31,7 @@ pub(crate) const TM: usize = 2;
 pub(crate) const TN: usize = 3;
 
 /// Repacks `rows` weight rows of `nb` blocks at `w` into `q` (32 quant bytes per block,
-/// `rows * nb` blocks row-major), `d` (the scale of each block as f32) and, for types
+/// `rows * nb` blocks row-major), `d` (the scale of each block as f32, 8 times) and, for types
 /// with a minimum, `m` (each block's minimum as f32).
 ///
 /// # Safety
@@ -52,7 +52,8 @@ pub(crate) struct Tile {
     pub nb: usize,
     /// Repacked quants of the first weight row (row `i` at `wq + i * nb * 32`).
     pub wq: *const u8,
-    /// Scales of the first weight row (row `i` at `wd + i * nb`).
+    /// Scales of the first weight row, each repeated 8 times (row `i` at
+    /// `wd + i * nb * 8`).
     pub wd: *const f32,
     /// Minimums of the first weight row, for types with one.
     pub wm: *const f32,
@@ -104,7 +105,10 @@ unsafe fn repack_impl<W: Weight32, S: Simd>(nb: usize, rows: usize, w: *const u8
         for i in 0..rows * nb {
             let b = w.add(i);
             _mm256_storeu_si256(q.add(i * 32).cast(), W::quants::<S>(b));
-            *d.add(i) = half(b.cast(), 0);
+            // Stored as a full vector: the kernel's `d_w * d_x` then is one vector
+            // multiply (two broadcast scalars would be multiplied as scalars and the
+            // product broadcast: two instructions per product).
+            _mm256_storeu_ps(d.add(8 * i), _mm256_set1_ps(half(b.cast(), 0)));
             if W::PAIRED {
                 *m.add(i) = half(b.cast(), 2);
             }
@@ -118,16 +122,16 @@ unsafe fn block<W: Weight32, S: Simd>(op: &Tile, b: usize, acc: &mut [[__m256; T
     unsafe {
         let nb = op.nb;
         let xv: [__m256i; TN] = std::array::from_fn(|c| W::Act::qs(op.x[c].cast::<W::Act>().add(b)));
+        let hw = if W::PAIRED { 2 } else { 1 };
+        let dx: [__m256; TN] = std::array::from_fn(|c| _mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let w = _mm256_loadu_si256(op.wq.add((r * nb + b) * 32).cast());
             let qa = if W::PAIRED { w } else { _mm256_sign_epi8(w, w) };
-            let dw = _mm256_broadcast_ss(&*op.wd.add(r * nb + b));
-            for (c, (a, &xc)) in acc_r.iter_mut().zip(&xv).enumerate() {
+            let dw = _mm256_loadu_ps(op.wd.add((r * nb + b) * 8));
+            for ((a, &xc), &dxc) in acc_r.iter_mut().zip(&xv).zip(&dx) {
                 let y = if W::PAIRED { xc } else { _mm256_sign_epi8(xc, w) };
                 let p = _mm256_cvtepi32_ps(S::dot_u8i8(qa, y));
-                let hw = if W::PAIRED { 2 } else { 1 };
-                let s = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
-                *a = _mm256_fmadd_ps(s, p, *a);
+                *a = _mm256_fmadd_ps(_mm256_mul_ps(dw, dxc), p, *a);
             }
         }
     }
@@ -277,9 +281,9 @@ struct PanelBuf {
 impl PanelBuf {
     /// Grows the buffers to hold `blocks` blocks.
     fn reserve(&mut self, blocks: usize) {
-        if self.d.len() < blocks {
+        if self.m.len() < blocks {
             self.q.resize(blocks * 32, 0);
-            self.d.resize(blocks, 0.0);
+            self.d.resize(8 * blocks, 0.0);
             self.m.resize(blocks, 0.0);
         }
     }
@@ -310,7 +314,7 @@ impl PanelFns {
         }
         let hw = if self.paired { 2 } else { 1 };
         assert!(xh.len() >= n * nb * hw, "activation headers");
-        let tile_rows = (TILE_BYTES / (nb * 36)).clamp(TM, 64) / TM * TM;
+        let tile_rows = (TILE_BYTES / (nb * 68)).clamp(TM, 64) / TM * TM;
         PANEL_BUF.with_borrow_mut(|buf| {
             buf.reserve(tile_rows * nb);
             let mut out = [[0f32; TN]; TM];
@@ -342,7 +346,7 @@ impl PanelFns {
                         // buffer rows, within `tile_rows`; their results are dropped.
                         // SAFETY: (for the three) g + TM <= tile_rows.
                         op.wq = unsafe { buf.q.as_ptr().add(g * nb * 32) };
-                        op.wd = unsafe { buf.d.as_ptr().add(g * nb) };
+                        op.wd = unsafe { buf.d.as_ptr().add(g * nb * 8) };
                         op.wm = unsafe { buf.m.as_ptr().add(g * nb) };
                         // SAFETY: the operands are as `Tile` describes.
                         unsafe { self.tile(&op, &mut out) };

@@ -13,7 +13,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::KernelFn;
 use super::blocks::{Q4K, Q5K, Q6K, Q8K};
-use super::x86::{Simd, entry, hsum4, hsum8};
+use super::x86::{Simd, entry, hsum4, hsum8, prefetch_ahead};
 
 /// `acc +` the `u8 x i8` products of `q` and `y` summed in pairs, then against 16-bit
 /// scales in pairs again.
@@ -133,6 +133,9 @@ unsafe fn dot_q4k<S: Simd, const K: usize>(nb: usize, w: *const Q4K, x: *const Q
         let mut acc = [_mm256_setzero_ps(); K];
         let mut accm = [_mm_setzero_ps(); K];
         for i in 0..nb {
+            if K == 1 {
+                prefetch_ahead(w.add(i), 1);
+            }
             let b = &*w.add(i);
             let quants = |j: usize| {
                 let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j).cast());
@@ -155,6 +158,9 @@ unsafe fn dot_q5k<S: Simd, const K: usize>(nb: usize, w: *const Q5K, x: *const Q
         let mut acc = [_mm256_setzero_ps(); K];
         let mut accm = [_mm_setzero_ps(); K];
         for i in 0..nb {
+            if K == 1 {
+                prefetch_ahead(w.add(i), 1);
+            }
             let b = &*w.add(i);
             let hbits = _mm256_loadu_si256(b.qh.as_ptr().cast());
             let quants = |j: usize| {
@@ -183,6 +189,9 @@ unsafe fn dot_q6k<S: Simd, const K: usize>(nb: usize, w: *const Q6K, x: *const Q
         let m3 = _mm256_set1_epi8(0x03);
         let mut acc = [_mm256_setzero_ps(); K];
         for i in 0..nb {
+            if K == 1 {
+                prefetch_ahead(w.add(i), 1);
+            }
             let b = &*w.add(i);
             let d = half(b.d);
             let sc8 = _mm_loadu_si128(b.scales.as_ptr().cast());
