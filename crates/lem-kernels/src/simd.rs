@@ -523,9 +523,68 @@ mod x86 {
         }
     }
 
-    /// Scores one cell at a time (a grouped, transposing version measured 1.4-1.8x
-    /// faster in `benches/attention.rs` but sums in another order, which moved a Gemma 3
-    /// greedy token with a 0.63 logit margin away from llama.cpp's; kept exact for now).
+    /// `a0 + a1` of [`dot_row`] for the query row at `q` against each of the 8 rows
+    /// `rows` (`len`, a multiple of 8, elements each), computed 4 rows at a time: the
+    /// same operations in the same order as [`dot_row`] up to its horizontal sum.
+    #[inline(always)]
+    unsafe fn sums8<T: Element>(q: *const f32, rows: &[*const T; GROUP], len: usize) -> [__m256; GROUP] {
+        // SAFETY: the caller guarantees `len` readable elements behind every pointer.
+        unsafe {
+            let mut v = [_mm256_setzero_ps(); GROUP];
+            for half in 0..2 {
+                let rs = &rows[4 * half..4 * half + 4];
+                let mut a0 = [_mm256_setzero_ps(); 4];
+                let mut a1 = [_mm256_setzero_ps(); 4];
+                let mut j = 0;
+                while j + 16 <= len {
+                    let (q0, q1) = (_mm256_loadu_ps(q.add(j)), _mm256_loadu_ps(q.add(j + 8)));
+                    for i in 0..4 {
+                        a0[i] = _mm256_fmadd_ps(q0, T::load8(rs[i].add(j)), a0[i]);
+                        a1[i] = _mm256_fmadd_ps(q1, T::load8(rs[i].add(j + 8)), a1[i]);
+                    }
+                    j += 16;
+                }
+                if j + 8 <= len {
+                    let q0 = _mm256_loadu_ps(q.add(j));
+                    for i in 0..4 {
+                        a0[i] = _mm256_fmadd_ps(q0, T::load8(rs[i].add(j)), a0[i]);
+                    }
+                }
+                for i in 0..4 {
+                    v[4 * half + i] = _mm256_add_ps(a0[i], a1[i]);
+                }
+            }
+            v
+        }
+    }
+
+    /// The horizontal sums of eight vectors, each summed in [`hsum`]'s order
+    /// (`((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))`), as one vector.
+    #[inline(always)]
+    unsafe fn hsum8x8(v: [__m256; GROUP]) -> __m256 {
+        // SAFETY: the caller runs with AVX2 (register operations only).
+        unsafe {
+            // Lanes i and i + 4 of two vectors at once: [a_lo + a_hi | b_lo + b_hi].
+            let pair = |a: __m256, b: __m256| {
+                // SAFETY: as above.
+                unsafe { _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b)) }
+            };
+            let (t01, t23, t45, t67) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
+            // (s0 + s2, s1 + s3) of each: [c0 c0 c2 c2 | c1 c1 c3 c3] and [c4 c4 c6 c6 | c5 c5 c7 c7].
+            let x0 = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(t01, t23), _mm256_shuffle_ps::<0xEE>(t01, t23));
+            let x1 = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(t45, t67), _mm256_shuffle_ps::<0xEE>(t45, t67));
+            // (s0 + s2) + (s1 + s3): [c0 c2 c4 c6 | c1 c3 c5 c7].
+            let f = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(x0, x1), _mm256_shuffle_ps::<0xDD>(x0, x1));
+            _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+        }
+    }
+
+    /// Scores, 8 cells at a time for rows of up to [`GROUP_LEN_MAX`] elements that are a
+    /// whole number of vectors, else one cell at a time; every score is computed as
+    /// [`dot_row`] computes it (same products, same sums in the same order), whichever
+    /// way, so results do not depend on how cells fall into groups. (A version that also
+    /// reordered the sums measured faster still but moved a Gemma 3 greedy token with a
+    /// 0.63 logit margin away from llama.cpp's.)
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn qk<E: Element>(
         q: &[f32],
@@ -538,9 +597,28 @@ mod x86 {
         let len = k.len;
         let n = q.len() / len;
         let mut buf = [0f32; WIDEN_MAX];
+        let mut gbuf = [0f32; GROUP * GROUP_LEN_MAX];
+        let grouped = len.is_multiple_of(8) && len <= GROUP_LEN_MAX;
+        let mut c = cells.start;
         // SAFETY: shapes were checked by the caller (`super::qk`).
         unsafe {
-            for c in cells.clone() {
+            while grouped && c + GROUP <= cells.end {
+                for i in 0..GROUP {
+                    prefetch(&k, c + i, cells.end);
+                }
+                let (raw, wide) = group_rows(&k, c, GROUP, n >= 2, &mut gbuf);
+                for r in 0..n {
+                    let qp = q.as_ptr().add(r * len);
+                    let v = match wide {
+                        Some(f) => sums8::<f32>(qp, &f, len),
+                        None => sums8::<E>(qp, &raw, len),
+                    };
+                    let s = _mm256_mul_ps(hsum8x8(v), _mm256_set1_ps(scale));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * ld + c - cells.start), s);
+                }
+                c += GROUP;
+            }
+            for c in c..cells.end {
                 prefetch(&k, c, cells.end);
                 let row = widened(&k, c, n, &mut buf);
                 let raw = k.data.as_ptr().add(c * k.stride + k.offset);
@@ -757,6 +835,33 @@ mod tests {
         let want: Vec<f32> = x.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
         round_f16(&mut x);
         assert_eq!(x, want);
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_how_cells_are_grouped() {
+        // Scores of a range (8 cells at a time, then singles) equal scores of each cell
+        // alone (the one-cell path), bit for bit, for both storage types and with one or
+        // several query rows (the rows are widened or read in place).
+        for (n, len, stride, offset) in [(1, 64, 192, 64), (3, 64, 192, 0), (16, 256, 256, 0), (2, 24, 40, 8)] {
+            let cells = 3..30;
+            let q = data(n * len, 12);
+            let kf = data(cells.end * stride, 13);
+            let kh: Vec<f16> = kf.iter().map(|&x| f16::from_f32(x)).collect();
+            fn check<E: Element>(q: &[f32], k: Rows<'_, E>, cells: std::ops::Range<usize>, n: usize) {
+                let span = cells.len();
+                let mut all = vec![0f32; n * span];
+                qk(q, k, cells.clone(), 0.3, &mut all, span);
+                for c in cells.clone() {
+                    let mut one = vec![0f32; n];
+                    qk(q, k, c..c + 1, 0.3, &mut one, 1);
+                    for r in 0..n {
+                        assert_eq!(all[r * span + c - cells.start].to_bits(), one[r].to_bits(), "cell {c} row {r}");
+                    }
+                }
+            }
+            check(&q, Rows { data: &kf[..], stride, offset, len }, cells.clone(), n);
+            check(&q, Rows { data: &kh[..], stride, offset, len }, cells.clone(), n);
+        }
     }
 
     fn close_all(got: &[f32], want: &[f32], what: &str) {

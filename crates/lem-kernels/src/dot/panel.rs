@@ -99,7 +99,14 @@ unsafe fn half(p: *const u8, offset: usize) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn repack_impl<W: Weight32, S: Simd>(nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32) {
+unsafe fn repack_impl<W: Weight32, S: Simd>(
+    nb: usize,
+    rows: usize,
+    w: *const u8,
+    q: *mut u8,
+    d: *mut f32,
+    m: *mut f32,
+) {
     unsafe {
         let w = w.cast::<W>();
         for i in 0..rows * nb {
@@ -324,7 +331,14 @@ impl PanelFns {
                 // SAFETY: rows r0..r0+m of `w` exist; the buffers hold `tile_rows * nb`
                 // blocks.
                 unsafe {
-                    self.repack(nb, m, w.add(r0 * nb * w_block), buf.q.as_mut_ptr(), buf.d.as_mut_ptr(), buf.m.as_mut_ptr())
+                    self.repack(
+                        nb,
+                        m,
+                        w.add(r0 * nb * w_block),
+                        buf.q.as_mut_ptr(),
+                        buf.d.as_mut_ptr(),
+                        buf.m.as_mut_ptr(),
+                    )
                 };
                 let mut t0 = 0;
                 while t0 < n {
