@@ -566,8 +566,7 @@ mod x86 {
         unsafe {
             // Lanes i and i + 4 of two vectors at once: [a_lo + a_hi | b_lo + b_hi].
             let pair = |a: __m256, b: __m256| {
-                // SAFETY: as above.
-                unsafe { _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b)) }
+                _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
             };
             let (t01, t23, t45, t67) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
             // (s0 + s2, s1 + s3) of each: [c0 c0 c2 c2 | c1 c1 c3 c3] and [c4 c4 c6 c6 | c5 c5 c7 c7].
