@@ -296,21 +296,29 @@ fn matmul_impl<T: GgmlType>(
     // Many activation rows: the register-tiled product, which unpacks each weight row
     // once (bit-identical to the row kernel, so the choice never changes a result).
     let panel = if n >= PANEL_MIN_ROWS { Panel::<T>::new(cols) } else { None };
-    let (xq, xh) = scratch.parts::<T::VecDotType>(n * vbpr, n * vbpr * crate::dot::header_floats::<T::VecDotType>());
+    let per = crate::dot::header_floats::<T::VecDotType>();
+    let (xq, xh) = scratch.parts::<T::VecDotType>(n * vbpr, n * vbpr * per);
     {
         let xq_ptr = SharedMut(xq.as_mut_ptr());
+        let xh_ptr = SharedMut(xh.as_mut_ptr());
         threads.for_ranges(n, 4, |ts| {
             for t in ts {
-                // SAFETY: each t owns the disjoint block range [t*vbpr, (t+1)*vbpr).
-                let dst = unsafe { std::slice::from_raw_parts_mut(xq_ptr.ptr().add(t * vbpr), vbpr) };
+                // SAFETY: each t owns the disjoint block range [t*vbpr, (t+1)*vbpr) and
+                // header range [t*vbpr*per, (t+1)*vbpr*per).
+                let (dst, hdst) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(xq_ptr.ptr().add(t * vbpr), vbpr),
+                        std::slice::from_raw_parts_mut(xh_ptr.ptr().add(t * vbpr * per), vbpr * per),
+                    )
+                };
                 let row = &x[t * cols..(t + 1) * cols];
                 // quant_act's arithmetic, with SIMD where the CPU has it.
                 crate::dot::quantize_row(row, dst);
+                crate::dot::act_headers(dst, hdst);
             }
         });
     }
     let xq: &[T::VecDotType] = xq;
-    crate::dot::act_headers(xq, xh);
     let xh: &[f32] = xh;
     // (weights, rows, output, first global row) of every matrix; global rows number the
     // matrices' rows one after another.
@@ -344,7 +352,6 @@ fn matmul_impl<T: GgmlType>(
         return;
     }
     let dot = RowDot::<T>::new(cols);
-    let per = crate::dot::header_floats::<T::VecDotType>();
     let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
     threads.for_ranges(total, 8, |rs| {
         let mut buf = [0f32; MAX_K];

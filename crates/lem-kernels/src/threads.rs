@@ -235,6 +235,25 @@ impl Threads {
     }
 }
 
+impl Threads {
+    /// Runs `f(start, chunk)` over disjoint chunks of `data` (each at least `min_chunk`
+    /// long but the last, `start` its offset in `data`), in parallel when there is more
+    /// than one thread. For element-wise work, whose results do not depend on the split.
+    pub fn for_chunks_mut<T, F>(&self, data: &mut [T], min_chunk: usize, f: F)
+    where
+        T: Send,
+        F: Fn(usize, &mut [T]) + Sync + Send,
+    {
+        let ptr = SharedMut(data.as_mut_ptr());
+        self.for_ranges(data.len(), min_chunk, |r| {
+            // SAFETY: the ranges handed out by `for_ranges` are disjoint and within `data`,
+            // which stays mutably borrowed for the whole call.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.ptr().add(r.start), r.len()) };
+            f(r.start, chunk);
+        });
+    }
+}
+
 impl Drop for Threads {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
@@ -273,6 +292,20 @@ impl<T> SharedMut<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_cover_the_slice_once() {
+        for n in [1, 2, 3] {
+            let t = Threads::new(n);
+            let mut v = vec![0u32; 10_007];
+            t.for_chunks_mut(&mut v, 100, |start, c| {
+                for (i, x) in c.iter_mut().enumerate() {
+                    *x += (start + i) as u32 + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1), "{n} threads");
+        }
+    }
 
     #[test]
     fn every_item_runs_exactly_once() {

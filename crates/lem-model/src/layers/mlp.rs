@@ -15,6 +15,9 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// Elements of the gated activation per parallel chunk.
+const ACT_CHUNK: usize = 16 * 1024;
+
 /// `down(act(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
@@ -54,10 +57,17 @@ impl GatedMlp {
         let gate = fit(&mut buf.gate, n * ff);
         let up = fit(&mut buf.up, n * ff);
         Linear::forward_many([(&self.gate, &mut *gate), (&self.up, &mut *up)], x, n, k);
-        match self.act {
-            Activation::Silu => ops::silu_mul(gate, up),
-            Activation::GeluTanh => ops::gelu_mul(gate, up),
-        }
+        // Element-wise, so split over the threads for prompts (a decode step's one row
+        // stays on the caller: below the minimum chunk).
+        let up: &[f32] = up;
+        let act = self.act;
+        k.threads.for_chunks_mut(gate, ACT_CHUNK, |start, g| {
+            let u = &up[start..start + g.len()];
+            match act {
+                Activation::Silu => ops::silu_mul(g, u),
+                Activation::GeluTanh => ops::gelu_mul(g, u),
+            }
+        });
         self.down.forward(gate, n, out, k);
     }
 }
