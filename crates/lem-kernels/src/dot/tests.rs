@@ -369,27 +369,11 @@ fn check_panel<T: GgmlType>(seed: u64, half_offsets: &[usize], act_half_offsets:
 }
 
 #[test]
-fn panel_q4_0() {
+fn panel_matches_the_row_kernels_bit_for_bit() {
     check_panel::<BlockQ4_0>(41, &[0], &[0]);
-}
-
-#[test]
-fn panel_q4_1() {
     check_panel::<BlockQ4_1>(42, &[0, 2], &[0, 2]);
-}
-
-#[test]
-fn panel_q5_0() {
     check_panel::<BlockQ5_0>(43, &[0], &[0]);
-}
-
-#[test]
-fn panel_q5_1() {
     check_panel::<BlockQ5_1>(44, &[0, 2], &[0, 2]);
-}
-
-#[test]
-fn panel_q8_0() {
     check_panel::<BlockQ8_0>(45, &[0], &[0]);
 }
 
