@@ -5,48 +5,15 @@
 //! Bad model files are tiny GGUFs built in the test by the model crate's builder.
 #![allow(missing_docs)]
 
+mod common;
 #[path = "../../lem-model/tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
+use common::{fails_with_one_line, lem, ok_on, packaged, run_cmd as run};
 use support::Spec;
-
-/// `lem` with a clean environment: no model default, no backtraces, an empty model cache
-/// (so that nothing is ever downloaded).
-fn lem(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lem"));
-    c.env_remove("LEM_MODEL")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env("LEM_MODELS_DIR", cache);
-    c
-}
-
-fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.output().expect("run lem");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
-
-/// Runs `lem args`, expecting failure with exactly one stderr line `lem: error: ...`
-/// (no panic, nothing on stdout); returns that line.
-#[track_caller]
-fn fails_with_one_line(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, stdout, stderr) = run(lem(dir.path()).args(args));
-    assert!(!out.status.success(), "{args:?}: succeeded\nstdout: {stdout}\nstderr: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: exit status {:?}\nstderr: {stderr}", out.status);
-    assert!(!stderr.contains("panicked"), "{args:?}: panicked\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one stderr line, got:\n{stderr}");
-    assert!(lines[0].starts_with("lem: error: "), "{args:?}: {}", lines[0]);
-    assert!(stdout.is_empty(), "{args:?}: stdout: {stdout}");
-    lines[0].to_owned()
-}
 
 /// A tiny GGUF's bytes written to `dir/name`.
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
@@ -195,26 +162,6 @@ fn unsupported_tensor_type() {
 // ---------------------------------------------------------------------------------------
 // Packaged models (skipped when not in the cache)
 // ---------------------------------------------------------------------------------------
-
-/// The cached file of a packaged model, or `None` (with a note) when it is absent.
-fn packaged(alias: &str) -> Option<PathBuf> {
-    let spec = lem_hub::find(alias).expect("known alias");
-    let path = lem_hub::models_dir().ok()?.join(spec.file_name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {alias} is not at {} (run `lem models fetch all`)", path.display());
-        None
-    }
-}
-
-/// `lem args` on a packaged model file: must succeed; returns stdout.
-fn ok_on(model: &Path, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, stdout, stderr) = run(lem(dir.path()).args(args).args(["-m", model.to_str().unwrap(), "-t", "2"]));
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    stdout
-}
 
 #[test]
 fn packaged_tokenize() {

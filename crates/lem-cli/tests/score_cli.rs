@@ -4,48 +4,13 @@
 //! with a note otherwise).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lem_score::{KeySnapshot, SnapshotMeta};
+use common::{fails_with_one_line, ok_on, packaged, run, s, succeeds};
 use serde_json::Value;
-
-fn lem(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lem"));
-    c.env_remove("LEM_MODEL")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env("LEM_MODELS_DIR", cache);
-    c
-}
-
-fn run(args: &[&str]) -> (Output, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = lem(dir.path()).args(args).output().expect("run lem");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
-
-/// Runs `lem args` expecting exit 1 with exactly one stderr line `lem: error: ...`.
-#[track_caller]
-fn fails_with_one_line(args: &[&str]) -> String {
-    let (out, stdout, stderr) = run(args);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
-    assert!(!stderr.contains("panicked"), "{args:?}: panicked\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one stderr line, got:\n{stderr}");
-    assert!(lines[0].starts_with("lem: error: "), "{args:?}: {}", lines[0]);
-    assert!(stdout.is_empty(), "{args:?}: stdout: {stdout}");
-    lines[0].to_owned()
-}
-
-#[track_caller]
-fn succeeds(args: &[&str]) -> (String, String) {
-    let (out, stdout, stderr) = run(args);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    (stdout, stderr)
-}
 
 /// A few-head snapshot (2 layers, 2 KV heads, 4 positions, D = 3) saved under `dir`.
 fn snapshot(dir: &Path, post_rotary: bool) -> PathBuf {
@@ -61,10 +26,6 @@ fn snapshot(dir: &Path, post_rotary: bool) -> PathBuf {
     let p = dir.join(if post_rotary { "keys.safetensors" } else { "pre.safetensors" });
     snap.save(&p).unwrap();
     p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -164,24 +125,6 @@ fn bad_inputs_give_one_line() {
 // ---------------------------------------------------------------------------------------
 // Packaged models (skipped when not in the cache)
 // ---------------------------------------------------------------------------------------
-
-fn packaged(alias: &str) -> Option<PathBuf> {
-    let spec = lem_hub::find(alias).expect("known alias");
-    let path = lem_hub::models_dir().ok()?.join(spec.file_name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {alias} is not at {} (run `lem models fetch all`)", path.display());
-        None
-    }
-}
-
-/// `lem args -m MODEL -t 2`, which must succeed; returns stdout.
-fn ok_on(model: &Path, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.extend(["-m", s(model), "-t", "2"]);
-    succeeds(&all).0
-}
 
 const PROMPT: &str = "Rivers carve valleys over thousands of years.";
 
