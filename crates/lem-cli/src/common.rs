@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use lem_engine::sampling::SamplingParams;
 use lem_engine::{Engine, EngineConfig};
+use lem_tokenizer::{Bos, ChatMessage};
 
 /// Which model to run and how.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +34,39 @@ impl ModelArgs {
         let path = self.path()?;
         let cfg = EngineConfig { threads: self.threads, ctx_size: self.ctx_size };
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+/// The prompt flags of the commands that run one prompt (`generate`, `kv save`,
+/// `inspect`).
+#[derive(Debug, Clone, Args)]
+pub struct PromptArgs {
+    /// The prompt. Special-token strings such as <|im_start|> are parsed into their ids.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Wrap the prompt as a user turn in the model's chat template (ending with the
+    /// opening of the assistant's turn).
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+}
+
+impl PromptArgs {
+    /// The prompt text: rendered through the model's chat template with `--chat`.
+    pub fn text(&self, engine: &Engine) -> anyhow::Result<String> {
+        if !self.chat {
+            return Ok(self.prompt.clone());
+        }
+        let mut messages: Vec<ChatMessage> = self.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+        messages.push(ChatMessage::user(self.prompt.clone()));
+        Ok(engine.render_chat(&messages)?)
+    }
+
+    /// The prompt's token ids ([`PromptArgs::text`] with the model's BOS policy).
+    pub fn ids(&self, engine: &Engine) -> anyhow::Result<Vec<u32>> {
+        Ok(engine.tokenizer().encode(&self.text(engine)?, Bos::ModelDefault)?)
     }
 }
 

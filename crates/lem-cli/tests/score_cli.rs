@@ -8,8 +8,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use lem_score::{KeySnapshot, SnapshotMeta};
 use common::{fails_with_one_line, ok_on, packaged, run, s, succeeds};
+use lem_score::{KeySnapshot, SnapshotMeta};
 use serde_json::Value;
 
 /// A few-head snapshot (2 layers, 2 KV heads, 4 positions, D = 3) saved under `dir`.

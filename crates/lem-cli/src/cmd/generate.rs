@@ -4,25 +4,17 @@ use std::io::Write;
 use std::ops::ControlFlow;
 
 use lem_engine::{GenerateRequest, generate};
-use lem_tokenizer::{Bos, ChatMessage};
 use serde_json::json;
 
-use crate::common::{ModelArgs, SamplingArgs, print_json};
+use crate::common::{ModelArgs, PromptArgs, SamplingArgs, print_json};
 
 /// Arguments of `lem generate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// The prompt. Special-token strings such as <|im_start|> are parsed into their ids.
-    #[arg(long, short = 'p')]
-    prompt: String,
-    /// Wrap the prompt as a user turn in the model's chat template.
-    #[arg(long)]
-    chat: bool,
-    /// System message (with --chat).
-    #[arg(long, requires = "chat")]
-    system: Option<String>,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Most tokens to generate.
     #[arg(long, short = 'n', default_value_t = 256)]
     max_tokens: usize,
@@ -46,17 +38,7 @@ pub struct Args {
 /// Runs `lem generate`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let engine = a.model.load()?;
-    let text = if a.chat {
-        let mut messages = Vec::new();
-        if let Some(s) = &a.system {
-            messages.push(ChatMessage::system(s.clone()));
-        }
-        messages.push(ChatMessage::user(a.prompt.clone()));
-        engine.render_chat(&messages)?
-    } else {
-        a.prompt.clone()
-    };
-    let prompt_ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
+    let prompt_ids = a.prompt.ids(&engine)?;
     let params = a.sampling.params();
     let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone() };
     let mut seq = engine.new_sequence();

@@ -10,10 +10,10 @@ use anyhow::{Context, bail};
 use lem_engine::{Engine, GenerateRequest, Generation, Sequence, generate_with};
 use lem_inspect::{CaptureFileMeta, CaptureSpec, Kind, ModelIdentity, Probe, capture_prefill, write_capture_file};
 use lem_model::Workspace;
-use lem_tokenizer::{Bos, ChatMessage};
+use lem_tokenizer::Bos;
 use serde_json::json;
 
-use crate::common::{ModelArgs, print_json};
+use crate::common::{ModelArgs, PromptArgs, print_json};
 
 /// Refuse captures larger than this (attention weights grow with the square of the
 /// prompt length).
@@ -24,12 +24,8 @@ const MAX_CAPTURE_BYTES: u64 = 4 << 30;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// The prompt. Special-token strings such as <|im_start|> are parsed into their ids.
-    #[arg(long, short = 'p')]
-    prompt: String,
-    /// Wrap the prompt as a user turn in the model's chat template.
-    #[arg(long)]
-    chat: bool,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// What to capture, comma-separated: keys (post-rotary, as cached), keys_pre_rope,
     /// values, queries, attn.
     #[arg(long, default_value = "keys", value_name = "KINDS")]
@@ -56,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(list) => lem_inspect::parse_layers(list, cfg.n_layer)?,
         None => (0..cfg.n_layer).collect(),
     };
-    let text = if a.chat { engine.render_chat(&[ChatMessage::user(a.prompt.clone())])? } else { a.prompt.clone() };
+    let text = a.prompt.text(&engine)?;
     let ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
     if ids.is_empty() {
         bail!("the prompt has no tokens");

@@ -11,10 +11,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use lem_engine::{Engine, GenerateRequest, Generation, generate};
 use lem_state::{PrefixCache, PrefixCacheConfig, SnapshotInfo, inspect_snapshot, load_snapshot, save_snapshot};
-use lem_tokenizer::{Bos, ChatMessage};
+use lem_tokenizer::Bos;
 use serde_json::json;
 
-use crate::common::{ModelArgs, SamplingArgs, print_json};
+use crate::common::{ModelArgs, PromptArgs, SamplingArgs, print_json};
 
 /// The automatic prefix cache flags of `generate` and `chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,16 +59,8 @@ enum Action {
 struct SaveArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The prompt (special-token strings are parsed into their ids).
-    #[arg(long, short = 'p')]
-    prompt: String,
-    /// Wrap the prompt as a user turn in the model's chat template (ending with the
-    /// opening of the assistant's turn).
-    #[arg(long)]
-    chat: bool,
-    /// System message (with --chat).
-    #[arg(long, requires = "chat")]
-    system: Option<String>,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// The snapshot file to write (atomically).
     #[arg(long, short = 'o', value_name = "FILE")]
     out: PathBuf,
@@ -134,14 +126,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 fn save(a: SaveArgs) -> anyhow::Result<()> {
     let engine = a.model.load()?;
-    let text = if a.chat {
-        let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
-        messages.push(ChatMessage::user(a.prompt.clone()));
-        engine.render_chat(&messages)?
-    } else {
-        a.prompt.clone()
-    };
-    let ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
+    let ids = a.prompt.ids(&engine)?;
     let mut seq = engine.new_sequence();
     seq.reserve(ids.len());
     let t = Instant::now();
