@@ -147,15 +147,7 @@ pub(crate) fn parse<'a>(
     version: u32,
 ) -> Result<Parsed<'a>, StateError> {
     let len = bytes.len() as u64;
-    let header = header_json(path, bytes, len)?;
-    // Where the data ends according to the header, to tell truncation from corruption.
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-    let expected = 8 + n + data_end(&header);
-    if expected > len {
-        return Err(StateError::Truncated { path: path.to_owned(), expected, actual: len });
-    }
-    let meta = metadata_of(path, &header)?;
-    check_format(path, &meta, format, version)?;
+    let (meta, expected) = checked_header(path, bytes, format, version)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
         let reason = match e {
             SafeTensorError::MetadataIncompleteBuffer => format!("{} bytes after the data", len - expected),
@@ -180,8 +172,20 @@ pub(crate) fn parse_header(
     format: &'static str,
     version: u32,
 ) -> Result<HashMap<String, String>, StateError> {
+    Ok(checked_header(path, bytes, format, version)?.0)
+}
+
+/// The metadata and the file length the header implies, after the truncation, structure,
+/// format and version checks.
+fn checked_header(
+    path: &Path,
+    bytes: &[u8],
+    format: &'static str,
+    version: u32,
+) -> Result<(HashMap<String, String>, u64), StateError> {
     let len = bytes.len() as u64;
     let header = header_json(path, bytes, len)?;
+    // Where the data ends according to the header, to tell truncation from corruption.
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
     let expected = 8 + n + data_end(&header);
     if expected > len {
@@ -189,7 +193,7 @@ pub(crate) fn parse_header(
     }
     let meta = metadata_of(path, &header)?;
     check_format(path, &meta, format, version)?;
-    Ok(meta)
+    Ok((meta, expected))
 }
 
 /// Where the data ends according to a header (relative to the data start).
