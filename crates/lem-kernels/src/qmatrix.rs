@@ -362,6 +362,15 @@ fn matmul_impl<T: GgmlType>(
                 continue;
             }
             let (lo, hi) = (lo - first, hi - first);
+            if n == 1 {
+                // A decode step: the whole share in one kernel call.
+                // SAFETY: rows lo..hi of this matrix's output belong to this worker alone
+                // (global rows are partitioned); with one activation row, output row r is
+                // element r.
+                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(lo), hi - lo) };
+                dot.run_rows(&w[lo * bpr..hi * bpr], xq, xh, o);
+                continue;
+            }
             let mut r0 = lo;
             while r0 < hi {
                 let r1 = (r0 + row_tile).min(hi);

@@ -81,15 +81,16 @@ impl Isa {
     }
 }
 
-/// A kernel: `nb` weight blocks at `w` against `k` (1..=[`MAX_K`]) activation rows of `nb`
-/// blocks each, stored back to back at `x`, whose block headers [`act_headers`] wrote
-/// to `xh`; writes `out[..k]`.
+/// A kernel: `rows` weight rows of `nb` blocks each, back to back at `w`, against `k`
+/// (1..=[`MAX_K`]) activation rows of `nb` blocks each, stored back to back at `x`, whose
+/// block headers [`act_headers`] wrote to `xh`; writes `out[r * k + j]` for weight row
+/// `r` and activation row `j`.
 ///
 /// # Safety
 /// The CPU supports the kernel's ISA; `w` and `x` point to that many valid, aligned
 /// blocks of the kernel's types; `xh` to their headers (see [`act_headers`]); `out` to
-/// `k` writable floats.
-type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, out: *mut f32);
+/// `rows * k` writable floats.
+type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, rows: usize, out: *mut f32);
 
 /// Floats of header per activation block of type `V` in [`act_headers`]' output: the
 /// scale of Q8_0; the scale and sum of Q8_1; none for the others (Q8_K's scale is
@@ -249,13 +250,32 @@ impl<T: GgmlType> RowDot<T> {
                     unsafe {
                         let xs = x.as_ptr().add(c * MAX_K * nb);
                         let hs = xh.as_ptr().add(c * MAX_K * nb * per);
-                        f(nb, w.as_ptr().cast(), xs.cast(), hs, chunk.len(), chunk.as_mut_ptr());
+                        f(nb, w.as_ptr().cast(), xs.cast(), hs, chunk.len(), 1, chunk.as_mut_ptr());
                     }
                 }
             }
             None => {
                 for (j, o) in out.iter_mut().enumerate() {
                     *o = T::vec_dot(self.n, &w[..nb], &x[j * nb..(j + 1) * nb]);
+                }
+            }
+        }
+    }
+
+    /// `out[r] = dot(w_r, x)` for the `out.len()` weight rows stored back to back in `w`
+    /// and the one activation row `x` with headers `xh`: a decode step's product, with
+    /// one kernel call for the whole run of rows.
+    #[inline]
+    pub(crate) fn run_rows(&self, w: &[T], x: &[T::VecDotType], xh: &[f32], out: &mut [f32]) {
+        let (nb, rows) = (self.nb, out.len());
+        let per = header_floats::<T::VecDotType>();
+        assert!(w.len() >= rows * nb && x.len() >= nb && xh.len() >= nb * per, "dot product operands too short");
+        match self.kernel {
+            // SAFETY: as in `run`; `w` holds `rows` rows and `out` has `rows` floats.
+            Some(f) => unsafe { f(nb, w.as_ptr().cast(), x.as_ptr().cast(), xh.as_ptr(), 1, rows, out.as_mut_ptr()) },
+            None => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = T::vec_dot(self.n, &w[r * nb..(r + 1) * nb], &x[..nb]);
                 }
             }
         }

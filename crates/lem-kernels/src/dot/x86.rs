@@ -397,15 +397,28 @@ macro_rules! entry {
     };
     (@ $name:ident, $body:ident, $w:ty, $s:ty, $features:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, out: *mut f32) {
+        unsafe fn $name(
+            nb: usize,
+            w: *const u8,
+            x: *const u8,
+            xh: *const f32,
+            k: usize,
+            rows: usize,
+            out: *mut f32,
+        ) {
             // SAFETY: forwarded from the caller (see `KernelFn`).
             unsafe {
                 let (w, x) = (w.cast::<$w>(), x.cast());
-                match k {
-                    1 => $body::<$s, 1>(nb, w, x, xh, out),
-                    2 => $body::<$s, 2>(nb, w, x, xh, out),
-                    3 => $body::<$s, 3>(nb, w, x, xh, out),
-                    _ => $body::<$s, 4>(nb, w, x, xh, out),
+                // The row loop sits inside the entry point, so that a decode step's many
+                // short rows cost one indirect call per run of rows, not per row.
+                for r in 0..rows {
+                    let (w, out) = (w.add(r * nb), out.add(r * k));
+                    match k {
+                        1 => $body::<$s, 1>(nb, w, x, xh, out),
+                        2 => $body::<$s, 2>(nb, w, x, xh, out),
+                        3 => $body::<$s, 3>(nb, w, x, xh, out),
+                        _ => $body::<$s, 4>(nb, w, x, xh, out),
+                    }
                 }
             }
         }
