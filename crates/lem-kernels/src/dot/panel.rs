@@ -35,8 +35,9 @@ pub(crate) const TN: usize = 3;
 /// with a minimum, `m` (each block's minimum as f32).
 ///
 /// # Safety
-/// The ISA is supported; `w` holds `rows * nb` blocks of the function's type; `q`, `d`
-/// and (with a minimum) `m` have room for `rows * nb` blocks' worth.
+/// The ISA is supported; `w` holds `rows * nb` blocks of the function's type; `q` has
+/// room for `32 * rows * nb` bytes, `d` for `8 * rows * nb` floats and (with a minimum)
+/// `m` for `rows * nb` floats.
 type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32);
 
 /// Dots [`TM`] repacked weight rows with [`TN`] activation rows into `out` (`TM x TN`,
