@@ -332,28 +332,10 @@ fn matmul_impl<T: GgmlType>(
     }
     let mats = &mats[..parts.len()];
     let total = start;
-    // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K` activation
-    // rows (also hot in L1) in each kernel call, which unpacks the weights once per call.
-    if let Some(panel) = &panel {
-        threads.for_ranges(total, 16, |rs| {
-            for &(w, rows, out_ptr, first) in mats {
-                let (lo, hi) = (rs.start.max(first), rs.end.min(first + rows));
-                if lo >= hi {
-                    continue;
-                }
-                let (lo, hi) = (lo - first, hi - first);
-                panel.run(&w[lo * bpr..hi * bpr], hi - lo, xq, n, xh, |r, t, v| {
-                    // SAFETY: (matrix, t, r) triples are disjoint across workers (global
-                    // rows are partitioned); r + lo < rows and t < n.
-                    unsafe { *out_ptr.ptr().add(t * rows + lo + r) = v };
-                });
-            }
-        });
-        return;
-    }
     let dot = RowDot::<T>::new(cols);
     let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
-    threads.for_ranges(total, 8, |rs| {
+    let min_chunk = if panel.is_some() { 16 } else { 8 };
+    threads.for_ranges(total, min_chunk, |rs| {
         let mut buf = [0f32; MAX_K];
         for &(w, rows, out_ptr, first) in mats {
             // This worker's share of this matrix, in its own row numbers.
@@ -362,6 +344,14 @@ fn matmul_impl<T: GgmlType>(
                 continue;
             }
             let (lo, hi) = (lo - first, hi - first);
+            if let Some(panel) = &panel {
+                panel.run(&w[lo * bpr..hi * bpr], hi - lo, xq, n, xh, |r, t, v| {
+                    // SAFETY: (matrix, t, r) triples are disjoint across workers (global
+                    // rows are partitioned); r + lo < rows and t < n.
+                    unsafe { *out_ptr.ptr().add(t * rows + lo + r) = v };
+                });
+                continue;
+            }
             if n == 1 {
                 // A decode step: the whole share in one kernel call.
                 // SAFETY: rows lo..hi of this matrix's output belong to this worker alone
@@ -371,6 +361,9 @@ fn matmul_impl<T: GgmlType>(
                 dot.run_rows(&w[lo * bpr..hi * bpr], xq, xh, o);
                 continue;
             }
+            // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K`
+            // activation rows (also hot in L1) in each kernel call, which unpacks the
+            // weights once per call.
             let mut r0 = lo;
             while r0 < hi {
                 let r1 = (r0 + row_tile).min(hi);

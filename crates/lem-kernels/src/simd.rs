@@ -440,16 +440,25 @@ mod x86 {
             if n < 2 || rows.len > WIDEN_MAX {
                 return None;
             }
+            widen_row(src, buf.as_mut_ptr(), rows.len);
+            Some(buf.as_ptr())
+        }
+    }
+
+    /// Writes the `len` elements at `src` as f32 to `dst`.
+    #[inline(always)]
+    unsafe fn widen_row<E: Element>(src: *const E, dst: *mut f32, len: usize) {
+        // SAFETY: the caller guarantees `len` elements behind both pointers.
+        unsafe {
             let mut j = 0;
-            while j + 8 <= rows.len {
-                _mm256_storeu_ps(buf.as_mut_ptr().add(j), E::load8(src.add(j)));
+            while j + 8 <= len {
+                _mm256_storeu_ps(dst.add(j), E::load8(src.add(j)));
                 j += 8;
             }
-            while j < rows.len {
-                buf[j] = (*src.add(j)).to_f32();
+            while j < len {
+                *dst.add(j) = (*src.add(j)).to_f32();
                 j += 1;
             }
-            Some(buf.as_ptr())
         }
     }
 
@@ -479,7 +488,7 @@ mod x86 {
         }
     }
 
-    /// Cells handled together by `pv`.
+    /// Cells handled together by `qk` and `pv`.
     const GROUP: usize = 8;
 
     /// Rows up to this long are widened to f32 once per group when several query rows
@@ -508,16 +517,7 @@ mod x86 {
             }
             let len = rows.len;
             for (i, &src) in raw.iter().enumerate().take(m) {
-                let dst = buf.as_mut_ptr().add(i * len);
-                let mut j = 0;
-                while j + 8 <= len {
-                    _mm256_storeu_ps(dst.add(j), E::load8(src.add(j)));
-                    j += 8;
-                }
-                while j < len {
-                    *dst.add(j) = (*src.add(j)).to_f32();
-                    j += 1;
-                }
+                widen_row(src, buf.as_mut_ptr().add(i * len), len);
             }
             (raw, Some(std::array::from_fn(|i| buf.as_ptr().add(i.min(m - 1) * len))))
         }
@@ -697,16 +697,18 @@ mod x86 {
                     prefetch(&v, g0 + i, cells.end);
                 }
                 let i0 = g0 - cells.start;
-                let live = |r: usize| w[r * ld + i0..r * ld + i0 + m].iter().any(|&p| p != 0.0);
-                if (0..n).any(live) {
-                    let (raw, wide) = group_rows(&v, g0, m, widen, &mut buf);
-                    for r in (0..n).filter(|&r| live(r)) {
-                        let o = out.as_mut_ptr().add(r * len);
-                        let wr = &w[r * ld + i0..r * ld + i0 + m];
-                        match &wide {
-                            Some(rows) => axpy_group::<f32>(o, wr, rows, len),
-                            None => axpy_group::<E>(o, wr, &raw, len),
-                        }
+                // The group's rows, fetched (and widened) at the first row that needs them.
+                let mut group = None;
+                for r in 0..n {
+                    let wr = &w[r * ld + i0..r * ld + i0 + m];
+                    if wr.iter().all(|&p| p == 0.0) {
+                        continue;
+                    }
+                    let (raw, wide) = *group.get_or_insert_with(|| group_rows(&v, g0, m, widen, &mut buf));
+                    let o = out.as_mut_ptr().add(r * len);
+                    match &wide {
+                        Some(rows) => axpy_group::<f32>(o, wr, rows, len),
+                        None => axpy_group::<E>(o, wr, &raw, len),
                     }
                 }
                 g0 += m;

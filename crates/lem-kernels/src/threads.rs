@@ -233,9 +233,7 @@ impl Threads {
             panic!("a kernel panicked on a pool thread");
         }
     }
-}
 
-impl Threads {
     /// Runs `f(start, chunk)` over disjoint chunks of `data` (each at least `min_chunk`
     /// long but the last, `start` its offset in `data`), in parallel when there is more
     /// than one thread. For element-wise work, whose results do not depend on the split.

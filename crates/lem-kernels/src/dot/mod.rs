@@ -333,7 +333,7 @@ impl<T: GgmlType> Panel<T> {
             let xb = std::mem::size_of::<T::VecDotType>();
             // SAFETY: the ISA was checked in `with_isa`; the operand lengths above; the
             // block types are the ones the functions were chosen for (by `T::DTYPE`).
-            unsafe { self.fns.run(nb, (w.as_ptr().cast(), wb, rows), (x.as_ptr().cast(), xb, n), xh, store) }
+            unsafe { self.fns.run(nb, (w.as_ptr().cast(), wb, rows), (x.as_ptr().cast(), xb, n), (xh, per), store) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

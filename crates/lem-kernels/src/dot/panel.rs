@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use candle_core::quantized::GgmlDType;
 
 use super::blocks::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
-use super::x86::{Act32, Avx2, Avx512, Simd, Weight32, hsum8};
+use super::x86::{Act32, Avx2, Avx512, Block32, Simd, Weight32, hsum8};
 
 /// Weight rows per kernel call.
 pub(crate) const TM: usize = 2;
@@ -68,8 +68,6 @@ pub(crate) struct Tile {
 /// The tiled product for one weight type at one ISA level.
 #[derive(Clone, Copy)]
 pub(crate) struct PanelFns {
-    /// Whether blocks carry a minimum (Q4_1, Q5_1), and activations a sum.
-    pub paired: bool,
     repack: RepackFn,
     tile: TileFn,
 }
@@ -130,7 +128,7 @@ unsafe fn block<W: Weight32, S: Simd>(op: &Tile, b: usize, acc: &mut [[__m256; T
     unsafe {
         let nb = op.nb;
         let xv: [__m256i; TN] = std::array::from_fn(|c| W::Act::qs(op.x[c].cast::<W::Act>().add(b)));
-        let hw = if W::PAIRED { 2 } else { 1 };
+        let hw = W::Act::HEADER_FLOATS;
         let dx: [__m256; TN] = std::array::from_fn(|c| _mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let w = _mm256_loadu_si256(op.wq.add((r * nb + b) * 32).cast());
@@ -248,8 +246,8 @@ avx512! {
 }
 
 macro_rules! fns {
-    ($paired:expr, $repack:ident, $tile:ident) => {
-        PanelFns { paired: $paired, repack: $repack, tile: $tile }
+    ($repack:ident, $tile:ident) => {
+        PanelFns { repack: $repack, tile: $tile }
     };
 }
 
@@ -257,16 +255,16 @@ macro_rules! fns {
 pub(crate) fn panel_fns(dtype: GgmlDType, isa: super::Isa) -> Option<PanelFns> {
     use super::Isa;
     Some(match (isa, dtype) {
-        (Isa::Avx2, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx2, tl_q4_0_avx2),
-        (Isa::Avx2, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx2, tl_q4_1_avx2),
-        (Isa::Avx2, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx2, tl_q5_0_avx2),
-        (Isa::Avx2, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx2, tl_q5_1_avx2),
-        (Isa::Avx2, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx2, tl_q8_0_avx2),
-        (Isa::Avx512, GgmlDType::Q4_0) => fns!(false, rp_q4_0_avx512, tl_q4_0_avx512),
-        (Isa::Avx512, GgmlDType::Q4_1) => fns!(true, rp_q4_1_avx512, tl_q4_1_avx512),
-        (Isa::Avx512, GgmlDType::Q5_0) => fns!(false, rp_q5_0_avx512, tl_q5_0_avx512),
-        (Isa::Avx512, GgmlDType::Q5_1) => fns!(true, rp_q5_1_avx512, tl_q5_1_avx512),
-        (Isa::Avx512, GgmlDType::Q8_0) => fns!(false, rp_q8_0_avx512, tl_q8_0_avx512),
+        (Isa::Avx2, GgmlDType::Q4_0) => fns!(rp_q4_0_avx2, tl_q4_0_avx2),
+        (Isa::Avx2, GgmlDType::Q4_1) => fns!(rp_q4_1_avx2, tl_q4_1_avx2),
+        (Isa::Avx2, GgmlDType::Q5_0) => fns!(rp_q5_0_avx2, tl_q5_0_avx2),
+        (Isa::Avx2, GgmlDType::Q5_1) => fns!(rp_q5_1_avx2, tl_q5_1_avx2),
+        (Isa::Avx2, GgmlDType::Q8_0) => fns!(rp_q8_0_avx2, tl_q8_0_avx2),
+        (Isa::Avx512, GgmlDType::Q4_0) => fns!(rp_q4_0_avx512, tl_q4_0_avx512),
+        (Isa::Avx512, GgmlDType::Q4_1) => fns!(rp_q4_1_avx512, tl_q4_1_avx512),
+        (Isa::Avx512, GgmlDType::Q5_0) => fns!(rp_q5_0_avx512, tl_q5_0_avx512),
+        (Isa::Avx512, GgmlDType::Q5_1) => fns!(rp_q5_1_avx512, tl_q5_1_avx512),
+        (Isa::Avx512, GgmlDType::Q8_0) => fns!(rp_q8_0_avx512, tl_q8_0_avx512),
         _ => return None,
     })
 }
@@ -305,7 +303,8 @@ thread_local! {
 impl PanelFns {
     /// `store(r, t, dot(W[r], x[t]))` for the `rows` weight rows at `w` (`nb` blocks each,
     /// of `w_block` bytes) and the `n` activation rows at `x` (`nb` blocks each, of
-    /// `x_block` bytes), whose headers `act_headers` wrote to `xh`.
+    /// `x_block` bytes), whose headers `act_headers` wrote to `xh` (`hw` floats per
+    /// block).
     ///
     /// # Safety
     /// The ISA is supported; `w` and `x` hold that many blocks of this product's types.
@@ -314,13 +313,12 @@ impl PanelFns {
         nb: usize,
         (w, w_block, rows): (*const u8, usize, usize),
         (x, x_block, n): (*const u8, usize, usize),
-        xh: &[f32],
+        (xh, hw): (&[f32], usize),
         mut store: impl FnMut(usize, usize, f32),
     ) {
         if rows == 0 || n == 0 {
             return;
         }
-        let hw = if self.paired { 2 } else { 1 };
         assert!(xh.len() >= n * nb * hw, "activation headers");
         let tile_rows = (TILE_BYTES / (nb * 68)).clamp(TM, 64) / TM * TM;
         PANEL_BUF.with_borrow_mut(|buf| {

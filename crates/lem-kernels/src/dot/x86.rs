@@ -164,6 +164,8 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
 pub(super) trait Block32 {
     /// Two halves (scale and minimum, or scale and sum) rather than one.
     const PAIRED: bool;
+    /// Floats per block in the f32 headers `act_headers` writes (as `header_floats`).
+    const HEADER_FLOATS: usize = if Self::PAIRED { 2 } else { 1 };
 }
 
 /// A weight block type of 32 elements.
@@ -325,8 +327,7 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
         }
         for k in 0..K {
             let xp = x.add(k * nb + i);
-            let hw = if W::PAIRED { 2 } else { 1 };
-            let prod = _mm256_mul_ps(wh, act_headers::<W::Act, G>(xh.add((k * nb + i) * hw)));
+            let prod = _mm256_mul_ps(wh, act_headers::<W::Act, G>(xh.add((k * nb + i) * W::Act::HEADER_FLOATS)));
             if W::PAIRED {
                 accm[k] = _mm256_add_ps(accm[k], prod);
             }
