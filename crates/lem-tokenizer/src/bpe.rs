@@ -20,6 +20,7 @@ use crate::split::{self, GPT2, LLAMA3, Pass};
 /// pre-tokenizer uses `ignore_merges`. `None` for names llama.cpp does not know either.
 fn pre_tokenizer(pre: &str) -> Option<(&'static [&'static str], bool)> {
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const BLOOM: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
     Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => (&[LLAMA3], true),
@@ -40,6 +41,7 @@ fn pre_tokenizer(pre: &str) -> Option<(&'static [&'static str], bool)> {
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v1-en" | "jina-v2-es" | "jina-v2-de"
         | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" => (&[GPT2], false),
         "qwen2" | "stablelm2" | "megrez" => (&[QWEN2], false),
+        "qwen35" => (&[QWEN35], false),
         "poro-chat" | "bloom" | "gpt3-finnish" => (&[BLOOM], false),
         "viking" => (&[BLOOM, r"\p{N}"], false),
         "default" => (&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false),
@@ -47,10 +49,29 @@ fn pre_tokenizer(pre: &str) -> Option<(&'static [&'static str], bool)> {
     })
 }
 
+/// The llama.cpp pre-tokenizer names tried by [`pre_name_for`], most common first.
+const KNOWN_PRE: &[&str] =
+    &["llama-bpe", "qwen2", "qwen35", "smollm", "gpt-2", "dbrx", "deepseek-v3", "deepseek-coder"];
+
+/// The llama.cpp pre-tokenizer name whose regexes and `ignore_merges` equal these (in
+/// [`split::canonical`] spelling), if any: what a GGUF conversion would call it.
+pub(crate) fn pre_name_for(patterns: &[String], ignore_merges: bool) -> Option<&'static str> {
+    KNOWN_PRE.iter().copied().find(|name| {
+        pre_tokenizer(name).is_some_and(|(ps, im)| {
+            im == ignore_merges
+                && ps.len() == patterns.len()
+                && ps.iter().zip(patterns).all(|(a, b)| split::canonical(a) == split::canonical(b))
+        })
+    })
+}
+
 /// The byte-level BPE tokenizer of one vocabulary.
 pub(crate) struct Bpe {
     passes: Vec<Pass>,
     ignore_merges: bool,
+    /// Hugging Face ByteLevel `add_prefix_space`: a space in front of every text fragment
+    /// that does not start with one.
+    prefix_space: bool,
     /// Exact text -> id (later duplicates win, like llama.cpp's `token_to_id`).
     text_to_id: HashMap<Box<str>, u32>,
     /// Merge rank by (left id, right id); the first occurrence of a pair wins.
@@ -64,27 +85,41 @@ pub(crate) enum BpeError {
 }
 
 impl Bpe {
-    pub(crate) fn new(pre: &str, texts: &[String], merges: &[&str]) -> Result<Bpe, BpeError> {
+    /// The tokenizer for a GGUF vocabulary: llama.cpp's pre-tokenizer `pre`, merges as
+    /// `"left right"` strings split the way llama.cpp splits them.
+    pub(crate) fn from_pre_name(pre: &str, texts: &[String], merges: &[&str]) -> Result<Bpe, BpeError> {
         let (patterns, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| BpeError::UnknownPre(pre.to_string()))?;
-        let passes = patterns.iter().map(|p| Pass::new(p).map_err(BpeError::Regex)).collect::<Result<Vec<_>, _>>()?;
+        // llama.cpp splits at the first space after the first byte.
+        let pairs = merges.iter().filter_map(|m| {
+            let sp = m.bytes().skip(1).position(|b| b == b' ')? + 1;
+            Some((&m[..sp], &m[sp + 1..]))
+        });
+        Bpe::new(patterns, ignore_merges, false, texts, pairs).map_err(BpeError::Regex)
+    }
+
+    /// The tokenizer for pre-tokenizer regexes `patterns` (applied one after the other,
+    /// each to the pieces of the previous) and merges in rank order.
+    pub(crate) fn new<'a>(
+        patterns: &[&str],
+        ignore_merges: bool,
+        prefix_space: bool,
+        texts: &[String],
+        merges: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Bpe, String> {
+        let passes = patterns.iter().map(|p| Pass::new(p)).collect::<Result<Vec<_>, _>>()?;
         let mut text_to_id = HashMap::with_capacity(texts.len());
         for (id, t) in texts.iter().enumerate() {
             text_to_id.insert(Box::from(t.as_str()), id as u32);
         }
-        let mut ranks = HashMap::with_capacity(merges.len());
-        for (rank, m) in merges.iter().enumerate() {
-            // llama.cpp splits at the first space after the first byte.
-            let Some(sp) = m.bytes().skip(1).position(|b| b == b' ').map(|i| i + 1) else {
-                continue;
-            };
-            let (l, r) = (&m[..sp], &m[sp + 1..]);
+        let mut ranks = HashMap::with_capacity(texts.len() * 2);
+        for (rank, (l, r)) in merges.enumerate() {
             // A merge whose halves are not tokens can never apply: symbols are always
             // single characters or earlier merge results, which are tokens.
             if let (Some(&l), Some(&r)) = (text_to_id.get(l), text_to_id.get(r)) {
                 ranks.entry((l, r)).or_insert(rank as u32);
             }
         }
-        Ok(Bpe { passes, ignore_merges, text_to_id, ranks })
+        Ok(Bpe { passes, ignore_merges, prefix_space, text_to_id, ranks })
     }
 
     /// Exact vocabulary look-up.
@@ -94,6 +129,9 @@ impl Bpe {
 
     /// Tokenizes `text` (free of special tokens), appending to `out`.
     pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
+        if self.prefix_space && !text.is_empty() && !text.starts_with(' ') {
+            return self.encode(&format!(" {text}"), out);
+        }
         for (start, end) in self.split(text)? {
             let word: String = text[start..end].bytes().map(gpt2_byte_to_char).collect();
             self.encode_word(&word, out);
@@ -222,6 +260,7 @@ mod tests {
             "smollm",
             "gpt-2",
             "qwen2",
+            "qwen35",
             "bloom",
             "viking",
             "default",
@@ -237,7 +276,7 @@ mod tests {
     #[test]
     fn split_keeps_text_between_matches() {
         let texts: Vec<String> = ["a", "b", "\u{109}"].iter().map(|s| s.to_string()).collect();
-        let bpe = Bpe::new("gpt-2", &texts, &[]).ok().unwrap();
+        let bpe = Bpe::from_pre_name("gpt-2", &texts, &[]).ok().unwrap();
         // The GPT-2 regex does not match a lone tab before a letter; the tab stays a word.
         let words = bpe.split("a\tb").unwrap();
         assert_eq!(words, vec![(0, 1), (1, 2), (2, 3)]);

@@ -41,6 +41,28 @@ pub enum TokenizerError {
         /// `tokenizer.ggml.model`, plus the pre-tokenizer when that is the problem.
         model: String,
     },
+    /// A Hugging Face tokenizer file (tokenizer.json, tokenizer_config.json,
+    /// generation_config.json, config.json) is not valid JSON, lacks a required field, or
+    /// has one of the wrong type or value.
+    #[error("{path}: invalid Hugging Face tokenizer file: {reason}")]
+    InvalidHf {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it (names the field).
+        reason: String,
+    },
+    /// The tokenizer.json describes a tokenizer lem does not implement: a model other than
+    /// BPE, a pre-tokenizer other than `Split` (Isolated) regexes + `ByteLevel`, a normalizer
+    /// other than the Unicode normal forms, BPE dropout or byte fallback, ...
+    #[error(
+        "{path}: unsupported tokenizer.json: {what} (lem supports byte-level BPE: Split regexes + ByteLevel, NFC/NFD/NFKC/NFKD)"
+    )]
+    UnsupportedHf {
+        /// The offending file.
+        path: PathBuf,
+        /// The unsupported part.
+        what: String,
+    },
     /// A token id outside the vocabulary was passed in.
     #[error("token id {id} is out of range (the vocabulary has {vocab_size} tokens)")]
     UnknownId {

@@ -19,6 +19,28 @@ pub(crate) const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s
 /// llama.cpp's LLaMA-3 pattern, matched by [`split_llama3`].
 pub(crate) const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The regex of Hugging Face's `ByteLevel` pre-tokenizer with `use_regex`: [`GPT2`] with a
+/// final `\s+`, which [`split_custom`] matches as well.
+pub(crate) const GPT2_HF: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// How Hugging Face tokenizer.json files (Llama 3, Qwen) spell the contractions, and how
+/// llama.cpp spells them. The `tokenizers` library (Oniguruma) does not fold `ſ` to `s`
+/// there, the Rust regex crates would: the fixtures' `'ſt` tells.
+const CONTRACTIONS_HF: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
+const CONTRACTIONS: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+
+/// A pre-tokenizer regex in llama.cpp's spelling, so that equal patterns are recognised
+/// (and run by the hand-written matchers): Hugging Face's ByteLevel regex becomes
+/// [`GPT2`], its `(?i:...)` contractions the explicit ASCII classes.
+pub(crate) fn canonical(pattern: &str) -> std::borrow::Cow<'_, str> {
+    if pattern == GPT2_HF {
+        return GPT2.into();
+    }
+    match pattern.strip_prefix(CONTRACTIONS_HF) {
+        Some(rest) => format!("{CONTRACTIONS}{rest}").into(),
+        None => pattern.into(),
+    }
+}
+
 /// One pre-tokenization pass.
 pub(crate) enum Pass {
     Gpt2,
@@ -28,7 +50,7 @@ pub(crate) enum Pass {
 
 impl Pass {
     pub(crate) fn new(pattern: &str) -> Result<Pass, String> {
-        Ok(match pattern {
+        Ok(match canonical(pattern).as_ref() {
             GPT2 => Pass::Gpt2,
             LLAMA3 => Pass::Llama3,
             p => Pass::Regex(Box::new(fancy_regex::Regex::new(p).map_err(|e| format!("{p}: {e}"))?)),
@@ -303,7 +325,7 @@ mod tests {
             "\n",
             "foo\n\n\nbar\r\n\r\nbaz  \n  qux",
         ];
-        for (pattern, pass) in [(GPT2, Pass::Gpt2), (LLAMA3, Pass::Llama3)] {
+        for (pattern, pass) in [(GPT2, Pass::Gpt2), (GPT2_HF, Pass::Gpt2), (LLAMA3, Pass::Llama3)] {
             let regex = [Pass::Regex(Box::new(fancy_regex::Regex::new(pattern).unwrap()))];
             for s in samples {
                 let custom = split(s, std::slice::from_ref(&pass)).unwrap();
@@ -311,6 +333,14 @@ mod tests {
                 assert_eq!(custom, reference, "{pattern}\n{s:?}");
             }
         }
+    }
+
+    #[test]
+    fn hugging_face_spellings_are_recognised() {
+        let llama3_hf = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        assert!(matches!(Pass::new(llama3_hf), Ok(Pass::Llama3)));
+        assert!(matches!(Pass::new(GPT2_HF), Ok(Pass::Gpt2)));
+        assert!(matches!(Pass::new(r"\p{N}"), Ok(Pass::Regex(_))));
     }
 
     #[test]

@@ -1,26 +1,17 @@
-//! [`Tokenizer`]: GGUF vocabulary loading, llama.cpp's special-token handling, encode/decode.
+//! [`Tokenizer`]: the loaded vocabulary, special-token handling, encode/decode. The loaders
+//! are `gguf.rs` (GGUF metadata, llama.cpp's rules) and `hf.rs` (Hugging Face
+//! `tokenizer.json`); both end in [`Tokenizer::assemble`].
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aho_corasick::AhoCorasick;
-use sha2::{Digest, Sha256};
-use shimmytok::GGUFValue;
 
-use crate::bpe::{Bpe, BpeError};
+use crate::bpe::Bpe;
 use crate::bytes::gpt2_unicode_to_byte;
 use crate::error::TokenizerError;
+use crate::hf::AddedVocab;
+use crate::special::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED};
 use crate::spm::Spm;
-
-// Token attributes, bit-for-bit llama.cpp's `llama_token_attr`.
-const ATTR_UNKNOWN: u32 = 1 << 0;
-const ATTR_UNUSED: u32 = 1 << 1;
-const ATTR_NORMAL: u32 = 1 << 2;
-const ATTR_CONTROL: u32 = 1 << 3;
-const ATTR_USER_DEFINED: u32 = 1 << 4;
-const ATTR_BYTE: u32 = 1 << 5;
 
 /// Whether [`Tokenizer::encode`] puts the model's BOS token in front of the ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,13 +21,14 @@ pub enum Bos {
     /// Never prepend BOS.
     Omit,
     /// Follow the file's `tokenizer.ggml.add_bos_token` flag (llama.cpp's default when
-    /// the flag is absent: yes for SentencePiece, no for most BPE vocabularies).
+    /// the flag is absent: yes for SentencePiece, no for most BPE vocabularies), or for a
+    /// Hugging Face directory `add_bos_token` / the post-processor.
     ModelDefault,
 }
 
 /// The tokenization algorithm of a vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algo {
+pub(crate) enum Algo {
     /// `tokenizer.ggml.model = "llama"`: SentencePiece BPE with byte fallback.
     Spm,
     /// `tokenizer.ggml.model = "gpt2"`: byte-level BPE with a regex pre-tokenizer.
@@ -52,10 +44,72 @@ enum Fragment {
     Token(u32),
 }
 
-/// A GGUF model's tokenizer, producing exactly llama.cpp's token ids.
+/// How special-token texts are cut out of the input before the algorithm runs.
+pub(crate) enum Partition {
+    /// llama.cpp's `tokenizer_st_partition` over its `cache_special_tokens`: control,
+    /// user-defined and unknown tokens, longest text first (`ids`, and one matcher for all
+    /// of them to find which occur).
+    LlamaCpp { ids: Vec<u32>, matcher: Option<AhoCorasick> },
+    /// Hugging Face's added vocabulary (leftmost-longest match, normalizer in between).
+    Hf(Box<AddedVocab>),
+}
+
+impl Partition {
+    /// llama.cpp's partition set for the given attributes.
+    pub(crate) fn llama_cpp(texts: &[String], attrs: &[u32]) -> Result<Partition, aho_corasick::BuildError> {
+        let mut ids: Vec<u32> = (0..texts.len() as u32)
+            .filter(|&id| {
+                attrs[id as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
+                    && !texts[id as usize].is_empty()
+            })
+            .collect();
+        ids.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        let matcher = if ids.is_empty() {
+            None
+        } else {
+            Some(AhoCorasick::new(ids.iter().map(|&id| texts[id as usize].as_bytes()))?)
+        };
+        Ok(Partition::LlamaCpp { ids, matcher })
+    }
+}
+
+/// Chat templates that came with the tokenizer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Templates {
+    /// The default template (GGUF `tokenizer.chat_template`; Hugging Face
+    /// `chat_template.jinja` or tokenizer_config's `chat_template`).
+    pub(crate) default: Option<String>,
+    /// Named templates (tokenizer_config's list form), in file order.
+    pub(crate) named: Vec<(String, String)>,
+    /// The `bos_token` / `eos_token` texts templates see, where the files name them
+    /// (Hugging Face); otherwise the BOS/EOS tokens' texts.
+    pub(crate) special_texts: Option<(String, String)>,
+}
+
+/// Everything a loader determines; [`Tokenizer::assemble`] derives the rest.
+pub(crate) struct Parts {
+    pub(crate) algo: Algo,
+    pub(crate) engine: Engine,
+    pub(crate) texts: Vec<String>,
+    pub(crate) attrs: Vec<u32>,
+    pub(crate) partition: Partition,
+    pub(crate) bos: Option<u32>,
+    pub(crate) eos: Option<u32>,
+    pub(crate) eog: Vec<u32>,
+    pub(crate) add_bos: bool,
+    pub(crate) add_space_prefix: bool,
+    pub(crate) model: String,
+    pub(crate) pre: Option<String>,
+    pub(crate) architecture: String,
+    pub(crate) templates: Templates,
+    pub(crate) fingerprint: String,
+}
+
+/// A model's tokenizer: from a GGUF file it produces exactly llama.cpp's token ids, from a
+/// Hugging Face `tokenizer.json` exactly the `tokenizers` library's.
 ///
-/// Loaded once with [`Tokenizer::from_gguf`]; immutable afterwards, `Send + Sync`, and meant
-/// to be shared behind an `Arc`.
+/// Loaded once with [`Tokenizer::from_gguf`] or [`Tokenizer::from_hf_dir`]; immutable
+/// afterwards, `Send + Sync`, and meant to be shared behind an `Arc`.
 pub struct Tokenizer {
     /// Runs the tokenization algorithm on text free of special tokens.
     engine: Engine,
@@ -64,10 +118,7 @@ pub struct Tokenizer {
     /// Decoded bytes of every token, concatenated; `piece_offsets[i]..piece_offsets[i + 1]`.
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<usize>,
-    /// Texts that are cut out of the input before the tokenization algorithm runs
-    /// (llama.cpp's `cache_special_tokens`), and their ids, longest text first.
-    special_ids: Vec<u32>,
-    special_matcher: Option<AhoCorasick>,
+    partition: Partition,
     bos: Option<u32>,
     eos: Option<u32>,
     eog: Vec<u32>,
@@ -76,7 +127,7 @@ pub struct Tokenizer {
     model: String,
     pre: Option<String>,
     architecture: String,
-    chat_template: Option<String>,
+    templates: Templates,
     fingerprint: String,
 }
 
@@ -85,6 +136,7 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("model", &self.model)
             .field("pre", &self.pre)
+            .field("hf", &matches!(self.partition, Partition::Hf(_)))
             .field("architecture", &self.architecture)
             .field("vocab_size", &self.texts.len())
             .field("bos", &self.bos)
@@ -97,118 +149,10 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 /// The per-algorithm tokenizer.
-enum Engine {
+pub(crate) enum Engine {
     Spm(Spm),
     Bpe(Bpe),
 }
-
-/// Metadata lookups on shimmytok's preserved GGUF key/value map.
-struct Meta<'a>(&'a HashMap<String, GGUFValue>);
-
-impl Meta<'_> {
-    fn get(&self, key: &str) -> Option<&GGUFValue> {
-        self.0.get(key)
-    }
-
-    fn u64(&self, key: &str) -> Option<u64> {
-        match self.get(key)? {
-            GGUFValue::U8(v) => Some(u64::from(*v)),
-            GGUFValue::U16(v) => Some(u64::from(*v)),
-            GGUFValue::U32(v) => Some(u64::from(*v)),
-            GGUFValue::U64(v) => Some(*v),
-            GGUFValue::I8(v) => u64::try_from(*v).ok(),
-            GGUFValue::I16(v) => u64::try_from(*v).ok(),
-            GGUFValue::I32(v) => u64::try_from(*v).ok(),
-            GGUFValue::I64(v) => u64::try_from(*v).ok(),
-            _ => None,
-        }
-    }
-
-    fn bool(&self, key: &str) -> Option<bool> {
-        match self.get(key)? {
-            GGUFValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    fn str(&self, key: &str) -> Option<&str> {
-        match self.get(key)? {
-            GGUFValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn array(&self, key: &str) -> Option<&[GGUFValue]> {
-        match self.get(key)? {
-            GGUFValue::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-}
-
-fn invalid(path: &Path, reason: impl Into<String>) -> TokenizerError {
-    TokenizerError::InvalidGguf { path: path.to_path_buf(), reason: reason.into() }
-}
-
-fn map_shimmytok_error(path: &Path, e: shimmytok::Error) -> TokenizerError {
-    match e {
-        shimmytok::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            invalid(path, "the file is truncated (metadata ends early)")
-        }
-        shimmytok::Error::Io(io) => TokenizerError::Io { path: path.to_path_buf(), source: io },
-        shimmytok::Error::UnsupportedModel(model) => {
-            TokenizerError::UnsupportedModel { path: path.to_path_buf(), model }
-        }
-        other => invalid(path, other.to_string()),
-    }
-}
-
-/// llama.cpp's EOT auto-detection candidates (`special_eot_id` when the file has none).
-const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "<end_of_utterance>",
-];
-const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] =
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"];
-const FIM_SUF_TEXTS: &[&str] =
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"];
-const FIM_MID_TEXTS: &[&str] =
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"];
-const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
-const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
-/// llama.cpp's list of texts that always end generation.
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<|flush|>",
-    "<|calls|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "[EOS]",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-    "<eos>",
-    "<turn|>",
-    "<|tool_response>",
-];
 
 impl Tokenizer {
     /// Loads the tokenizer embedded in a GGUF model file (only the metadata is read).
@@ -219,289 +163,75 @@ impl Tokenizer {
     /// usable vocabulary, [`TokenizerError::UnsupportedModel`] for tokenizer models other
     /// than SentencePiece (`llama`) and byte-level BPE (`gpt2`).
     pub fn from_gguf(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        check_magic(path)?;
-        let gguf = shimmytok::gguf::load_metadata(path).map_err(|e| map_shimmytok_error(path, e))?;
-        Self::build(path, gguf.metadata())
+        crate::gguf::load(path)
     }
 
-    fn build(path: &Path, metadata: &HashMap<String, GGUFValue>) -> Result<Tokenizer, TokenizerError> {
-        let meta = Meta(metadata);
-        let model =
-            meta.str("tokenizer.ggml.model").ok_or_else(|| invalid(path, "missing tokenizer.ggml.model"))?.to_string();
-        let algo = match model.as_str() {
-            "llama" => Algo::Spm,
-            "gpt2" => Algo::Bpe,
-            other => {
-                return Err(TokenizerError::UnsupportedModel { path: path.to_path_buf(), model: format!("'{other}'") });
-            }
-        };
-        let pre = meta.str("tokenizer.ggml.pre").map(str::to_string);
-        let architecture = meta.str("general.architecture").unwrap_or("").to_string();
-        let chat_template = meta.str("tokenizer.chat_template").map(str::to_string);
+    /// Loads a Hugging Face tokenizer directory: `tokenizer.json` (required), and when
+    /// present `tokenizer_config.json` (`bos_token`, `eos_token`, `add_bos_token`,
+    /// `chat_template` as a string or a list of named templates), `chat_template.jinja`
+    /// (the default template, preferred over tokenizer_config's), `generation_config.json`
+    /// (`eos_token_id`, an id or a list: all of them end generation; `bos_token_id`) and
+    /// `config.json` (`model_type` becomes [`Tokenizer::architecture`]).
+    ///
+    /// Encoding gives exactly the ids of the `tokenizers` library for that tokenizer.json.
+    /// Supported: byte-level BPE (model `BPE`; pre-tokenizer `Split` regexes with behavior
+    /// `Isolated` and `ByteLevel`, or `ByteLevel` alone; `NFC`/`NFD`/`NFKC`/`NFKD`
+    /// normalizers; merges as `"a b"` strings or `["a", "b"]` lists; added tokens with
+    /// their `special`, `normalized`, `lstrip`, `rstrip` and `single_word` flags), which is
+    /// Llama 3, Qwen 2/2.5/3/3.5, SmolLM, GPT-2 style vocabularies.
+    ///
+    /// # Errors
+    /// [`TokenizerError::Io`] if a file cannot be read, [`TokenizerError::InvalidHf`] if a
+    /// file is not JSON or lacks a required field, [`TokenizerError::UnsupportedHf`] for
+    /// tokenizers of another kind (WordPiece, Unigram, SentencePiece-style BPE, ...).
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        crate::hf::load_dir(dir)
+    }
 
-        let texts: Vec<String> = meta
-            .array("tokenizer.ggml.tokens")
-            .ok_or_else(|| invalid(path, "missing tokenizer.ggml.tokens"))?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                // llama.cpp renames empty tokens so that they can never match.
-                GGUFValue::String(s) if s.is_empty() => Ok(format!("[EMPTY_{i}]")),
-                GGUFValue::String(s) => Ok(s.clone()),
-                _ => Err(invalid(path, "tokenizer.ggml.tokens is not a string array")),
-            })
-            .collect::<Result<_, _>>()?;
-        let n = texts.len();
-        if n == 0 || n > u32::MAX as usize {
-            return Err(invalid(path, format!("bad vocabulary size {n}")));
-        }
-        let scores: Vec<f32> = match meta.array("tokenizer.ggml.scores") {
-            Some(a) => a
-                .iter()
-                .map(|v| match v {
-                    GGUFValue::F32(f) => Ok(*f),
-                    _ => Err(invalid(path, "tokenizer.ggml.scores is not an f32 array")),
-                })
-                .collect::<Result<_, _>>()?,
-            None => vec![0.0; n],
-        };
-        let types: Vec<i32> = match meta.array("tokenizer.ggml.token_type") {
-            Some(a) => a
-                .iter()
-                .map(|v| match v {
-                    GGUFValue::I32(t) => Ok(*t),
-                    _ => Err(invalid(path, "tokenizer.ggml.token_type is not an i32 array")),
-                })
-                .collect::<Result<_, _>>()?,
-            None => vec![1; n],
-        };
-        if scores.len() != n || types.len() != n {
-            return Err(invalid(
-                path,
-                format!("{n} tokens but {} scores and {} token types", scores.len(), types.len()),
-            ));
-        }
-        let merges: Vec<&str> = meta
-            .array("tokenizer.ggml.merges")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| match v {
-                        GGUFValue::String(s) => Some(s.as_str()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Loads one Hugging Face `tokenizer.json`, with the `tokenizer_config.json` given (if
+    /// any); see [`Tokenizer::from_hf_dir`], which also reads the other files of the
+    /// directory.
+    ///
+    /// # Errors
+    /// As [`Tokenizer::from_hf_dir`].
+    pub fn from_tokenizer_json(path: &Path, tokenizer_config: Option<&Path>) -> Result<Tokenizer, TokenizerError> {
+        crate::hf::load_json(path, tokenizer_config)
+    }
 
-        let mut attrs: Vec<u32> = types
-            .iter()
-            .map(|t| match t {
-                1 => ATTR_NORMAL,
-                2 => ATTR_UNKNOWN,
-                3 => ATTR_CONTROL,
-                4 => ATTR_USER_DEFINED,
-                5 => ATTR_UNUSED,
-                6 => ATTR_BYTE,
-                _ => 0,
-            })
-            .collect();
-
-        // Special ids: llama.cpp's per-model defaults, then the metadata (ignored when out
-        // of range, as llama.cpp does).
-        let in_range = |id: u32| (id as usize) < n;
-        let key_id = |key: &str| {
-            meta.u64(&format!("tokenizer.ggml.{key}")).and_then(|v| u32::try_from(v).ok()).filter(|&v| in_range(v))
-        };
-        let (def_bos, def_eos) = match algo {
-            Algo::Spm => (Some(1), Some(2)),
-            Algo::Bpe => (Some(11), Some(11)),
-        };
-        let bos = key_id("bos_token_id").or(def_bos).filter(|&v| in_range(v));
-        let eos = key_id("eos_token_id").or(def_eos).filter(|&v| in_range(v));
-        let mut eot = key_id("eot_token_id");
-        let mut eom = key_id("eom_token_id");
-        let mut fim_pre = key_id("fim_pre_token_id").or(key_id("prefix_token_id"));
-        let mut fim_suf = key_id("fim_suf_token_id").or(key_id("suffix_token_id"));
-        let mut fim_mid = key_id("fim_mid_token_id").or(key_id("middle_token_id"));
-        let mut fim_pad = key_id("fim_pad_token_id");
-        let mut fim_rep = key_id("fim_rep_token_id");
-        let mut fim_sep = key_id("fim_sep_token_id");
-
-        // llama.cpp auto-detects these by their text and forces them to be control tokens.
-        // (It walks a hash map; we walk ids in order. Only the choice between several
-        // candidates for the same role could differ, and that is not observable here: all
-        // candidates end generation either way.)
-        for (id, text) in texts.iter().enumerate() {
-            let id = id as u32;
-            for (slot, list) in [
-                (&mut eot, EOT_TEXTS),
-                (&mut eom, EOM_TEXTS),
-                (&mut fim_pre, FIM_PRE_TEXTS),
-                (&mut fim_suf, FIM_SUF_TEXTS),
-                (&mut fim_mid, FIM_MID_TEXTS),
-                (&mut fim_pad, FIM_PAD_TEXTS),
-                (&mut fim_rep, FIM_REP_TEXTS),
-                (&mut fim_sep, FIM_SEP_TEXTS),
-            ] {
-                if slot.is_none() && list.contains(&text.as_str()) {
-                    *slot = Some(id);
-                    attrs[id as usize] |= ATTR_CONTROL;
-                }
-            }
-        }
-        // Control tokens named "unused" are unused.
-        for (id, text) in texts.iter().enumerate() {
-            if attrs[id] & ATTR_CONTROL != 0 && text.contains("unused") {
-                attrs[id] |= ATTR_UNUSED;
-            }
-        }
-        // End-of-generation set.
-        let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
-        for (id, text) in texts.iter().enumerate() {
-            if EOG_TEXTS.contains(&text.as_str()) {
-                eog.push(id as u32);
-                attrs[id] |= ATTR_CONTROL;
-            }
-        }
-        // gpt-oss: these are always rendered.
-        for (id, text) in texts.iter().enumerate() {
-            if matches!(text.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
-                attrs[id] = ATTR_USER_DEFINED;
-            }
-        }
-        eog.extend([eos, eot, eom].into_iter().flatten());
-        eog.sort_unstable();
-        eog.dedup();
-        // llama.cpp's workarounds: o200k_harmony / solar-open, where "<|end|>" must not end
-        // generation, and gemma4 / paddleocr, where "</s>" must not.
-        let find = |eog: &[u32], t: &str| eog.iter().position(|&id| texts[id as usize] == t);
-        let has = |eog: &[u32], t: &str| find(eog, t).is_some();
-        let has_call = has(&eog, "<|call|>") || has(&eog, "<|calls|>");
-        if has_call
-            && (has(&eog, "<|return|>") || has(&eog, "<|flush|>"))
-            && let Some(pos) = find(&eog, "<|end|>")
-        {
-            let end = eog.remove(pos);
-            attrs[end as usize] = ATTR_USER_DEFINED;
-        }
-        if has(&eog, "<|tool_response>")
-            && let Some(pos) = find(&eog, "</s>")
-        {
-            let s = eog.remove(pos);
-            attrs[s as usize] = ATTR_NORMAL;
-        }
-
-        let add_bos = meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(match algo {
-            Algo::Spm => true,
-            Algo::Bpe => {
-                matches!(pre.as_deref(), Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "tekken" | "chameleon"))
-            }
-        });
-        let add_space_prefix = meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(algo == Algo::Spm);
-
-        // Pieces: llama.cpp's `token_to_piece(id, special = true)`.
+    /// Builds the tokenizer from what a loader found: every token's piece (llama.cpp's
+    /// `token_to_piece(id, special = true)`).
+    pub(crate) fn assemble(p: Parts) -> Tokenizer {
         let mut piece_bytes = Vec::new();
-        let mut piece_offsets = Vec::with_capacity(n + 1);
+        let mut piece_offsets = Vec::with_capacity(p.texts.len() + 1);
         piece_offsets.push(0);
-        for (text, &attr) in texts.iter().zip(&attrs) {
-            token_piece(algo, text, attr, &mut piece_bytes);
+        for (text, &attr) in p.texts.iter().zip(&p.attrs) {
+            token_piece(p.algo, text, attr, &mut piece_bytes);
             piece_offsets.push(piece_bytes.len());
         }
-
-        // Special-token partition set: control, user-defined and unknown tokens, longest first.
-        let mut special_ids: Vec<u32> = (0..n as u32)
-            .filter(|&id| {
-                attrs[id as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0
-                    && !texts[id as usize].is_empty()
-            })
-            .collect();
-        special_ids.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
-        let special_matcher = if special_ids.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::new(special_ids.iter().map(|&id| texts[id as usize].as_bytes()))
-                    .map_err(|e| invalid(path, format!("special-token matcher: {e}")))?,
-            )
-        };
-
-        let engine = match algo {
-            Algo::Spm => {
-                // llama.cpp's SentencePiece default: <unk> is token 0.
-                let unk = key_id("unknown_token_id").or(Some(0)).filter(|&v| in_range(v));
-                Engine::Spm(Spm::new(&texts, &scores, unk))
-            }
-            Algo::Bpe => {
-                let name = pre.as_deref().unwrap_or("default");
-                Engine::Bpe(Bpe::new(name, &texts, &merges).map_err(|e| match e {
-                    BpeError::UnknownPre(p) => TokenizerError::UnsupportedModel {
-                        path: path.to_path_buf(),
-                        model: format!("'gpt2' with pre-tokenizer '{p}'"),
-                    },
-                    BpeError::Regex(e) => invalid(path, format!("pre-tokenizer regex: {e}")),
-                })?)
-            }
-        };
-
-        let fingerprint = {
-            let mut h = Sha256::new();
-            let mut put = |b: &[u8]| {
-                h.update((b.len() as u64).to_le_bytes());
-                h.update(b);
-            };
-            put(b"lem-tokenizer fingerprint v1");
-            put(model.as_bytes());
-            put(pre.as_deref().unwrap_or("").as_bytes());
-            put(&(n as u64).to_le_bytes());
-            for i in 0..n {
-                put(texts[i].as_bytes());
-                put(&scores[i].to_bits().to_le_bytes());
-                put(&types[i].to_le_bytes());
-                put(&attrs[i].to_le_bytes());
-            }
-            put(&(merges.len() as u64).to_le_bytes());
-            for m in &merges {
-                put(m.as_bytes());
-            }
-            let opt = |v: Option<u32>| v.map_or(-1i64, i64::from).to_le_bytes();
-            for v in [bos, eos, eot, eom, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep] {
-                put(&opt(v));
-            }
-            for key in ["unknown_token_id", "seperator_token_id", "padding_token_id"] {
-                put(&opt(key_id(key)));
-            }
-            put(&[u8::from(add_bos), u8::from(add_space_prefix)]);
-            for key in ["tokenizer.ggml.add_eos_token", "tokenizer.ggml.remove_extra_whitespaces"] {
-                put(&[meta.bool(key).map_or(2, u8::from)]);
-            }
-            for id in &eog {
-                put(&id.to_le_bytes());
-            }
-            hex::encode(h.finalize())
-        };
-
-        Ok(Tokenizer {
-            engine,
-            texts,
-            attrs,
+        Tokenizer {
+            engine: p.engine,
+            texts: p.texts,
+            attrs: p.attrs,
             piece_bytes,
             piece_offsets,
-            special_ids,
-            special_matcher,
-            bos,
-            eos,
-            eog,
-            add_bos,
-            add_space_prefix,
-            model,
-            pre,
-            architecture,
-            chat_template,
-            fingerprint,
-        })
+            partition: p.partition,
+            bos: p.bos,
+            eos: p.eos,
+            eog: p.eog,
+            add_bos: p.add_bos,
+            add_space_prefix: p.add_space_prefix,
+            model: p.model,
+            pre: p.pre,
+            architecture: p.architecture,
+            templates: p.templates,
+            fingerprint: p.fingerprint,
+        }
     }
 
-    /// Text -> ids, exactly as llama.cpp's `llama_tokenize(..., parse_special = true)`.
+    /// Text -> ids. From a GGUF file exactly as llama.cpp's
+    /// `llama_tokenize(..., parse_special = true)`; from a Hugging Face tokenizer.json
+    /// exactly as `tokenizers`' `encode(text, add_special_tokens = false)` (plus BOS as
+    /// asked).
     ///
     /// Texts of control, user-defined and unknown tokens that appear in `text` (for example
     /// `<|im_start|>` or `<start_of_turn>`) become their ids. BOS is prepended according to
@@ -526,11 +256,16 @@ impl Tokenizer {
                 shimmytok::MAX_INPUT_SIZE
             )));
         }
-        for fragment in self.partition(text) {
-            match fragment {
-                Fragment::Token(id) => out.push(id),
-                Fragment::Text(start, end) => self.encode_text(&text[start..end], &mut out)?,
+        match &self.partition {
+            Partition::LlamaCpp { ids, matcher } => {
+                for fragment in self.partition_llama_cpp(text, ids, matcher.as_ref()) {
+                    match fragment {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(start, end) => self.encode_text(&text[start..end], &mut out)?,
+                    }
+                }
             }
+            Partition::Hf(added) => added.encode(text, &mut out, &mut |t, out| self.encode_text(t, out))?,
         }
         Ok(out)
     }
@@ -555,15 +290,15 @@ impl Tokenizer {
     /// One Aho-Corasick pass finds which special tokens occur at all (Gemma has 6 400 of
     /// them; usually none or a handful occur); only those are then searched for, in
     /// llama.cpp's order, in the text not yet claimed.
-    fn partition(&self, text: &str) -> Vec<Fragment> {
+    fn partition_llama_cpp(&self, text: &str, ids: &[u32], matcher: Option<&AhoCorasick>) -> Vec<Fragment> {
         if text.is_empty() {
             return Vec::new();
         }
         let mut frags = vec![Fragment::Text(0, text.len())];
-        let Some(matcher) = &self.special_matcher else {
+        let Some(matcher) = matcher else {
             return frags;
         };
-        let mut present = vec![false; self.special_ids.len()];
+        let mut present = vec![false; ids.len()];
         let mut any = false;
         for m in matcher.find_overlapping_iter(text) {
             present[m.pattern().as_usize()] = true;
@@ -572,7 +307,7 @@ impl Tokenizer {
         if !any {
             return frags;
         }
-        for (rank, &id) in self.special_ids.iter().enumerate() {
+        for (rank, &id) in ids.iter().enumerate() {
             if !present[rank] {
                 continue;
             }
@@ -715,10 +450,42 @@ impl Tokenizer {
         &self.fingerprint
     }
 
-    /// The Jinja chat template stored in the file (`tokenizer.chat_template`), if any.
+    /// The Jinja chat template stored with the tokenizer, if any: GGUF
+    /// `tokenizer.chat_template`; in a Hugging Face directory `chat_template.jinja`, else
+    /// tokenizer_config.json's `chat_template` (the one named `default` when it is a list).
     #[must_use]
     pub fn chat_template_source(&self) -> Option<&str> {
-        self.chat_template.as_deref()
+        self.templates.default.as_deref()
+    }
+
+    /// A named chat template of a Hugging Face directory (tokenizer_config.json's
+    /// `chat_template` as a list of `{"name", "template"}`, e.g. `"tool_use"`); `"default"`
+    /// is [`Tokenizer::chat_template_source`].
+    #[must_use]
+    pub fn chat_template_source_named(&self, name: &str) -> Option<&str> {
+        if name == "default" {
+            return self.chat_template_source();
+        }
+        self.templates.named.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str())
+    }
+
+    /// The `bos_token` and `eos_token` texts a chat template is rendered with: the ones
+    /// tokenizer_config.json names (empty when it names none), else the texts of the BOS
+    /// and EOS tokens (empty when there are none).
+    #[must_use]
+    pub fn template_special_texts(&self) -> (&str, &str) {
+        if let Some((b, e)) = &self.templates.special_texts {
+            return (b, e);
+        }
+        let text = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or("");
+        (text(self.bos), text(self.eos))
+    }
+
+    /// Whether the tokenizer was loaded from a Hugging Face `tokenizer.json` (and follows
+    /// the `tokenizers` library) rather than from GGUF metadata (llama.cpp).
+    #[must_use]
+    pub fn is_hf(&self) -> bool {
+        matches!(self.partition, Partition::Hf(_))
     }
 
     /// `general.architecture` of the file (e.g. `"llama"`, `"gemma3"`); empty if absent.
@@ -738,26 +505,6 @@ impl Tokenizer {
     pub fn pre_tokenizer(&self) -> Option<&str> {
         self.pre.as_deref()
     }
-}
-
-/// Reads the first four bytes: a clear error for files that are not GGUF at all.
-fn check_magic(path: &Path) -> Result<(), TokenizerError> {
-    let io = |source| TokenizerError::Io { path: PathBuf::from(path), source };
-    let mut file = File::open(path).map_err(io)?;
-    let mut magic = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match file.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-    if got < 4 || &magic != b"GGUF" {
-        return Err(TokenizerError::NotGguf { path: path.to_path_buf() });
-    }
-    Ok(())
 }
 
 /// llama.cpp's `token_to_piece(special = true)` for one token, appended to `out`.
