@@ -1,7 +1,9 @@
 //! Chat templates: the GGUF's Jinja template (rendered with minijinja the way Hugging Face
 //! transformers renders it), or a built-in format when the file has none.
 
-use minijinja::{Environment, Error, ErrorKind, Value, context};
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, Error, ErrorKind, Value};
 
 use crate::error::TemplateError;
 use crate::tokenizer::Tokenizer;
@@ -69,6 +71,8 @@ enum Inner {
         source: String,
         bos_token: String,
         eos_token: String,
+        /// Extra template variables given with [`ChatTemplate::with_kwargs`].
+        kwargs: serde_json::Map<String, serde_json::Value>,
     },
     /// llama.cpp's built-in "gemma" format.
     Gemma,
@@ -102,10 +106,39 @@ impl ChatTemplate {
     /// [`TemplateError::Syntax`] if the file's template does not compile.
     pub fn for_model(tok: &Tokenizer, architecture: &str) -> Result<ChatTemplate, TemplateError> {
         if let Some(src) = tok.chat_template_source() {
-            let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
-            return ChatTemplate::from_source(src, text(tok.bos_id()), text(tok.eos_id()));
+            let (bos, eos) = tok.template_special_texts();
+            return ChatTemplate::from_source(src, bos, eos);
         }
         if architecture.starts_with("gemma") { Ok(ChatTemplate::gemma()) } else { Ok(ChatTemplate::chatml()) }
+    }
+
+    /// A named template that came with the tokenizer (a Hugging Face directory's
+    /// tokenizer_config.json `chat_template` list, e.g. `"tool_use"`; `"default"` is the
+    /// default template), or `None` when there is none of that name.
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] if the template does not compile.
+    pub fn for_model_named(tok: &Tokenizer, name: &str) -> Result<Option<ChatTemplate>, TemplateError> {
+        let Some(src) = tok.chat_template_source_named(name) else {
+            return Ok(None);
+        };
+        let (bos, eos) = tok.template_special_texts();
+        ChatTemplate::from_source(src, bos, eos).map(Some)
+    }
+
+    /// The same template with extra variables for every render, like transformers'
+    /// `apply_chat_template(..., **kwargs)` / an OpenAI request's `chat_template_kwargs`
+    /// (e.g. `{"enable_thinking": false}` for Qwen 3). Replaces earlier ones; the built-in
+    /// formats ignore them.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] if `kwargs` is not a JSON object (or null).
+    pub fn with_kwargs(mut self, kwargs: serde_json::Value) -> Result<ChatTemplate, TemplateError> {
+        let map = kwargs_object(&kwargs)?.clone();
+        if let Inner::Jinja { kwargs, .. } = &mut self.inner {
+            *kwargs = map;
+        }
+        Ok(self)
     }
 
     /// Compiles a Jinja chat template (Hugging Face conventions: `messages`,
@@ -130,6 +163,7 @@ impl ChatTemplate {
                 source: src.to_string(),
                 bos_token: bos_token.to_string(),
                 eos_token: eos_token.to_string(),
+                kwargs: serde_json::Map::new(),
             },
         })
     }
@@ -161,30 +195,58 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation; with `add_generation_prompt` the text ends with the opening
-    /// of an assistant turn.
+    /// of an assistant turn. The template sees the variables of [`ChatTemplate::with_kwargs`].
     ///
     /// # Errors
     /// [`TemplateError::Render`] with the template's own message (e.g. the text given to
     /// `raise_exception`) if rendering fails.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        self.render_with_kwargs(messages, add_generation_prompt, &serde_json::Value::Null)
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables (a JSON object, or null for
+    /// none), which win over those of [`ChatTemplate::with_kwargs`]. `messages`,
+    /// `add_generation_prompt`, `bos_token` and `eos_token` always have their own values.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] if `kwargs` is not an object or rendering fails.
+    pub fn render_with_kwargs(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Value,
+    ) -> Result<String, TemplateError> {
+        let call_kwargs = kwargs_object(kwargs)?;
         match &self.inner {
-            Inner::Jinja { env, bos_token, eos_token, .. } => {
+            Inner::Jinja { env, bos_token, eos_token, kwargs, .. } => {
                 let msgs: Vec<Value> = messages
                     .iter()
-                    .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+                    .map(|m| minijinja::context! { role => m.role.as_str(), content => m.content.as_str() })
                     .collect();
+                let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+                for (k, v) in kwargs.iter().chain(call_kwargs) {
+                    ctx.insert(k.clone(), Value::from_serialize(v));
+                }
+                ctx.insert("messages".into(), Value::from(msgs));
+                ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+                ctx.insert("bos_token".into(), Value::from(bos_token.as_str()));
+                ctx.insert("eos_token".into(), Value::from(eos_token.as_str()));
                 let tmpl = env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Render(describe(&e)))?;
-                tmpl.render(context! {
-                    messages => msgs,
-                    add_generation_prompt => add_generation_prompt,
-                    bos_token => bos_token,
-                    eos_token => eos_token,
-                })
-                .map_err(|e| TemplateError::Render(describe(&e)))
+                tmpl.render(ctx).map_err(|e| TemplateError::Render(describe(&e)))
             }
             Inner::Gemma => Ok(render_gemma(messages, add_generation_prompt)),
             Inner::ChatMl => Ok(render_chatml(messages, add_generation_prompt)),
         }
+    }
+}
+
+/// The object of template kwargs (`null` is none).
+fn kwargs_object(v: &serde_json::Value) -> Result<&serde_json::Map<String, serde_json::Value>, TemplateError> {
+    static EMPTY: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>> = std::sync::OnceLock::new();
+    match v {
+        serde_json::Value::Object(m) => Ok(m),
+        serde_json::Value::Null => Ok(EMPTY.get_or_init(serde_json::Map::new)),
+        _ => Err(TemplateError::Render("chat template kwargs must be a JSON object".into())),
     }
 }
 
