@@ -34,6 +34,20 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// YaRN context extension (GGML's `rope_yarn`): angles of the dimensions between the two
+/// correction dimensions blend interpolated and extrapolated frequencies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// Weight of the extrapolated angle (1 for YaRN, 0 turns the blend off).
+    pub ext_factor: f32,
+    /// Context length the model was trained at.
+    pub orig_ctx: u32,
+    /// Rotations at which the ramp starts (fast end; 32 by default).
+    pub beta_fast: f32,
+    /// Rotations at which the ramp ends (slow end; 1 by default).
+    pub beta_slow: f32,
+}
+
 /// Rotary embedding parameters of one layer kind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rope {
@@ -45,23 +59,57 @@ pub struct Rope {
     pub n_rot: usize,
     /// Pairing of dimensions.
     pub style: RopeStyle,
+    /// Multiplier on every cos/sin (YaRN's and LongRoPE's attention factor; 1 for none).
+    pub attn_factor: f32,
+    /// YaRN blending, when the model declares it.
+    pub yarn: Option<Yarn>,
 }
 
 impl Rope {
+    /// Plain rotary embedding: no scaling, no YaRN.
+    pub fn new(base: f32, n_rot: usize, style: RopeStyle) -> Rope {
+        Rope { base, freq_scale: 1.0, n_rot, style, attn_factor: 1.0, yarn: None }
+    }
+
+    /// The ramp bounds `[low, high]` in pair indices (GGML's `ggml_rope_yarn_corr_dims`).
+    fn corr_dims(&self, y: &Yarn) -> [f32; 2] {
+        let n = self.n_rot as f32;
+        let dim = |rot: f32| n * (y.orig_ctx as f32 / (rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * self.base.ln());
+        [dim(y.beta_fast).floor().max(0.0), dim(y.beta_slow).ceil().min(n - 1.0)]
+    }
+
     /// Fills `table` with `(cos, sin)` pairs, `n_rot / 2` per position, for `positions`.
-    /// Angles follow GGML: `theta_i = p * freq_scale * base^(-2i/n_rot)`, with the power
-    /// computed by repeated multiplication in f32 as GGML does.
-    pub fn fill_table(&self, positions: &[u32], table: &mut Vec<f32>) {
+    /// Angles follow GGML: `theta_i = p * freq_scale * base^(-2i/n_rot) / factor_i`, with the
+    /// power computed by repeated multiplication in f32 as GGML does; `factors` are
+    /// per-pair frequency divisors (Llama 3's `rope_freqs`, LongRoPE's factors), `n_rot / 2`
+    /// of them. With YaRN the interpolated and extrapolated angles blend over a ramp and
+    /// the magnitude grows by `1 + 0.1 ln(1 / freq_scale)`.
+    pub fn fill_table(&self, positions: &[u32], factors: Option<&[f32]>, table: &mut Vec<f32>) {
         let half = self.n_rot / 2;
         table.clear();
         table.reserve(positions.len() * half * 2);
         let theta_scale = self.base.powf(-2.0 / self.n_rot as f32);
+        let (corr, ext, mut mscale) = match &self.yarn {
+            Some(y) if y.ext_factor != 0.0 => (self.corr_dims(y), y.ext_factor, self.attn_factor),
+            _ => ([0.0, 0.0], 0.0, self.attn_factor),
+        };
+        if ext != 0.0 {
+            mscale *= 1.0 + 0.1 * (1.0 / self.freq_scale).ln();
+        }
         for &p in positions {
             let mut theta = p as f32;
-            for _ in 0..half {
-                let t = theta * self.freq_scale;
-                table.push(t.cos());
-                table.push(t.sin());
+            for i in 0..half {
+                let extrap = factors.map_or(theta, |f| theta / f[i]);
+                let interp = extrap * self.freq_scale;
+                let t = if ext != 0.0 {
+                    let y = (i as f32 - corr[0]) / (corr[1] - corr[0]).max(0.001);
+                    let mix = (1.0 - y.clamp(0.0, 1.0)) * ext;
+                    interp * (1.0 - mix) + extrap * mix
+                } else {
+                    interp
+                };
+                table.push(t.cos() * mscale);
+                table.push(t.sin() * mscale);
                 theta *= theta_scale;
             }
         }

@@ -1,16 +1,160 @@
-//! Typed hyper-parameters read from GGUF metadata.
+//! Typed hyper-parameters, read through one key table from either weights source.
+//!
+//! Every scalar hyper-parameter is a [`Key`]; [`KEYS`] spells its GGUF key (after the
+//! `{arch}.` prefix) and its Hugging Face `config.json` key side by side. [`ModelConfig::read`]
+//! is the one reader: it asks a [`WeightSource`] for keys and never sees a file format.
+//! Rotary scaling is structured differently in the two formats (GGUF flattens it into
+//! `rope.scaling.*` keys and tensors, Hugging Face nests it in `rope_scaling`), so each
+//! source turns its own form into one [`RopeScaling`] value.
 
 use lem_kv::LayerKind;
 
+use crate::arch::Arch;
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::names::{Role, TensorId};
+use crate::weights::WeightSource;
+
+/// A scalar hyper-parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// Number of blocks.
+    BlockCount,
+    /// Hidden size.
+    EmbeddingLength,
+    /// Feed-forward inner size.
+    FeedForwardLength,
+    /// Query heads.
+    HeadCount,
+    /// Key/value heads (defaults to the query heads).
+    HeadCountKv,
+    /// Head dimension (defaults to hidden / heads).
+    KeyLength,
+    /// Training context length.
+    ContextLength,
+    /// RMSNorm epsilon.
+    RmsEps,
+    /// Rotary base.
+    RopeBase,
+    /// Rotating dimensions per head (defaults to the head dimension).
+    RopeDims,
+    /// Sliding-window width of windowed layers.
+    SlidingWindow,
+    /// Attention logit soft-cap.
+    AttnSoftcap,
+    /// Final logit soft-cap.
+    FinalSoftcap,
+    /// Vocabulary size (Hugging Face only; GGUF has the embedding's shape).
+    VocabSize,
+    /// Gemma 2's `query_pre_attn_scalar` (queries scale by its inverse square root).
+    QueryPreAttnScalar,
+}
+
+/// `(key, GGUF key after "{arch}.", Hugging Face config.json key)`; empty = not stored.
+pub(crate) const KEYS: &[(Key, &str, &str)] = &[
+    (Key::BlockCount, "block_count", "num_hidden_layers"),
+    (Key::EmbeddingLength, "embedding_length", "hidden_size"),
+    (Key::FeedForwardLength, "feed_forward_length", "intermediate_size"),
+    (Key::HeadCount, "attention.head_count", "num_attention_heads"),
+    (Key::HeadCountKv, "attention.head_count_kv", "num_key_value_heads"),
+    (Key::KeyLength, "attention.key_length", "head_dim"),
+    (Key::ContextLength, "context_length", "max_position_embeddings"),
+    (Key::RmsEps, "attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    (Key::RopeBase, "rope.freq_base", "rope_theta"),
+    (Key::RopeDims, "rope.dimension_count", ""),
+    (Key::SlidingWindow, "attention.sliding_window", "sliding_window"),
+    (Key::AttnSoftcap, "attn_logit_softcapping", "attn_logit_softcapping"),
+    (Key::FinalSoftcap, "final_logit_softcapping", "final_logit_softcapping"),
+    (Key::VocabSize, "", "vocab_size"),
+    (Key::QueryPreAttnScalar, "", "query_pre_attn_scalar"),
+];
+
+/// The GGUF (after `{arch}.`) and Hugging Face spellings of `key`.
+pub(crate) fn key_names(key: Key) -> (&'static str, &'static str) {
+    let (_, g, h) = KEYS.iter().find(|(k, _, _)| *k == key).expect("every key has a row in the key table");
+    (g, h)
+}
+
+/// Where per-frequency rotary divisors come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Factors {
+    /// Computed from the config (`n_rot / 2` values).
+    Values(Vec<f32>),
+    /// Stored as a tensor of `n_rot / 2` values (GGUF `rope_freqs`, `rope_factors_*`).
+    Tensor(Role),
+}
+
+/// YaRN settings (Qwen 2.5/3 long-context variants).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YarnConfig {
+    /// Context the model was trained at.
+    pub orig_ctx: u32,
+    /// Ramp's fast end (rotations).
+    pub beta_fast: f32,
+    /// Ramp's slow end (rotations).
+    pub beta_slow: f32,
+}
+
+/// How the model stretches rotary positions, in GGML's terms: a linear scale, optional
+/// per-frequency divisors (Llama 3.x, LongRoPE), optional YaRN blending, and a multiplier
+/// on cos/sin. Each source turns its own form (GGUF `rope.scaling.*` keys and factor
+/// tensors, Hugging Face `rope_scaling`) into this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeScaling {
+    /// `1 / factor` of linear or YaRN scaling; 1 for none.
+    pub freq_scale: f32,
+    /// Per-frequency divisors.
+    pub factors: Option<Factors>,
+    /// YaRN blending.
+    pub yarn: Option<YarnConfig>,
+    /// Multiplier on cos/sin (LongRoPE's attention factor; YaRN's extra factor); 1 for none.
+    pub attn_factor: f32,
+}
+
+impl RopeScaling {
+    /// No scaling.
+    pub const NONE: RopeScaling = RopeScaling { freq_scale: 1.0, factors: None, yarn: None, attn_factor: 1.0 };
+}
+
+/// Rotary settings of the model's layers (architectures may override per layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Base frequency.
+    pub base: f32,
+    /// Rotating dimensions per head.
+    pub n_rot: usize,
+    /// Scaling.
+    pub scaling: RopeScaling,
+}
+
+impl RopeConfig {
+    /// The kernel's parameters for `style` (factors travel separately, see
+    /// [`lem_kernels::ops::Rope::fill_table`]).
+    pub fn kernel(&self, style: lem_kernels::ops::RopeStyle) -> lem_kernels::ops::Rope {
+        let s = &self.scaling;
+        lem_kernels::ops::Rope {
+            base: self.base,
+            freq_scale: s.freq_scale,
+            n_rot: self.n_rot,
+            style,
+            attn_factor: s.attn_factor,
+            yarn: s.yarn.map(|y| lem_kernels::ops::Yarn {
+                ext_factor: 1.0,
+                orig_ctx: y.orig_ctx,
+                beta_fast: y.beta_fast,
+                beta_slow: y.beta_slow,
+            }),
+        }
+    }
+}
 
 /// A model's shape and constants, as the forward pass needs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    /// `general.architecture`.
+    /// The architecture.
+    pub arch: Arch,
+    /// Architecture name as lem reports it (`general.architecture`'s spelling).
     pub architecture: String,
-    /// `general.name`, when present.
+    /// `general.name` (GGUF) or the directory name (Hugging Face), when known.
     pub name: Option<String>,
     /// Number of transformer blocks.
     pub n_layer: usize,
@@ -30,51 +174,83 @@ pub struct ModelConfig {
     pub context_length: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
-    /// Attention kind of each layer.
+    /// Rotary embedding.
+    pub rope: RopeConfig,
+    /// Width of windowed layers, when the model declares one.
+    pub sliding_window: Option<u32>,
+    /// Attention kind of each layer (the architecture fills it).
     pub layer_kinds: Vec<LayerKind>,
     /// Soft-cap applied to final logits, when the model uses one.
     pub final_logit_softcap: Option<f32>,
     /// Soft-cap applied to attention logits, when the model uses one.
     pub attn_logit_softcap: Option<f32>,
+    /// Gemma 2's `query_pre_attn_scalar`, when the config states it.
+    pub query_pre_attn_scalar: Option<f32>,
 }
 
 /// Upper bound accepted for any dimension read from a file (guards absurd metadata).
 const MAX_DIM: u64 = 1 << 24;
 
+/// A required integer within `1..=max`.
+fn required(src: &dyn WeightSource, key: Key, max: u64) -> Result<usize, ModelError> {
+    let n = src.uint(key)?.ok_or_else(|| src.key_error(key, "missing".into()))?;
+    bounded(src, key, n, max)
+}
+
+fn bounded(src: &dyn WeightSource, key: Key, n: u64, max: u64) -> Result<usize, ModelError> {
+    if n == 0 || n > max {
+        return Err(src.key_error(key, format!("value {n} is outside 1..={max}")));
+    }
+    Ok(n as usize)
+}
+
+fn optional(src: &dyn WeightSource, key: Key, max: u64) -> Result<Option<usize>, ModelError> {
+    src.uint(key)?.map(|n| bounded(src, key, n, max)).transpose()
+}
+
 impl ModelConfig {
-    /// Reads the common `{arch}.*` keys; architecture files adjust the rest.
-    pub fn read_common(g: &GgufFile, arch: &str) -> Result<ModelConfig, ModelError> {
-        let k = |s: &str| format!("{arch}.{s}");
-        let n_layer = g.uint(&k("block_count"), 4096)?;
-        let n_embd = g.uint(&k("embedding_length"), MAX_DIM)?;
-        let n_ff = g.uint(&k("feed_forward_length"), MAX_DIM)?;
-        let n_head = g.uint(&k("attention.head_count"), 4096)?;
-        let n_kv = match g.opt_uint(&k("attention.head_count_kv"))? {
-            Some(n) => g.uint(&k("attention.head_count_kv"), 4096).map(|_| n as usize)?,
-            None => n_head,
-        };
+    /// Reads the hyper-parameters every decoder has; the architecture fills the rest
+    /// (`layer_kinds` and what it overrides).
+    pub fn read(src: &dyn WeightSource) -> Result<ModelConfig, ModelError> {
+        let arch = src.arch();
+        let n_layer = required(src, Key::BlockCount, 4096)?;
+        let n_embd = required(src, Key::EmbeddingLength, MAX_DIM)?;
+        let n_ff = required(src, Key::FeedForwardLength, MAX_DIM)?;
+        let n_head = required(src, Key::HeadCount, 4096)?;
+        let n_kv = optional(src, Key::HeadCountKv, 4096)?.unwrap_or(n_head);
         if !n_head.is_multiple_of(n_kv) {
-            return Err(ModelError::Metadata {
-                key: k("attention.head_count_kv"),
-                reason: format!("{n_head} query heads are not a multiple of {n_kv} KV heads"),
-            });
+            return Err(src.key_error(
+                Key::HeadCountKv,
+                format!("{n_head} query heads are not a multiple of {n_kv} KV heads"),
+            ));
         }
-        let head_dim = match g.opt_uint(&k("attention.key_length"))? {
-            Some(_) => g.uint(&k("attention.key_length"), MAX_DIM)?,
-            None => n_embd / n_head,
-        };
-        let vocab = g
-            .tensor_shape("token_embd.weight")
+        let head_dim = optional(src, Key::KeyLength, MAX_DIM)?.unwrap_or(n_embd / n_head);
+        let embd = TensorId::global(Role::TokenEmbd);
+        let stored_vocab = src
+            .shape(embd)
             .and_then(|s| s.first().copied())
-            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
-        let context_length = g.uint(&k("context_length"), 1 << 26)?;
-        let rms_eps = g.opt_f32(&k("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| ModelError::Metadata {
-            key: k("attention.layer_norm_rms_epsilon"),
-            reason: "missing".into(),
-        })?;
+            .ok_or_else(|| ModelError::MissingTensor(src.tensor_name(embd)))?;
+        let vocab = match optional(src, Key::VocabSize, 1 << 26)? {
+            Some(v) if v != stored_vocab => {
+                return Err(src.key_error(
+                    Key::VocabSize,
+                    format!("{v} does not match the embedding's {stored_vocab} rows"),
+                ));
+            }
+            _ => stored_vocab,
+        };
+        let context_length = required(src, Key::ContextLength, 1 << 26)?;
+        let rms_eps = src.float(Key::RmsEps)?.ok_or_else(|| src.key_error(Key::RmsEps, "missing".into()))?;
+        let n_rot = optional(src, Key::RopeDims, MAX_DIM)?.unwrap_or(head_dim);
+        if n_rot > head_dim || !n_rot.is_multiple_of(2) {
+            return Err(src.key_error(Key::RopeDims, format!("{n_rot} rotating dimensions for heads of {head_dim}")));
+        }
+        let scaling = src.rope_scaling(n_rot, context_length)?;
+        let positive = |key: Key| -> Result<Option<f32>, ModelError> { Ok(src.float(key)?.filter(|c| *c > 0.0)) };
         Ok(ModelConfig {
-            architecture: arch.to_owned(),
-            name: g.str("general.name").ok().map(str::to_owned),
+            arch,
+            architecture: arch.name().to_owned(),
+            name: src.model_name(),
             n_layer,
             n_embd,
             n_ff,
@@ -84,9 +260,16 @@ impl ModelConfig {
             vocab,
             context_length,
             rms_eps,
+            rope: RopeConfig {
+                base: src.float(Key::RopeBase)?.unwrap_or(arch.default_rope_base()),
+                n_rot,
+                scaling,
+            },
+            sliding_window: optional(src, Key::SlidingWindow, 1 << 26)?.map(|w| w as u32),
             layer_kinds: vec![LayerKind::Full; n_layer],
-            final_logit_softcap: g.opt_f32(&k("final_logit_softcapping"))?.filter(|c| *c > 0.0),
-            attn_logit_softcap: g.opt_f32(&k("attn_logit_softcapping"))?.filter(|c| *c > 0.0),
+            final_logit_softcap: positive(Key::FinalSoftcap)?,
+            attn_logit_softcap: positive(Key::AttnSoftcap)?,
+            query_pre_attn_scalar: positive(Key::QueryPreAttnScalar)?,
         })
     }
 }

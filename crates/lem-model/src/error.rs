@@ -52,6 +52,17 @@ pub enum ModelError {
     /// `general.architecture` names an architecture lem does not implement.
     #[error("unknown architecture '{0}' (lem supports: {supported})", supported = crate::arch::SUPPORTED.join(", "))]
     UnknownArchitecture(String),
+    /// A Hugging Face `config.json` names a `model_type` lem does not implement.
+    #[error("unknown model_type '{0}' in config.json (lem supports: {supported})", supported = crate::arch::SUPPORTED_HF.join(", "))]
+    UnknownModelType(String),
+    /// A Hugging Face model directory is incomplete or inconsistent.
+    #[error("{path}: {reason}")]
+    HfDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A required metadata key is missing or has the wrong type.
     #[error("metadata key '{key}': {reason}")]
     Metadata {

@@ -6,12 +6,17 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use lem_kernels::QMatrix;
 
+use crate::arch::Arch;
+use crate::config::{Factors, Key, RopeScaling, YarnConfig, key_names};
 use crate::error::ModelError;
+use crate::names::{Role, TensorId, gguf_name};
+use crate::weights::{LoadOptions, WeightSource, check_shape};
 
 /// An open GGUF file with its parsed header.
 pub struct GgufFile {
@@ -319,16 +324,28 @@ impl GgufFile {
 
     /// Loads a 2-D tensor as a `[rows, cols]` matrix, checking the shape.
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+        self.matrix_rows(name, rows, cols, 0..rows)
+    }
+
+    /// Loads rows `range` of a 2-D `[rows, cols]` tensor, checking the shape.
+    pub fn matrix_rows(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        range: Range<usize>,
+    ) -> Result<QMatrix, ModelError> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
-        let dims = info.shape.dims().to_vec();
-        if dims != [rows, cols] {
-            return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![rows, cols] });
-        }
+        check_shape(name, Some(info.shape.dims().to_vec()), &[rows, cols])?;
         let dtype = info.ggml_dtype;
-        let start = self.content.tensor_data_offset + info.offset;
+        if range.end > rows || !cols.is_multiple_of(dtype.block_size()) {
+            return Err(ModelError::TensorShape { tensor: name.to_owned(), got: vec![rows, cols], expected: vec![range.end, cols] });
+        }
+        let row_bytes = (cols / dtype.block_size() * dtype.type_size()) as u64;
+        let start = self.content.tensor_data_offset + info.offset + range.start as u64 * row_bytes;
         let io = |source| ModelError::Io { path: self.path.clone(), source };
         self.file.seek(SeekFrom::Start(start)).map_err(io)?;
-        QMatrix::read(dtype, rows, cols, &mut self.file)
+        QMatrix::read(dtype, range.len(), cols, &mut self.file)
             .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })
     }
 
@@ -345,5 +362,121 @@ impl GgufFile {
         let m = QMatrix::read(dtype, 1, len, &mut self.file)
             .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })?;
         Ok(m.to_f32())
+    }
+}
+
+/// A GGUF file as a [`WeightSource`]: keys under `{arch}.`, tensors by their GGUF names.
+#[derive(Debug)]
+pub struct GgufWeights {
+    file: GgufFile,
+    arch: Arch,
+    prefix: String,
+    opts: LoadOptions,
+}
+
+impl GgufWeights {
+    /// Wraps an open file whose `general.architecture` lem supports.
+    pub fn new(file: GgufFile, opts: LoadOptions) -> Result<GgufWeights, ModelError> {
+        let name = file.str("general.architecture")?.to_owned();
+        let arch = Arch::from_gguf(&name)?;
+        Ok(GgufWeights { file, arch, prefix: format!("{name}."), opts })
+    }
+
+    fn key(&self, key: Key) -> Option<String> {
+        let (g, _) = key_names(key);
+        (!g.is_empty()).then(|| format!("{}{g}", self.prefix))
+    }
+
+    fn scaling_key(&self, s: &str) -> String {
+        format!("{}rope.scaling.{s}", self.prefix)
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    fn model_name(&self) -> Option<String> {
+        self.file.str("general.name").ok().map(str::to_owned)
+    }
+
+    fn uint(&self, key: Key) -> Result<Option<u64>, ModelError> {
+        self.key(key).map_or(Ok(None), |k| self.file.opt_uint(&k))
+    }
+
+    fn float(&self, key: Key) -> Result<Option<f32>, ModelError> {
+        self.key(key).map_or(Ok(None), |k| self.file.opt_f32(&k))
+    }
+
+    fn key_error(&self, key: Key, reason: String) -> ModelError {
+        let name = self.key(key).unwrap_or_else(|| format!("{key:?}"));
+        ModelError::Metadata { key: name, reason }
+    }
+
+    fn rope_scaling(&self, n_rot: usize, context_length: usize) -> Result<RopeScaling, ModelError> {
+        let ty = self.file.str(&self.scaling_key("type")).ok();
+        let factor = self.file.opt_f32(&self.scaling_key("factor"))?.filter(|f| *f > 0.0);
+        let orig = self.file.opt_uint(&self.scaling_key("original_context_length"))?.unwrap_or(context_length as u64);
+        let attn_factor = self.file.opt_f32(&self.scaling_key("attn_factor"))?.filter(|f| *f > 0.0).unwrap_or(1.0);
+        let mut s = RopeScaling { attn_factor, ..RopeScaling::NONE };
+        match ty {
+            None | Some("none") => {}
+            Some("linear") => s.freq_scale = factor.map_or(1.0, |f| 1.0 / f),
+            Some("yarn") => {
+                s.freq_scale = factor.map_or(1.0, |f| 1.0 / f);
+                s.yarn = Some(YarnConfig {
+                    orig_ctx: orig as u32,
+                    beta_fast: self.file.opt_f32(&self.scaling_key("yarn_beta_fast"))?.unwrap_or(32.0),
+                    beta_slow: self.file.opt_f32(&self.scaling_key("yarn_beta_slow"))?.unwrap_or(1.0),
+                });
+            }
+            Some(other) => return Err(ModelError::Unsupported(format!("rope scaling type '{other}'"))),
+        }
+        let has = |r: Role| self.has(TensorId::global(r));
+        if has(Role::RopeFreqs) {
+            s.factors = Some(Factors::Tensor(Role::RopeFreqs));
+        } else if has(Role::RopeFactorsShort) || has(Role::RopeFactorsLong) {
+            // llama.cpp: the long factors once the context exceeds the original one.
+            let long = self.opts.context.is_some_and(|c| c as u64 > orig);
+            let role = if long && has(Role::RopeFactorsLong) || !has(Role::RopeFactorsShort) {
+                Role::RopeFactorsLong
+            } else {
+                Role::RopeFactorsShort
+            };
+            s.factors = Some(Factors::Tensor(role));
+        }
+        let _ = n_rot;
+        Ok(s)
+    }
+
+    fn tensor_name(&self, id: TensorId) -> String {
+        gguf_name(id)
+    }
+
+    fn has(&self, id: TensorId) -> bool {
+        self.file.has_tensor(&gguf_name(id))
+    }
+
+    fn shape(&self, id: TensorId) -> Option<Vec<usize>> {
+        self.file.tensor_shape(&gguf_name(id))
+    }
+
+    fn matrix_rows(
+        &mut self,
+        id: TensorId,
+        total_rows: usize,
+        cols: usize,
+        rows: Range<usize>,
+    ) -> Result<QMatrix, ModelError> {
+        self.file.matrix_rows(&gguf_name(id), total_rows, cols, rows)
+    }
+
+    fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError> {
+        self.file.vector(&gguf_name(id), len)
     }
 }

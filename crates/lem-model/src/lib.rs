@@ -1,4 +1,4 @@
-//! Model architectures for lem, loaded from GGUF.
+//! Model architectures for lem, loaded from GGUF files and Hugging Face directories.
 //!
 //! A [`Model`] is weights plus a forward function. It never owns KV state: every call
 //! takes a batch of [`SeqInput`]s, each with its own [`lem_kv::SeqCache`], and returns
@@ -11,14 +11,21 @@ mod config;
 mod error;
 pub mod fingerprint;
 mod gguf;
+mod hf;
 mod layers;
 mod model;
+pub mod names;
 mod observer;
+mod weights;
 
-pub use arch::SUPPORTED as SUPPORTED_ARCHITECTURES;
-pub use config::ModelConfig;
+pub use arch::{Arch, HfConventions, SUPPORTED as SUPPORTED_ARCHITECTURES, SUPPORTED_HF as SUPPORTED_HF_MODEL_TYPES};
+pub use config::{Factors, Key, ModelConfig, RopeConfig, RopeScaling, YarnConfig};
 pub use error::ModelError;
-pub use gguf::GgufFile;
-pub use layers::{Activation, Attention, AttentionConfig, DecoderBlock, GatedMlp, Kernels, Linear, RmsNorm};
-pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, SeqInput, Workspace};
+pub use gguf::{GgufFile, GgufWeights};
+pub use hf::HfDir;
+pub use layers::{
+    Activation, Attention, AttentionConfig, DecoderBlock, GatedMlp, Kernels, Linear, Loader, RmsNorm,
+};
+pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, SeqInput, Workspace, open_weights};
+pub use weights::{LoadOptions, WeightSource};
 pub use observer::{Capture, CaptureKind, Captured, Observer};

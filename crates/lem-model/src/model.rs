@@ -9,7 +9,9 @@ use lem_kv::{CacheLayout, KvDtype, LayerSpec, SeqCache};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufWeights};
+use crate::hf::HfDir;
+use crate::weights::{LoadOptions, WeightSource};
 use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, RmsNorm, fit};
 use crate::observer::Observer;
 
@@ -108,14 +110,28 @@ pub struct Model {
     layout: CacheLayout,
 }
 
+/// Opens the weights source at `path`: a Hugging Face directory or a GGUF file.
+pub fn open_weights(path: &Path, opts: &LoadOptions) -> Result<Box<dyn WeightSource>, ModelError> {
+    if path.is_dir() {
+        Ok(Box::new(HfDir::open(path, *opts)?))
+    } else {
+        Ok(Box::new(GgufWeights::new(GgufFile::open(path)?, *opts)?))
+    }
+}
+
 /// Default number of tokens one forward call may carry per batch (prompts are split).
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
 impl Model {
-    /// Loads a GGUF file of any supported architecture.
+    /// Loads a GGUF file or a Hugging Face model directory of any supported architecture.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let mut g = GgufFile::open(path)?;
-        crate::arch::load(&mut g)
+        Model::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options (storage type, intended context).
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let mut src = open_weights(path, opts)?;
+        crate::arch::load(src.as_mut(), opts)
     }
 
     /// Assembles a model from parts (used by architecture files).

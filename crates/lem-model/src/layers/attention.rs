@@ -3,14 +3,16 @@
 use lem_kernels::ops::{self, AttnShape, Rope};
 use lem_kv::LayerKind;
 
-use super::{Kernels, Linear, RmsNorm, fit};
+use std::sync::Arc;
+
+use super::{Kernels, Linear, Loader, RmsNorm, fit};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::names::{Role, TensorId};
 use crate::model::{Segment, SeqInput};
 use crate::observer::{Capture, CaptureKind, Captured, Observer};
 
 /// Geometry and constants of one attention layer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttentionConfig {
     /// Query heads.
     pub n_head: usize,
@@ -22,8 +24,10 @@ pub struct AttentionConfig {
     pub scale: f32,
     /// Soft-cap on attention logits.
     pub softcap: Option<f32>,
-    /// Rotary embedding.
-    pub rope: Rope,
+    /// Rotary embedding; `None` for layers without one (SmolLM3's every fourth layer).
+    pub rope: Option<Rope>,
+    /// Per-frequency rotary divisors (`n_rot / 2`: Llama 3.x, LongRoPE), when used.
+    pub rope_factors: Option<Arc<[f32]>>,
     /// Full or sliding-window.
     pub kind: LayerKind,
 }
@@ -53,23 +57,37 @@ pub struct AttnBuffers {
 }
 
 impl Attention {
-    /// Loads `blk.{i}.attn_{q,k,v,output}` and, when present, `attn_{q,k}_norm`.
+    /// Loads layer `i`'s Q/K/V/output projections (biases where stored; from one fused
+    /// `[q + 2 kv, n_embd]` tensor when `fused`) and its per-head Q/K norms when stored.
     pub fn load(
-        g: &mut GgufFile,
+        l: &mut Loader<'_>,
         i: usize,
         n_embd: usize,
         eps: f32,
         cfg: AttentionConfig,
+        fused: bool,
     ) -> Result<Attention, ModelError> {
         let (qd, kd) = (cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim);
-        let p = |s: &str| format!("blk.{i}.{s}");
+        let id = |r: Role| TensorId::layer(r, i);
+        let (q, k, v) = if fused {
+            let mut p = Linear::load_split(l, id(Role::AttnQkv), n_embd, &[qd, kd, kd])?;
+            let v = p.pop().expect("three parts");
+            let k = p.pop().expect("three parts");
+            (p.pop().expect("three parts"), k, v)
+        } else {
+            (
+                Linear::load(l, id(Role::AttnQ), n_embd, qd)?,
+                Linear::load(l, id(Role::AttnK), n_embd, kd)?,
+                Linear::load(l, id(Role::AttnV), n_embd, kd)?,
+            )
+        };
         Ok(Attention {
-            q: Linear::load(g, &p("attn_q"), n_embd, qd)?,
-            k: Linear::load(g, &p("attn_k"), n_embd, kd)?,
-            v: Linear::load(g, &p("attn_v"), n_embd, kd)?,
-            o: Linear::load(g, &p("attn_output"), qd, n_embd)?,
-            q_norm: RmsNorm::load_opt(g, &p("attn_q_norm.weight"), cfg.head_dim, eps)?,
-            k_norm: RmsNorm::load_opt(g, &p("attn_k_norm.weight"), cfg.head_dim, eps)?,
+            q,
+            k,
+            v,
+            o: Linear::load(l, id(Role::AttnOut), qd, n_embd)?,
+            q_norm: RmsNorm::load_opt(l, id(Role::AttnQNorm), cfg.head_dim, eps)?,
+            k_norm: RmsNorm::load_opt(l, id(Role::AttnKNorm), cfg.head_dim, eps)?,
             cfg,
         })
     }
@@ -112,9 +130,11 @@ impl Attention {
         if want.contains(Capture::KEYS_PRE_ROPE) {
             emit(&mut observer, layer, CaptureKind::KeysPreRope, segments, positions, &[], kk, c.n_kv, hd);
         }
-        c.rope.fill_table(positions, &mut buf.rope);
-        c.rope.apply(q, c.n_head, hd, &buf.rope);
-        c.rope.apply(kk, c.n_kv, hd, &buf.rope);
+        if let Some(rope) = &c.rope {
+            rope.fill_table(positions, c.rope_factors.as_deref(), &mut buf.rope);
+            rope.apply(q, c.n_head, hd, &buf.rope);
+            rope.apply(kk, c.n_kv, hd, &buf.rope);
+        }
         // Round K/V to the cache's storage type once, so observers see exactly what the
         // cache holds.
         if let Some(first) = batch.first() {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use lem_kernels::QMatrix;
 
-use super::Kernels;
+use super::{Kernels, Loader};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::names::TensorId;
 
 /// `y = x W^T (+ b)`, weights in any supported GGML type.
 #[derive(Debug, Clone)]
@@ -16,12 +16,30 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight` as `[out_dim, in_dim]` and `{name}.bias` when present.
-    pub fn load(g: &mut GgufFile, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear, ModelError> {
-        let weight = Arc::new(g.matrix(&format!("{name}.weight"), out_dim, in_dim)?);
-        let bias_name = format!("{name}.bias");
-        let bias = if g.has_tensor(&bias_name) { Some(g.vector(&bias_name, out_dim)?) } else { None };
-        Ok(Linear { weight, bias })
+    /// Loads the `[out_dim, in_dim]` weight `id` and its bias when the source has one.
+    pub fn load(l: &mut Loader<'_>, id: TensorId, in_dim: usize, out_dim: usize) -> Result<Linear, ModelError> {
+        let mut parts = Linear::load_split(l, id, in_dim, &[out_dim])?;
+        Ok(parts.remove(0))
+    }
+
+    /// Loads a fused weight `id` of `sum(parts)` rows (Phi-3's QKV, gate/up) as one
+    /// projection per part, splitting its bias the same way.
+    pub fn load_split(
+        l: &mut Loader<'_>,
+        id: TensorId,
+        in_dim: usize,
+        parts: &[usize],
+    ) -> Result<Vec<Linear>, ModelError> {
+        let total: usize = parts.iter().sum();
+        let bias = if l.has(id.bias()) { Some(l.vector(id.bias(), total)?) } else { None };
+        let mut start = 0;
+        let mut out = Vec::with_capacity(parts.len());
+        for &n in parts {
+            let weight = Arc::new(l.matrix_rows(id, total, in_dim, start..start + n)?);
+            out.push(Linear { weight, bias: bias.as_ref().map(|b| b[start..start + n].to_vec()) });
+            start += n;
+        }
+        Ok(out)
     }
 
     /// A projection sharing an existing matrix (tied embeddings).

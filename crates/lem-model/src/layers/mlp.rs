@@ -2,9 +2,9 @@
 
 use lem_kernels::ops;
 
-use super::{Kernels, Linear, fit};
+use super::{Kernels, Linear, Loader, fit};
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::names::{Role, TensorId};
 
 /// Activation of the gate branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,20 +35,28 @@ pub struct MlpBuffers {
 }
 
 impl GatedMlp {
-    /// Loads `blk.{i}.ffn_{gate,up,down}`.
+    /// Loads layer `i`'s gate, up and down projections; `fused` reads gate and up from
+    /// one `[2 * n_ff, n_embd]` tensor (gate rows first).
     pub fn load(
-        g: &mut GgufFile,
+        l: &mut Loader<'_>,
         i: usize,
         n_embd: usize,
         n_ff: usize,
         act: Activation,
+        fused: bool,
     ) -> Result<GatedMlp, ModelError> {
-        Ok(GatedMlp {
-            gate: Linear::load(g, &format!("blk.{i}.ffn_gate"), n_embd, n_ff)?,
-            up: Linear::load(g, &format!("blk.{i}.ffn_up"), n_embd, n_ff)?,
-            down: Linear::load(g, &format!("blk.{i}.ffn_down"), n_ff, n_embd)?,
-            act,
-        })
+        let (gate, up) = if fused {
+            let mut p = Linear::load_split(l, TensorId::layer(Role::FfnGateUp, i), n_embd, &[n_ff, n_ff])?;
+            let up = p.pop().expect("two parts");
+            (p.pop().expect("two parts"), up)
+        } else {
+            (
+                Linear::load(l, TensorId::layer(Role::FfnGate, i), n_embd, n_ff)?,
+                Linear::load(l, TensorId::layer(Role::FfnUp, i), n_embd, n_ff)?,
+            )
+        };
+        let down = Linear::load(l, TensorId::layer(Role::FfnDown, i), n_ff, n_embd)?;
+        Ok(GatedMlp { gate, up, down, act })
     }
 
     /// Applies the block to `n` rows of `x`, writing `out`.

@@ -13,7 +13,45 @@ pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp};
 pub use norm::RmsNorm;
 
+use candle_core::quantized::GgmlDType;
 use lem_kernels::{Scratch, Threads};
+
+use crate::error::ModelError;
+use crate::names::TensorId;
+use crate::weights::{WeightSource, convert};
+
+/// Reads layers' tensors from a weights source, converting matrices to the requested
+/// type.
+pub struct Loader<'a> {
+    /// The source.
+    pub src: &'a mut dyn WeightSource,
+    /// Type every matrix is converted to (`None`: as stored).
+    pub dtype: Option<GgmlDType>,
+}
+
+impl Loader<'_> {
+    /// Whether the source has the tensor.
+    pub fn has(&self, id: TensorId) -> bool {
+        self.src.has(id)
+    }
+
+    /// Rows `rows` of a `[total, cols]` matrix, converted to the requested type.
+    pub fn matrix_rows(
+        &mut self,
+        id: TensorId,
+        total: usize,
+        cols: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<lem_kernels::QMatrix, ModelError> {
+        let m = self.src.matrix_rows(id, total, cols, rows)?;
+        convert(m, self.dtype, &self.src.tensor_name(id))
+    }
+
+    /// A 1-D tensor.
+    pub fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError> {
+        self.src.vector(id, len)
+    }
+}
 
 /// Kernel context shared by every layer during one forward call.
 pub struct Kernels<'a> {

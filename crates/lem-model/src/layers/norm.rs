@@ -2,8 +2,9 @@
 
 use lem_kernels::ops;
 
+use super::Loader;
 use crate::error::ModelError;
-use crate::gguf::GgufFile;
+use crate::names::TensorId;
 
 /// RMSNorm with a learned scale.
 #[derive(Debug, Clone)]
@@ -13,14 +14,14 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads tensor `name` (`dim` floats).
-    pub fn load(g: &mut GgufFile, name: &str, dim: usize, eps: f32) -> Result<RmsNorm, ModelError> {
-        Ok(RmsNorm { weight: g.vector(name, dim)?, eps })
+    /// Loads norm `id` (`dim` floats).
+    pub fn load(l: &mut Loader<'_>, id: TensorId, dim: usize, eps: f32) -> Result<RmsNorm, ModelError> {
+        Ok(RmsNorm { weight: l.vector(id, dim)?, eps })
     }
 
-    /// Loads `name` if the file has it.
-    pub fn load_opt(g: &mut GgufFile, name: &str, dim: usize, eps: f32) -> Result<Option<RmsNorm>, ModelError> {
-        if g.has_tensor(name) { RmsNorm::load(g, name, dim, eps).map(Some) } else { Ok(None) }
+    /// Loads norm `id` if the source has it.
+    pub fn load_opt(l: &mut Loader<'_>, id: TensorId, dim: usize, eps: f32) -> Result<Option<RmsNorm>, ModelError> {
+        if l.has(id) { RmsNorm::load(l, id, dim, eps).map(Some) } else { Ok(None) }
     }
 
     /// Normalises each `dim`-long row of `x` in place.

@@ -1,0 +1,184 @@
+//! Tensor names: every role a decoder's tensors play, with its GGUF name and its Hugging
+//! Face name side by side. This is the only place tensor names are spelled.
+//!
+//! Hugging Face checkpoints name the same role differently in two families: Llama-style
+//! models call the norm before the feed-forward block `post_attention_layernorm`, while
+//! Gemma 2/3 use that name for the norm *after* attention and call the pre-FFN norm
+//! `pre_feedforward_layernorm`. [`HfNaming`] says which table applies.
+
+/// What a tensor is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Token embedding table `[vocab, n_embd]`.
+    TokenEmbd,
+    /// Final norm before the output projection.
+    OutputNorm,
+    /// Output projection `[vocab, n_embd]` (absent when tied to the embedding).
+    Output,
+    /// Llama 3 rotary frequency factors (GGUF only; Hugging Face computes them from
+    /// `rope_scaling`).
+    RopeFreqs,
+    /// LongRoPE factors for contexts beyond the original (GGUF only).
+    RopeFactorsLong,
+    /// LongRoPE factors within the original context (GGUF only).
+    RopeFactorsShort,
+    /// Norm before attention.
+    AttnNorm,
+    /// Query projection.
+    AttnQ,
+    /// Key projection.
+    AttnK,
+    /// Value projection.
+    AttnV,
+    /// Fused query/key/value projection (Phi-3), split at load.
+    AttnQkv,
+    /// Attention output projection.
+    AttnOut,
+    /// Per-head query RMSNorm (Qwen 3, Gemma 3).
+    AttnQNorm,
+    /// Per-head key RMSNorm.
+    AttnKNorm,
+    /// Norm of the attention output before the residual add (Gemma 2/3).
+    PostAttnNorm,
+    /// Norm before the feed-forward block.
+    FfnNorm,
+    /// Feed-forward gate projection.
+    FfnGate,
+    /// Feed-forward up projection.
+    FfnUp,
+    /// Fused gate/up projection (Phi-3: gate rows first), split at load.
+    FfnGateUp,
+    /// Feed-forward down projection.
+    FfnDown,
+    /// Norm of the feed-forward output before the residual add (Gemma 2/3).
+    PostFfnNorm,
+}
+
+/// Weight or bias of a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// `.weight`.
+    Weight,
+    /// `.bias`.
+    Bias,
+}
+
+/// A tensor a model asks its weights source for: a role, the layer for per-layer roles,
+/// and the part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TensorId {
+    /// The role.
+    pub role: Role,
+    /// Block index for per-layer roles, `None` for global ones.
+    pub layer: Option<usize>,
+    /// Weight or bias.
+    pub part: Part,
+}
+
+impl TensorId {
+    /// A global tensor's weight.
+    pub fn global(role: Role) -> TensorId {
+        TensorId { role, layer: None, part: Part::Weight }
+    }
+
+    /// Layer `i`'s weight of `role`.
+    pub fn layer(role: Role, i: usize) -> TensorId {
+        TensorId { role, layer: Some(i), part: Part::Weight }
+    }
+
+    /// The bias beside this weight.
+    pub fn bias(self) -> TensorId {
+        TensorId { part: Part::Bias, ..self }
+    }
+}
+
+/// Which Hugging Face naming a checkpoint follows (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfNaming {
+    /// Llama, Mistral, Qwen, Phi, SmolLM.
+    Llama,
+    /// Gemma 2 and 3: pre and post norms around both sub-blocks.
+    Gemma,
+}
+
+/// `(role, GGUF name, Hugging Face name (Llama naming))`; `{i}` is the layer index; an
+/// empty Hugging Face name means the role has no tensor there.
+const TABLE: &[(Role, &str, &str)] = &[
+    (Role::TokenEmbd, "token_embd", "model.embed_tokens"),
+    (Role::OutputNorm, "output_norm", "model.norm"),
+    (Role::Output, "output", "lm_head"),
+    (Role::RopeFreqs, "rope_freqs", ""),
+    (Role::RopeFactorsLong, "rope_factors_long", ""),
+    (Role::RopeFactorsShort, "rope_factors_short", ""),
+    (Role::AttnNorm, "blk.{i}.attn_norm", "model.layers.{i}.input_layernorm"),
+    (Role::AttnQ, "blk.{i}.attn_q", "model.layers.{i}.self_attn.q_proj"),
+    (Role::AttnK, "blk.{i}.attn_k", "model.layers.{i}.self_attn.k_proj"),
+    (Role::AttnV, "blk.{i}.attn_v", "model.layers.{i}.self_attn.v_proj"),
+    (Role::AttnQkv, "blk.{i}.attn_qkv", "model.layers.{i}.self_attn.qkv_proj"),
+    (Role::AttnOut, "blk.{i}.attn_output", "model.layers.{i}.self_attn.o_proj"),
+    (Role::AttnQNorm, "blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm"),
+    (Role::AttnKNorm, "blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm"),
+    (Role::PostAttnNorm, "blk.{i}.post_attention_norm", ""),
+    (Role::FfnNorm, "blk.{i}.ffn_norm", "model.layers.{i}.post_attention_layernorm"),
+    (Role::FfnGate, "blk.{i}.ffn_gate", "model.layers.{i}.mlp.gate_proj"),
+    (Role::FfnUp, "blk.{i}.ffn_up", "model.layers.{i}.mlp.up_proj"),
+    // llama.cpp's converter writes Phi-3's fused gate/up under the up projection's name.
+    (Role::FfnGateUp, "blk.{i}.ffn_up", "model.layers.{i}.mlp.gate_up_proj"),
+    (Role::FfnDown, "blk.{i}.ffn_down", "model.layers.{i}.mlp.down_proj"),
+    (Role::PostFfnNorm, "blk.{i}.post_ffw_norm", ""),
+];
+
+/// Hugging Face names that differ under [`HfNaming::Gemma`].
+const HF_GEMMA: &[(Role, &str)] = &[
+    (Role::PostAttnNorm, "model.layers.{i}.post_attention_layernorm"),
+    (Role::FfnNorm, "model.layers.{i}.pre_feedforward_layernorm"),
+    (Role::PostFfnNorm, "model.layers.{i}.post_feedforward_layernorm"),
+];
+
+fn row(role: Role) -> &'static (Role, &'static str, &'static str) {
+    TABLE.iter().find(|(r, _, _)| *r == role).expect("every role has a row in the name table")
+}
+
+fn render(pattern: &str, id: TensorId) -> String {
+    let base = match id.layer {
+        Some(i) => pattern.replace("{i}", &i.to_string()),
+        None => pattern.to_owned(),
+    };
+    match id.part {
+        Part::Weight => format!("{base}.weight"),
+        Part::Bias => format!("{base}.bias"),
+    }
+}
+
+/// The tensor's name in a GGUF file.
+pub fn gguf_name(id: TensorId) -> String {
+    render(row(id.role).1, id)
+}
+
+/// The tensor's name in a Hugging Face checkpoint, `None` for roles it does not store.
+pub fn hf_name(id: TensorId, naming: HfNaming) -> Option<String> {
+    let over = match naming {
+        HfNaming::Gemma => HF_GEMMA.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
+        HfNaming::Llama => None,
+    };
+    let pattern = over.unwrap_or(row(id.role).2);
+    (!pattern.is_empty()).then(|| render(pattern, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_table() {
+        let q = TensorId::layer(Role::AttnQ, 3);
+        assert_eq!(gguf_name(q), "blk.3.attn_q.weight");
+        assert_eq!(gguf_name(q.bias()), "blk.3.attn_q.bias");
+        assert_eq!(hf_name(q, HfNaming::Llama).unwrap(), "model.layers.3.self_attn.q_proj.weight");
+        let ffn_norm = TensorId::layer(Role::FfnNorm, 0);
+        assert_eq!(hf_name(ffn_norm, HfNaming::Llama).unwrap(), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(hf_name(ffn_norm, HfNaming::Gemma).unwrap(), "model.layers.0.pre_feedforward_layernorm.weight");
+        assert_eq!(hf_name(TensorId::global(Role::RopeFreqs), HfNaming::Llama), None);
+        assert_eq!(gguf_name(TensorId::global(Role::Output)), "output.weight");
+    }
+}
