@@ -94,24 +94,26 @@ impl Bpe {
             let sp = m.bytes().skip(1).position(|b| b == b' ')? + 1;
             Some((&m[..sp], &m[sp + 1..]))
         });
-        Bpe::new(patterns, ignore_merges, false, texts, pairs).map_err(BpeError::Regex)
+        let vocab = texts.iter().enumerate().map(|(id, t)| (t.as_str(), id as u32));
+        Bpe::new(patterns, ignore_merges, false, vocab, pairs).map_err(BpeError::Regex)
     }
 
     /// The tokenizer for pre-tokenizer regexes `patterns` (applied one after the other,
-    /// each to the pieces of the previous) and merges in rank order.
+    /// each to the pieces of the previous), the vocabulary the merges work on (text, id;
+    /// a later duplicate text wins) and merges in rank order.
     pub(crate) fn new<'a>(
         patterns: &[&str],
         ignore_merges: bool,
         prefix_space: bool,
-        texts: &[String],
+        vocab: impl Iterator<Item = (&'a str, u32)>,
         merges: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Result<Bpe, String> {
         let passes = patterns.iter().map(|p| Pass::new(p)).collect::<Result<Vec<_>, _>>()?;
-        let mut text_to_id = HashMap::with_capacity(texts.len());
-        for (id, t) in texts.iter().enumerate() {
-            text_to_id.insert(Box::from(t.as_str()), id as u32);
+        let mut text_to_id = HashMap::with_capacity(vocab.size_hint().0);
+        for (t, id) in vocab {
+            text_to_id.insert(Box::from(t), id);
         }
-        let mut ranks = HashMap::with_capacity(texts.len() * 2);
+        let mut ranks = HashMap::with_capacity(text_to_id.len() * 2);
         for (rank, (l, r)) in merges.enumerate() {
             // A merge whose halves are not tokens can never apply: symbols are always
             // single characters or earlier merge results, which are tokens.

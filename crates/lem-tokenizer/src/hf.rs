@@ -114,17 +114,14 @@ impl AddedVocab {
         })
     }
 
+    /// The id of the added token with this text (`tokenizers`' `token_to_id` looks here
+    /// before the model's vocabulary).
+    pub(crate) fn token_id(&self, text: &str) -> Option<u32> {
+        self.tokens.iter().find(|t| t.content == text).map(|t| t.id)
+    }
+
     fn normalize(&self, text: &str) -> String {
-        let mut s = text.to_string();
-        for n in &self.normalizer {
-            s = match n {
-                Normalization::Nfc => s.nfc().collect(),
-                Normalization::Nfd => s.nfd().collect(),
-                Normalization::Nfkc => s.nfkc().collect(),
-                Normalization::Nfkd => s.nfkd().collect(),
-            };
-        }
-        s
+        normalize(&self.normalizer, text)
     }
 
     /// `AddedVocabulary::find_matches`: leftmost-longest matches, widened by `lstrip` /
@@ -167,6 +164,20 @@ impl AddedVocab {
         }
         Ok(())
     }
+}
+
+/// Applies the normalizer.
+fn normalize(normalizer: &[Normalization], text: &str) -> String {
+    let mut s = text.to_string();
+    for n in normalizer {
+        s = match n {
+            Normalization::Nfc => s.nfc().collect(),
+            Normalization::Nfd => s.nfd().collect(),
+            Normalization::Nfkc => s.nfkc().collect(),
+            Normalization::Nfkd => s.nfkd().collect(),
+        };
+    }
+    s
 }
 
 fn is_word_char(c: char) -> bool {
@@ -509,8 +520,34 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
         }
     }
 
-    // Texts by id: the model's vocabulary, then the added tokens (which win), holes filled
-    // the way convert_hf_to_gguf.py fills them.
+    // Added token ids as `tokenizers` assigns them (it only warns when the file says
+    // otherwise): the model's id for a text in its vocabulary, else the id of an earlier
+    // added token with that text, else the next id after the vocabulary and the added
+    // tokens so far.
+    let in_vocab: HashMap<&str, u32> = model.vocab.iter().map(|(t, id)| (t.as_str(), *id)).collect();
+    // Normalized added tokens are looked for in normalized text and decode to their
+    // normalized text, as in `tokenizers`.
+    let mut added = added;
+    for t in added.iter_mut().filter(|t| t.normalized) {
+        t.content = normalize(&normalizer, &t.content);
+    }
+    let mut added_ids: HashMap<String, u32> = HashMap::new();
+    let mut next = model.vocab.len() as u32;
+    for t in &mut added {
+        t.id = match in_vocab.get(t.content.as_str()).or(added_ids.get(&t.content)) {
+            Some(&id) => id,
+            None => {
+                let id = next;
+                next = next.checked_add(1).ok_or_else(|| invalid(path, "too many added tokens"))?;
+                id
+            }
+        };
+        added_ids.insert(t.content.clone(), t.id);
+        next = next.max(t.id.saturating_add(1));
+    }
+
+    // Texts by id: the model's vocabulary and the added tokens, holes filled the way
+    // convert_hf_to_gguf.py fills them.
     let n = model.vocab.iter().map(|(_, id)| *id).chain(added.iter().map(|t| t.id)).max().map_or(0, |m| m as usize + 1);
     if n == 0 || n > u32::MAX as usize {
         return Err(invalid(path, format!("bad vocabulary size {n}")));
@@ -542,7 +579,6 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
 
     // Merges: each half and the result must be in the vocabulary (as `tokenizers`
     // requires); a pair listed twice takes its last rank (as its merge map does).
-    let in_vocab: HashMap<&str, u32> = model.vocab.iter().map(|(t, id)| (t.as_str(), *id)).collect();
     let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(model.merges.len());
     for (rank, (l, r)) in model.merges.iter().enumerate() {
         for part in [l.clone(), r.clone(), format!("{l}{r}")] {
@@ -559,7 +595,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
         &pre.patterns.iter().map(String::as_str).collect::<Vec<_>>(),
         model.ignore_merges,
         pre.add_prefix_space,
-        &texts,
+        model.vocab.iter().map(|(t, id)| (t.as_str(), *id)),
         merges.iter().map(|&(pair, _)| pair),
     )
     .map_err(|e| invalid(path, format!("pre_tokenizer regex: {e}")))?;
@@ -570,9 +606,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let gcfg = read_config(files.generation_config.as_ref())?;
     let mcfg = read_config(files.config.as_ref())?;
     let field = |cfg: &Option<(PathBuf, Value)>, key: &str| cfg.as_ref().and_then(|(_, v)| v.get(key).cloned());
-    let lookup = |text: &str| -> Option<u32> {
-        added.iter().rev().find(|t| t.content == text).map(|t| t.id).or_else(|| in_vocab.get(text).copied())
-    };
+    let lookup = |text: &str| -> Option<u32> { added_ids.get(text).or(in_vocab.get(text)).copied() };
     let named_id = |key: &str| -> Result<Option<u32>, TokenizerError> {
         let Some((p, v)) = &tcfg else { return Ok(None) };
         match token_text(v.get(key)) {
@@ -584,7 +618,8 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let first_id = |key: &str| {
         [&gcfg, &mcfg].into_iter().find_map(|c| config_ids(field(c, key).as_ref()).into_iter().find(in_range))
     };
-    let bos = named_id("bos_token")?.or_else(|| first_id("bos_token_id"));
+    let post_bos = post_processor_bos(&json).and_then(lookup);
+    let bos = named_id("bos_token")?.or_else(|| first_id("bos_token_id")).or(post_bos);
     let eos = named_id("eos_token")?.or_else(|| first_id("eos_token_id"));
     let mut ids = SpecialIds { bos, eos, ..SpecialIds::default() };
     let mut eog = llama_cpp_rules(&texts, &mut attrs, &mut ids, &|id| is_added[id]);
@@ -594,7 +629,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
 
     let add_bos = match field(&tcfg, "add_bos_token") {
         Some(Value::Bool(b)) => b,
-        _ => post_processor_adds(&root, bos.map(|id| texts[id as usize].as_str())),
+        _ => post_bos.is_some() && post_bos == bos,
     };
     let templates = templates(files, &tcfg)?;
     let architecture = field(&mcfg, "model_type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -621,20 +656,20 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     }))
 }
 
-/// Whether the post-processor puts BOS first (`TemplateProcessing` whose `single`
-/// template starts with the BOS token), as gguf-py's SpecialVocab reads it.
-fn post_processor_adds(root: &Obj<'_>, bos: Option<&str>) -> bool {
-    let Some(bos) = bos else { return false };
-    let Some(pp) = root.get("post_processor") else { return false };
-    let first =
-        |pp: &Value| pp.get("single")?.as_array()?.first()?.get("SpecialToken")?.get("id")?.as_str().map(|s| s == bos);
-    match pp.get("type").and_then(Value::as_str) {
-        Some("TemplateProcessing") => first(pp).unwrap_or(false),
-        Some("Sequence") => pp
-            .get("processors")
-            .and_then(Value::as_array)
-            .is_some_and(|ps| ps.iter().any(|p| first(p).unwrap_or(false))),
-        _ => false,
+/// The special token the post-processor puts first (`TemplateProcessing`, alone or in a
+/// `Sequence`, whose `single` template starts with a `SpecialToken`): the BOS rule gguf-py
+/// reads from tokenizer.json when tokenizer_config.json has no `add_bos_token`.
+fn post_processor_bos(root: &Value) -> Option<&str> {
+    let pp = root.get("post_processor")?;
+    fn first(pp: &Value) -> Option<&str> {
+        if pp.get("type")?.as_str()? != "TemplateProcessing" {
+            return None;
+        }
+        pp.get("single")?.as_array()?.first()?.get("SpecialToken")?.get("id")?.as_str()
+    }
+    match pp.get("type")?.as_str()? {
+        "Sequence" => pp.get("processors")?.as_array()?.iter().find_map(first),
+        _ => first(pp),
     }
 }
 

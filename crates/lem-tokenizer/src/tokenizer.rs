@@ -387,9 +387,15 @@ impl Tokenizer {
     }
 
     /// The id of the token whose vocabulary text is exactly `text`, if any (with duplicate
-    /// texts, the last id, as in llama.cpp).
+    /// texts, the last id, as in llama.cpp; from a tokenizer.json, the added tokens first,
+    /// as in `tokenizers`).
     #[must_use]
     pub fn token_id(&self, text: &str) -> Option<u32> {
+        if let Partition::Hf(added) = &self.partition
+            && let Some(id) = added.token_id(text)
+        {
+            return Some(id);
+        }
         match &self.engine {
             Engine::Spm(spm) => spm.token_id(text),
             Engine::Bpe(bpe) => bpe.token_id(text),

@@ -103,7 +103,8 @@ fn fixture(vocab: &str) -> Arc<Fixture> {
 /// The tokenizer of `vocab` from `source`, loaded once per test binary, after checking
 /// that the generated file is the one the fixture was made from.
 fn tokenizer(vocab: &str, source: Source) -> Arc<Tokenizer> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, Source), Arc<Tokenizer>>>> = OnceLock::new();
+    type Cache = Mutex<HashMap<(String, Source), Arc<Tokenizer>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let fx = fixture(vocab);
     let mut map = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     map.entry((vocab.to_string(), source))
