@@ -29,6 +29,7 @@ cargo build --release --locked -p lem-cli
 echo "== models" >&2
 ./target/release/lem models fetch all
 python3 scripts/fixtures/tiny_models.py  # tiny random-weight models (target/tiny-models)
+python3 scripts/fixtures/tokenizer_vocabs.py  # Llama 3 / Qwen vocabularies for lem-tokenizer's tests
 echo "== tests" >&2
 cargo test --release --locked --workspace "$@"
 [ $# -gt 0 ] || { echo "== server integration suite" >&2; tests/server/run.sh; }
