@@ -1,5 +1,7 @@
 //! lem-tokenizer: the tokenizer embedded in a GGUF model file, producing exactly the
-//! token ids llama.cpp produces; a streaming detokenizer; chat templates.
+//! token ids llama.cpp produces, or a Hugging Face `tokenizer.json` directory
+//! ([`Tokenizer::from_hf_dir`]), producing exactly the ids of the `tokenizers` library; a
+//! streaming detokenizer; chat templates.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -64,6 +66,21 @@
 //! length, llama.cpp's order among them is unspecified; a SentencePiece byte with neither
 //! a `<0xNN>` nor a one-byte token aborts llama.cpp and becomes the unknown token here;
 //! per-model `lstrip`/`rstrip` attributes (Phi-3, Jina) are not applied.
+//!
+//! # Hugging Face directories
+//!
+//! [`Tokenizer::from_hf_dir`] loads byte-level BPE tokenizer.json files (Llama 3, Qwen 2 to
+//! 3.5, SmolLM, GPT-2 style) with the same BPE code, plus what `tokenizers` does
+//! differently from llama.cpp: the normalizer (NFC for Qwen), added tokens matched
+//! leftmost-longest with their lstrip/rstrip/single_word/normalized flags, and
+//! `tokenizers`' id assignment for added tokens (`hf.rs`). Tested against `tokenizers`
+//! and llama.cpp on the real Llama 3, Qwen 2 and Qwen 3.5 vocabularies
+//! (`scripts/fixtures/tokenizer_vocabs.py`): 454 strings each, all equal, from both the
+//! GGUF conversion and the tokenizer.json. tokenizer_config.json gives BOS/EOS,
+//! `add_bos_token` and chat templates (a string, named templates, or
+//! `chat_template.jinja`); generation_config.json's `eos_token_id`s all end generation.
+//! Template variables such as Qwen 3's `enable_thinking` go through
+//! [`ChatTemplate::with_kwargs`] / [`ChatTemplate::render_with_kwargs`].
 //!
 //! Chat templates are rendered with minijinja the way Hugging Face transformers renders
 //! them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python string methods).

@@ -451,6 +451,9 @@ impl Tokenizer {
     /// Hex sha256 over everything that determines tokenization: tokenizer model and
     /// pre-tokenizer, every token's text, score, type and attributes, the merges, special
     /// ids, the BOS/space-prefix flags and the end-of-generation set. Computed once at load.
+    /// A tokenizer.json tokenizer hashes its own rules (normalizer, added tokens and their
+    /// flags, pre-tokenizer regexes) under another domain, so it never equals the
+    /// fingerprint of the same vocabulary's GGUF conversion, which tokenizes differently.
     #[must_use]
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -494,19 +497,23 @@ impl Tokenizer {
         matches!(self.partition, Partition::Hf(_))
     }
 
-    /// `general.architecture` of the file (e.g. `"llama"`, `"gemma3"`); empty if absent.
+    /// `general.architecture` of the file (e.g. `"llama"`, `"gemma3"`), or config.json's
+    /// `model_type` beside a tokenizer.json; empty if absent.
     #[must_use]
     pub fn architecture(&self) -> &str {
         &self.architecture
     }
 
-    /// `tokenizer.ggml.model` of the file: `"llama"` (SentencePiece) or `"gpt2"` (BPE).
+    /// `tokenizer.ggml.model` of the file: `"llama"` (SentencePiece) or `"gpt2"` (BPE;
+    /// also for every tokenizer.json tokenizer).
     #[must_use]
     pub fn tokenizer_model(&self) -> &str {
         &self.model
     }
 
-    /// `tokenizer.ggml.pre` of the file (BPE pre-tokenizer name), if present.
+    /// `tokenizer.ggml.pre` of the file (BPE pre-tokenizer name), if present; for a
+    /// tokenizer.json, llama.cpp's name for the same pre-tokenizer (`"llama-bpe"`,
+    /// `"qwen2"`, `"qwen35"`, ...) when there is one.
     #[must_use]
     pub fn pre_tokenizer(&self) -> Option<&str> {
         self.pre.as_deref()
