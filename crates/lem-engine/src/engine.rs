@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use lem_kernels::Threads;
-use lem_model::Model;
+use lem_model::{LoadOptions, Model};
 use lem_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
 use crate::error::EngineError;
@@ -39,10 +39,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the GGUF file at `path`.
+    /// Loads the GGUF file or Hugging Face model directory at `path`.
     pub fn load(path: &Path, config: EngineConfig) -> Result<Engine, EngineError> {
-        let model = Model::load(path)?;
-        let tokenizer = Arc::new(Tokenizer::from_gguf(path)?);
+        Engine::load_with(path, config, LoadOptions::default())
+    }
+
+    /// [`Engine::load`] with model-loading options (matrix type, KV cache type); the
+    /// intended context is the engine's context size.
+    pub fn load_with(path: &Path, config: EngineConfig, opts: LoadOptions) -> Result<Engine, EngineError> {
+        let opts = LoadOptions { context: Some(opts.context.unwrap_or(config.ctx_size)), ..opts };
+        let model = Model::load_with(path, &opts)?;
+        let tokenizer = Arc::new(if path.is_dir() { Tokenizer::from_hf_dir(path)? } else { Tokenizer::from_gguf(path)? });
         // Files may pad the embedding beyond the vocabulary, never the other way round.
         if tokenizer.vocab_size() > model.vocab() {
             return Err(EngineError::VocabMismatch { tokenizer: tokenizer.vocab_size(), model: model.vocab() });

@@ -131,7 +131,9 @@ impl Model {
     /// [`Model::load`] with options (storage type, intended context).
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
         let mut src = open_weights(path, opts)?;
-        crate::arch::load(src.as_mut(), opts)
+        let mut model = crate::arch::load(src.as_mut(), opts)?;
+        model.layout.dtype = opts.kv_dtype;
+        Ok(model)
     }
 
     /// Assembles a model from parts (used by architecture files).

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use lem_kernels::QMatrix;
+use lem_kv::KvDtype;
 
 use crate::arch::Arch;
 use crate::config::{Key, RopeScaling};
@@ -22,6 +23,9 @@ pub struct LoadOptions {
     /// The context the model will run at, when known: LongRoPE models pick their long
     /// factors only when it exceeds the original training context, as llama.cpp does.
     pub context: Option<usize>,
+    /// Storage type of the KV cache sequences of this model use (f16 by default, as
+    /// llama.cpp; f32 for exact comparisons).
+    pub kv_dtype: KvDtype,
 }
 
 /// A source of hyper-parameters and tensors.
