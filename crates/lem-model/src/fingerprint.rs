@@ -7,9 +7,17 @@
 //! and the tokenizer (which has its own fingerprint), so a renamed or re-described file
 //! keeps its identity and any change to the weights or hyper-parameters changes it.
 //!
+//! A Hugging Face model directory is fingerprinted under its own domain tag: the
+//! architecture, the canonical `config.json` (keys sorted, without transformers'
+//! bookkeeping: `transformers_version` and every top-level key starting with `_`, such as
+//! `_name_or_path`) and every tensor's name, stored type, shape and bytes in name order
+//! (across shards, so sharding does not change the identity). The directory's name, its
+//! tokenizer files and `generation_config.json` are not covered.
+//!
 //! Hashing a few hundred megabytes takes about a second, so [`cached_fingerprint`] keeps
 //! results in `fingerprints.json` under the lem cache directory ([`cache_dir`]), keyed by
-//! canonical path, size and modification time.
+//! canonical path, size and modification time (for a directory: of `config.json` and
+//! every weight file).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -22,9 +30,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
+use crate::hf::HfDir;
+use crate::weights::{LoadOptions, WeightSource};
 
 /// Version tag mixed into every fingerprint; bump when what is hashed changes.
 const DOMAIN: &[u8] = b"lem-model fingerprint v1";
+/// The same for Hugging Face directories.
+const DOMAIN_HF: &[u8] = b"lem-model fingerprint hf-dir v1";
 
 /// The lem cache directory: `$LEM_CACHE_DIR` if set and non-empty, else
 /// `$HOME/.cache/lem` (`None` when neither is known). Not created here.
@@ -70,9 +82,72 @@ impl Hasher {
     }
 }
 
-/// Computes the fingerprint of the GGUF file at `path` (hex SHA-256), reading every
-/// tensor's bytes. Prefer [`cached_fingerprint`].
+/// `value` as canonical JSON text: object keys sorted at every level, no whitespace.
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
+}
+
+/// Whether a top-level `config.json` key is transformers' bookkeeping, not the model.
+fn is_bookkeeping(key: &str) -> bool {
+    key == "transformers_version" || key.starts_with('_')
+}
+
+/// The fingerprint of a Hugging Face model directory (see the module docs).
+fn fingerprint_dir(dir: &Path) -> Result<String, ModelError> {
+    let hf = HfDir::open(dir, LoadOptions::default())?;
+    let mut h = Hasher(Sha256::new());
+    h.put(DOMAIN_HF);
+    h.put(hf.arch().name().as_bytes());
+    let config: serde_json::Map<String, serde_json::Value> =
+        hf.config().map.iter().filter(|(k, _)| !is_bookkeeping(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut text = String::new();
+    canonical_json(&serde_json::Value::Object(config), &mut text);
+    h.put(text.as_bytes());
+    let tensors = hf.tensors();
+    h.put(&(tensors.iter().count() as u64).to_le_bytes());
+    for (name, e) in tensors.iter() {
+        h.put(name.as_bytes());
+        h.put(format!("{:?}", e.dtype).as_bytes());
+        h.put(&(e.shape.len() as u64).to_le_bytes());
+        e.shape.iter().for_each(|&d| h.put(&(d as u64).to_le_bytes()));
+        h.put(tensors.bytes(e));
+    }
+    Ok(hex::encode(h.0.finalize()))
+}
+
+/// Computes the fingerprint of the GGUF file or Hugging Face model directory at `path`
+/// (hex SHA-256), reading every tensor's bytes. Prefer [`cached_fingerprint`].
 pub fn fingerprint(path: &Path) -> Result<String, ModelError> {
+    if path.is_dir() {
+        return fingerprint_dir(path);
+    }
     let g = GgufFile::open(path)?;
     let content = g.content();
     let io = |source| ModelError::Io { path: path.to_owned(), source };
@@ -120,28 +195,57 @@ pub fn fingerprint(path: &Path) -> Result<String, ModelError> {
 struct Entry {
     size: u64,
     mtime_ns: u128,
+    /// For a directory: every file the fingerprint depends on (name, size, mtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<(String, u64, u128)>>,
     fingerprint: String,
 }
 
 /// `fingerprints.json`: canonical path -> entry.
 type CacheFile = BTreeMap<String, Entry>;
 
+/// Size and modification time of one file.
+fn file_stamp(path: &Path) -> Result<(u64, u128), ModelError> {
+    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok((meta.len(), mtime_ns))
+}
+
+/// A remembered fingerprint's key (canonical path) and stamp: size and mtime of a file;
+/// for a directory, those of `config.json` and every weight file (sizes summed, latest
+/// mtime, and the list itself).
+type Stamp = (String, u64, u128, Option<Vec<(String, u64, u128)>>);
+
 /// The key and stamp that decide whether a remembered fingerprint still holds.
-fn stamp(path: &Path) -> Result<(String, u64, u128), ModelError> {
+fn stamp(path: &Path) -> Result<Stamp, ModelError> {
     let io = |source| ModelError::Io { path: path.to_owned(), source };
     let canonical = path.canonicalize().map_err(io)?;
-    let meta = std::fs::metadata(&canonical).map_err(io)?;
-    let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    Ok((canonical.to_string_lossy().into_owned(), meta.len(), mtime_ns))
+    let key = canonical.to_string_lossy().into_owned();
+    if !canonical.is_dir() {
+        let (size, mtime_ns) = file_stamp(&canonical)?;
+        return Ok((key, size, mtime_ns, None));
+    }
+    let mut files = vec![canonical.join("config.json")];
+    files.extend(crate::hf::weight_files(&canonical)?);
+    let mut list = Vec::with_capacity(files.len());
+    for f in &files {
+        let (size, mtime_ns) = file_stamp(f)?;
+        let name = f.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        list.push((name, size, mtime_ns));
+    }
+    let size = list.iter().map(|f| f.1).sum();
+    let mtime_ns = list.iter().map(|f| f.2).max().unwrap_or(0);
+    Ok((key, size, mtime_ns, Some(list)))
 }
 
 /// [`fingerprint`], remembered in `cache_file` (default: `fingerprints.json` in
-/// [`cache_dir`]) keyed by canonical path, size and modification time. A missing,
+/// [`cache_dir`]) keyed by canonical path, size and modification time (of every file a
+/// directory's fingerprint covers). A missing,
 /// unreadable or unwritable cache file only costs the recomputation; the cache is
 /// rewritten atomically (temporary file, rename), so concurrent processes never see a
 /// torn file (the last writer wins, which loses at most another process's new entry).
 pub fn cached_fingerprint(path: &Path, cache_file: Option<&Path>) -> Result<String, ModelError> {
-    let (key, size, mtime_ns) = stamp(path)?;
+    let (key, size, mtime_ns, files) = stamp(path)?;
     let default = cache_dir().map(|d| d.join("fingerprints.json"));
     let Some(cache_file) = cache_file.map(Path::to_owned).or(default) else { return fingerprint(path) };
     let mut entries: CacheFile =
@@ -149,12 +253,13 @@ pub fn cached_fingerprint(path: &Path, cache_file: Option<&Path>) -> Result<Stri
     if let Some(e) = entries.get(&key)
         && e.size == size
         && e.mtime_ns == mtime_ns
+        && e.files == files
         && e.fingerprint.len() == 64
     {
         return Ok(e.fingerprint.clone());
     }
     let fp = fingerprint(path)?;
-    entries.insert(key, Entry { size, mtime_ns, fingerprint: fp.clone() });
+    entries.insert(key, Entry { size, mtime_ns, files, fingerprint: fp.clone() });
     let _ = write_atomic(&cache_file, &serde_json::to_vec_pretty(&entries).unwrap_or_default());
     Ok(fp)
 }

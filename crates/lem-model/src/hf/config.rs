@@ -88,10 +88,9 @@ impl HfConfig {
             if let Some(v) = self.get(key) {
                 let s = v.as_str().unwrap_or_default();
                 if !DTYPES.contains(&s) {
-                    return Err(self.err(format!(
-                        "{key} {v} is not supported (lem loads {} checkpoints)",
-                        DTYPES.join(", ")
-                    )));
+                    return Err(
+                        self.err(format!("{key} {v} is not supported (lem loads {} checkpoints)", DTYPES.join(", ")))
+                    );
                 }
             }
         }

@@ -72,8 +72,8 @@ impl HfDir {
         config.check_dtype()?;
         let tensors = Tensors::open(dir)?;
         let conventions = arch.hf_conventions();
-        let lm_head = hf_name(TensorId::global(Role::Output), conventions.naming)
-            .is_some_and(|n| tensors.get(&n).is_some());
+        let lm_head =
+            hf_name(TensorId::global(Role::Output), conventions.naming).is_some_and(|n| tensors.get(&n).is_some());
         let tied = match config.bool("tie_word_embeddings")? {
             Some(true) => true,
             Some(false) if !lm_head => {
@@ -108,21 +108,17 @@ impl HfDir {
 
     /// A config value by its Hugging Face key: top level, else inside `text_config`.
     fn value(&self, key: &str) -> Option<&Value> {
-        self.config.get(key).or_else(|| self.config.get("text_config").and_then(|t| t.get(key)).filter(|v| !v.is_null()))
+        self.config
+            .get(key)
+            .or_else(|| self.config.get("text_config").and_then(|t| t.get(key)).filter(|v| !v.is_null()))
     }
 
     fn uint_at(&self, key: &str) -> Result<Option<u64>, ModelError> {
-        self.value(key)
-            .map(config::as_uint)
-            .transpose()
-            .map_err(|reason| self.config.err(format!("'{key}': {reason}")))
+        self.value(key).map(config::as_uint).transpose().map_err(|reason| self.config.err(format!("'{key}': {reason}")))
     }
 
     fn float_at(&self, key: &str) -> Result<Option<f64>, ModelError> {
-        self.value(key)
-            .map(config::as_f64)
-            .transpose()
-            .map_err(|reason| self.config.err(format!("'{key}': {reason}")))
+        self.value(key).map(config::as_f64).transpose().map_err(|reason| self.config.err(format!("'{key}': {reason}")))
     }
 
     /// The rotary base: `rope_theta`, or inside `rope_parameters` (transformers 5).
@@ -187,7 +183,9 @@ impl HfDir {
         if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
             return Err(ModelError::HfDir {
                 path: self.path.clone(),
-                reason: format!("tensor '{name}' has {rows} rows, which do not split into {n_heads} heads of an even size"),
+                reason: format!(
+                    "tensor '{name}' has {rows} rows, which do not split into {n_heads} heads of an even size"
+                ),
             });
         }
         Ok(rows / n_heads)
@@ -246,7 +244,8 @@ impl WeightSource for HfDir {
     }
 
     fn tensor_name(&self, id: TensorId) -> String {
-        hf_name(id, self.conventions.naming).unwrap_or_else(|| format!("{:?} (not stored in Hugging Face checkpoints)", id))
+        hf_name(id, self.conventions.naming)
+            .unwrap_or_else(|| format!("{:?} (not stored in Hugging Face checkpoints)", id))
     }
 
     fn has(&self, id: TensorId) -> bool {
@@ -267,12 +266,17 @@ impl WeightSource for HfDir {
         let (name, e, ty) = self.entry(id)?;
         check_shape(&name, Some(e.shape.clone()), &[total_rows, cols])?;
         if rows.start > rows.end || rows.end > total_rows {
-            return Err(ModelError::TensorShape { tensor: name, got: vec![total_rows, cols], expected: vec![rows.end, cols] });
+            return Err(ModelError::TensorShape {
+                tensor: name,
+                got: vec![total_rows, cols],
+                expected: vec![rows.end, cols],
+            });
         }
         let bytes = self.tensors.bytes(e);
         let row_bytes = cols * ty.type_size();
         let quant = |b: &[u8]| {
-            QMatrix::from_bytes(ty, rows.len(), cols, b).map_err(|source| ModelError::Quant { tensor: name.clone(), source })
+            QMatrix::from_bytes(ty, rows.len(), cols, b)
+                .map_err(|source| ModelError::Quant { tensor: name.clone(), source })
         };
         match self.permute_heads(id)? {
             None => quant(&bytes[rows.start * row_bytes..rows.end * row_bytes]),

@@ -19,7 +19,9 @@ pub(crate) fn rope_params(cfg: &HfConfig) -> Option<&Map<String, Value>> {
 fn num(cfg: &HfConfig, p: &Map<String, Value>, key: &str) -> Result<Option<f64>, ModelError> {
     match p.get(key).filter(|v| !v.is_null()) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| cfg.err(format!("rope_scaling '{key}' should be a number, found {v}"))),
+        Some(v) => {
+            v.as_f64().map(Some).ok_or_else(|| cfg.err(format!("rope_scaling '{key}' should be a number, found {v}")))
+        }
     }
 }
 
@@ -63,7 +65,10 @@ fn factor_list(cfg: &HfConfig, p: &Map<String, Value>, key: &str, n: usize) -> R
         .and_then(Value::as_array)
         .ok_or_else(|| cfg.err(format!("rope_scaling of type 'longrope' has no '{key}' list")))?;
     if list.len() != n {
-        return Err(cfg.err(format!("rope_scaling '{key}' has {} values, expected {n} (half the rotating dimensions)", list.len())));
+        return Err(cfg.err(format!(
+            "rope_scaling '{key}' has {} values, expected {n} (half the rotating dimensions)",
+            list.len()
+        )));
     }
     list.iter()
         .map(|v| {
@@ -96,7 +101,9 @@ pub(crate) fn scaling(
         match num(cfg, p, "original_max_position_embeddings")? {
             Some(o) => Ok(o),
             None => match cfg.get("original_max_position_embeddings") {
-                Some(v) => v.as_f64().ok_or_else(|| cfg.err(format!("'original_max_position_embeddings' should be a number, found {v}"))),
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    cfg.err(format!("'original_max_position_embeddings' should be a number, found {v}"))
+                }),
                 None => Ok(context_length as f64),
             },
         }

@@ -74,9 +74,7 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     }
     let shards = std::fs::read_dir(dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                .count()
+            rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).count()
         })
         .unwrap_or(0);
     let hint = if shards > 0 { format!(" ({shards} .safetensors files but no index)") } else { String::new() };
@@ -86,18 +84,18 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 /// `weight_map` of an index: tensor name -> shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>, ModelError> {
     let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io { path: index.to_owned(), source })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| hf_err(index, format!("invalid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| hf_err(index, "no 'weight_map' object"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| hf_err(index, format!("invalid JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| hf_err(index, "no 'weight_map' object"))?;
     let mut out = BTreeMap::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| hf_err(index, format!("weight_map entry '{tensor}' is not a file name")))?;
+        let file =
+            file.as_str().ok_or_else(|| hf_err(index, format!("weight_map entry '{tensor}' is not a file name")))?;
         // Shards live beside the index: refuse paths that would leave the directory.
         if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(hf_err(index, format!("weight_map entry '{tensor}' names '{file}', not a file in the directory")));
+            return Err(hf_err(
+                index,
+                format!("weight_map entry '{tensor}' names '{file}', not a file in the directory"),
+            ));
         }
         out.insert(tensor.clone(), file.to_owned());
     }
@@ -110,7 +108,9 @@ fn describe(e: &SafeTensorError) -> String {
         SafeTensorError::MetadataIncompleteBuffer => {
             "the file's size does not match its header (truncated or padded)".to_owned()
         }
-        SafeTensorError::InvalidHeaderLength => "the header length runs past the end of the file (truncated?)".to_owned(),
+        SafeTensorError::InvalidHeaderLength => {
+            "the header length runs past the end of the file (truncated?)".to_owned()
+        }
         other => other.to_string().replace('\n', " "),
     }
 }
@@ -121,7 +121,10 @@ impl Shard {
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 8 {
-            return Err(hf_err(path, format!("malformed safetensors file: {len} bytes, shorter than the header length")));
+            return Err(hf_err(
+                path,
+                format!("malformed safetensors file: {len} bytes, shorter than the header length"),
+            ));
         }
         // SAFETY: the map is read-only and lives as long as this value. Like every
         // memory-mapped loader, it relies on nobody truncating the file while it is open.
@@ -139,8 +142,13 @@ impl Shard {
             .into_iter()
             .map(|(name, info)| {
                 let (s, e) = info.data_offsets;
-                let entry =
-                    TensorEntry { shard: index, dtype: info.dtype, shape: info.shape.clone(), start: base + s, end: base + e };
+                let entry = TensorEntry {
+                    shard: index,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: base + s,
+                    end: base + e,
+                };
                 (name, entry)
             })
             .collect())
@@ -179,7 +187,10 @@ impl Tensors {
         for (tensor, file) in &map {
             let (i, found) = &by_file[file.as_str()];
             let e = found.get(tensor).ok_or_else(|| {
-                hf_err(&shards[*i].path, format!("tensor '{tensor}' is listed for this shard in {INDEX} but not stored in it"))
+                hf_err(
+                    &shards[*i].path,
+                    format!("tensor '{tensor}' is listed for this shard in {INDEX} but not stored in it"),
+                )
             })?;
             entries.insert(tensor.clone(), e.clone());
         }
