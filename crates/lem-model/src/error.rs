@@ -72,7 +72,7 @@ pub enum ModelError {
         reason: String,
     },
     /// A required tensor is missing.
-    #[error("tensor '{0}' is missing from the file")]
+    #[error("tensor '{0}' is missing from the model's weights")]
     MissingTensor(String),
     /// A tensor has an unexpected shape.
     #[error("tensor '{tensor}' has shape {got:?}, expected {expected:?}")]

@@ -72,7 +72,7 @@ const REGISTRY: &[Entry] = &[
     Entry { arch: Arch::Phi3, gguf: "phi3", hf: &["phi3"], conventions: PLAIN_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Gemma2, gguf: "gemma2", hf: &["gemma2"], conventions: GEMMA_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Gemma3, gguf: "gemma3", hf: &["gemma3_text"], conventions: GEMMA_HF, rope_base: 1_000_000.0 },
-    Entry { arch: Arch::SmolLm3, gguf: "smollm3", hf: &["smollm3"], conventions: LLAMA_HF, rope_base: 10_000.0 },
+    Entry { arch: Arch::SmolLm3, gguf: "smollm3", hf: &["smollm3"], conventions: LLAMA_HF, rope_base: 2_000_000.0 },
 ];
 
 /// Architecture names (`general.architecture`) lem can run.
