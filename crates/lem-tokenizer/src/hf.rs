@@ -13,13 +13,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::bpe::{Bpe, pre_name_for};
 use crate::error::TokenizerError;
-use crate::special::{ATTR_CONTROL, ATTR_NORMAL, ATTR_UNUSED, ATTR_USER_DEFINED, SpecialIds, llama_cpp_rules};
+use crate::hf_json::{Obj, id_of, invalid, read, read_json, unsupported};
+use crate::hf_spm::{Decoder, HfBpe, HfBpeOptions, Metaspace};
+use crate::special::{
+    ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNUSED, ATTR_USER_DEFINED, SpecialIds, llama_cpp_rules,
+};
 use crate::split;
 use crate::tokenizer::{Algo, Engine, Partition, Parts, Templates, Tokenizer};
 
@@ -27,7 +31,10 @@ use crate::tokenizer::{Algo, Engine, Partition, Parts, Templates, Tokenizer};
 #[derive(Debug, Clone)]
 pub(crate) struct AddedToken {
     id: u32,
+    /// The text matched: `raw`, normalized when `normalized` is set.
     content: String,
+    /// The text as the file gives it (what ids are assigned and looked up by).
+    raw: String,
     special: bool,
     /// Matched in the normalized text (after the normalizer) rather than the input.
     normalized: bool,
@@ -36,27 +43,20 @@ pub(crate) struct AddedToken {
     single_word: bool,
 }
 
-/// A Unicode normalization form (tokenizer.json `normalizer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One step of tokenizer.json's `normalizer`: a Unicode normalization form, or the
+/// SentencePiece-style `Replace` (a literal string) and `Prepend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Normalization {
     Nfc,
     Nfd,
     Nfkc,
     Nfkd,
+    Replace(String, String),
+    /// Prepended to non-empty text.
+    Prepend(String),
 }
 
-impl Normalization {
-    fn name(self) -> &'static str {
-        match self {
-            Normalization::Nfc => "NFC",
-            Normalization::Nfd => "NFD",
-            Normalization::Nfkc => "NFKC",
-            Normalization::Nfkd => "NFKD",
-        }
-    }
-}
-
-/// tokenizer.json's pre-tokenizer as lem runs it: `Split` regexes (behaviour `Isolated`),
+/// tokenizer.json's byte-level pre-tokenizer as lem runs it: `Split` regexes (behaviour `Isolated`),
 /// each applied to the pieces of the previous one, then `ByteLevel` (whose `use_regex`
 /// adds the GPT-2 regex as a last pass).
 #[derive(Debug, Clone)]
@@ -74,13 +74,28 @@ pub(crate) struct AddedVocab {
     raw: Option<(AhoCorasick, Vec<usize>)>,
     normalized: Option<(AhoCorasick, Vec<usize>)>,
     normalizer: Vec<Normalization>,
+    /// The decoder of a SentencePiece-style tokenizer.json (byte-level ones decode as the
+    /// concatenated token pieces).
+    decoder: Option<Decoder>,
 }
 
-/// The callback that runs the tokenization algorithm on text free of added tokens.
-type EncodeText<'a> = dyn FnMut(&str, &mut Vec<u32>) -> Result<(), TokenizerError> + 'a;
+/// The tokenizer.json pre-tokenizer: byte-level (regex splits, ByteLevel), or
+/// SentencePiece-style (none, or `Metaspace`).
+enum Pre {
+    ByteLevel(PreTokenizer),
+    Spm(Option<Metaspace>),
+}
+
+/// The callback that runs the tokenization algorithm on text free of added tokens; the
+/// flag says whether the text starts at the beginning of the input.
+type EncodeText<'a> = dyn FnMut(&str, bool, &mut Vec<u32>) -> Result<(), TokenizerError> + 'a;
 
 impl AddedVocab {
-    fn new(tokens: Vec<AddedToken>, normalizer: Vec<Normalization>) -> Result<AddedVocab, String> {
+    fn new(
+        tokens: Vec<AddedToken>,
+        normalizer: Vec<Normalization>,
+        decoder: Option<Decoder>,
+    ) -> Result<AddedVocab, String> {
         let matcher = |normalized: bool| -> Result<Option<(AhoCorasick, Vec<usize>)>, String> {
             let idx: Vec<usize> = (0..tokens.len())
                 .filter(|&i| tokens[i].normalized == normalized && !tokens[i].content.is_empty())
@@ -96,7 +111,7 @@ impl AddedVocab {
         };
         let raw = matcher(false)?;
         let normalized = matcher(true)?;
-        Ok(AddedVocab { tokens, raw, normalized, normalizer })
+        Ok(AddedVocab { tokens, raw, normalized, normalizer, decoder })
     }
 
     /// `tokenizers`' `AddedVocabulary::extract_and_normalize` followed by the model:
@@ -108,16 +123,21 @@ impl AddedVocab {
         out: &mut Vec<u32>,
         encode_text: &mut EncodeText<'_>,
     ) -> Result<(), TokenizerError> {
-        self.split(text, self.raw.as_ref(), out, &mut |piece, out| {
+        self.split(text, self.raw.as_ref(), out, &mut |piece, first, out| {
             let normalized = self.normalize(piece);
-            self.split(&normalized, self.normalized.as_ref(), out, &mut *encode_text)
+            self.split(&normalized, self.normalized.as_ref(), out, &mut |t, f, out| encode_text(t, first && f, out))
         })
+    }
+
+    /// The decoder of a SentencePiece-style tokenizer.json.
+    pub(crate) fn decoder(&self) -> Option<&Decoder> {
+        self.decoder.as_ref()
     }
 
     /// The id of the added token with this text (`tokenizers`' `token_to_id` looks here
     /// before the model's vocabulary).
     pub(crate) fn token_id(&self, text: &str) -> Option<u32> {
-        self.tokens.iter().find(|t| t.content == text).map(|t| t.id)
+        self.tokens.iter().find(|t| t.raw == text).map(|t| t.id)
     }
 
     fn normalize(&self, text: &str) -> String {
@@ -134,7 +154,7 @@ impl AddedVocab {
         rest: &mut EncodeText<'_>,
     ) -> Result<(), TokenizerError> {
         let Some((ac, idx)) = matcher else {
-            return if text.is_empty() { Ok(()) } else { rest(text, out) };
+            return if text.is_empty() { Ok(()) } else { rest(text, true, out) };
         };
         let mut offset = 0;
         for m in ac.find_iter(text) {
@@ -154,13 +174,13 @@ impl AddedVocab {
                 stop = text.len() - text[stop..].trim_start().len();
             }
             if offset < start {
-                rest(&text[offset..start], out)?;
+                rest(&text[offset..start], offset == 0, out)?;
             }
             out.push(tok.id);
             offset = stop;
         }
         if offset < text.len() {
-            rest(&text[offset..], out)?;
+            rest(&text[offset..], offset == 0, out)?;
         }
         Ok(())
     }
@@ -175,6 +195,9 @@ fn normalize(normalizer: &[Normalization], text: &str) -> String {
             Normalization::Nfd => s.nfd().collect(),
             Normalization::Nfkc => s.nfkc().collect(),
             Normalization::Nfkd => s.nfkd().collect(),
+            Normalization::Replace(from, to) => s.replace(from.as_str(), to),
+            Normalization::Prepend(p) if !s.is_empty() => format!("{p}{s}"),
+            Normalization::Prepend(_) => s,
         };
     }
     s
@@ -216,95 +239,6 @@ pub(crate) fn load_json(path: &Path, tokenizer_config: Option<&Path>) -> Result<
     })
 }
 
-fn invalid(path: &Path, reason: impl Into<String>) -> TokenizerError {
-    TokenizerError::InvalidHf { path: path.to_path_buf(), reason: reason.into() }
-}
-
-fn unsupported(path: &Path, what: impl Into<String>) -> TokenizerError {
-    TokenizerError::UnsupportedHf { path: path.to_path_buf(), what: what.into() }
-}
-
-fn read(path: &Path) -> Result<String, TokenizerError> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
-}
-
-fn read_json(path: &Path) -> Result<Value, TokenizerError> {
-    serde_json::from_str(&read(path)?).map_err(|e| invalid(path, format!("not valid JSON: {e}")))
-}
-
-/// Typed access to a JSON object, with errors that name the file and the field.
-struct Obj<'a> {
-    path: &'a Path,
-    at: String,
-    map: &'a Map<String, Value>,
-}
-
-impl<'a> Obj<'a> {
-    fn new(path: &'a Path, at: &str, v: &'a Value) -> Result<Obj<'a>, TokenizerError> {
-        match v {
-            Value::Object(map) => Ok(Obj { path, at: at.to_string(), map }),
-            _ => Err(invalid(path, format!("{}: expected an object", display_at(at)))),
-        }
-    }
-
-    fn field(&self, key: &str) -> String {
-        if self.at.is_empty() { key.to_string() } else { format!("{}.{key}", self.at) }
-    }
-
-    fn err(&self, key: &str, what: &str) -> TokenizerError {
-        invalid(self.path, format!("{}: {what}", self.field(key)))
-    }
-
-    /// The value, absent and `null` both being `None`.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn req(&self, key: &str) -> Result<&'a Value, TokenizerError> {
-        self.get(key).ok_or_else(|| self.err(key, "missing"))
-    }
-
-    fn obj(&self, key: &str) -> Result<Obj<'a>, TokenizerError> {
-        Obj::new(self.path, &self.field(key), self.req(key)?)
-    }
-
-    fn str(&self, key: &str) -> Result<Option<&'a str>, TokenizerError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.err(key, "expected a string")),
-        }
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, TokenizerError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(self.err(key, "expected true or false")),
-        }
-    }
-
-    fn array(&self, key: &str) -> Result<&'a [Value], TokenizerError> {
-        match self.req(key)? {
-            Value::Array(a) => Ok(a),
-            _ => Err(self.err(key, "expected an array")),
-        }
-    }
-
-    /// The `type` of a tagged component.
-    fn kind(&self) -> Result<&'a str, TokenizerError> {
-        self.str("type")?.ok_or_else(|| self.err("type", "missing"))
-    }
-}
-
-fn display_at(at: &str) -> &str {
-    if at.is_empty() { "the top level" } else { at }
-}
-
-fn id_of(v: &Value) -> Option<u32> {
-    v.as_u64().and_then(|v| u32::try_from(v).ok())
-}
-
 /// tokenizer.json's `added_tokens`.
 fn added_tokens(root: &Obj<'_>) -> Result<Vec<AddedToken>, TokenizerError> {
     let Some(list) = root.get("added_tokens") else {
@@ -321,6 +255,7 @@ fn added_tokens(root: &Obj<'_>) -> Result<Vec<AddedToken>, TokenizerError> {
         let special = t.bool("special")?.unwrap_or(false);
         out.push(AddedToken {
             id,
+            raw: content.clone(),
             content,
             special,
             normalized: t.bool("normalized")?.unwrap_or(!special),
@@ -339,6 +274,17 @@ fn normalizer(root: &Obj<'_>) -> Result<Vec<Normalization>, TokenizerError> {
             "NFD" => Normalization::Nfd,
             "NFKC" => Normalization::Nfkc,
             "NFKD" => Normalization::Nfkd,
+            "Replace" => {
+                let pattern = o.obj("pattern")?;
+                let Some(from) = pattern.str("String")? else {
+                    return Err(unsupported(o.path, "Replace normalizer with a Regex pattern"));
+                };
+                let to = o.str("content")?.ok_or_else(|| o.err("content", "missing"))?;
+                Normalization::Replace(from.to_string(), to.to_string())
+            }
+            "Prepend" => {
+                Normalization::Prepend(o.str("prepend")?.ok_or_else(|| o.err("prepend", "missing"))?.to_string())
+            }
             "Sequence" => {
                 for (i, v) in o.array("normalizers")?.iter().enumerate() {
                     walk(&Obj::new(o.path, &format!("{}.normalizers[{i}]", o.at), v)?, out)?;
@@ -357,12 +303,15 @@ fn normalizer(root: &Obj<'_>) -> Result<Vec<Normalization>, TokenizerError> {
     Ok(out)
 }
 
-fn pre_tokenizer(root: &Obj<'_>) -> Result<PreTokenizer, TokenizerError> {
+fn pre_tokenizer(root: &Obj<'_>) -> Result<Pre, TokenizerError> {
     let path = root.path;
     if root.get("pre_tokenizer").is_none() {
-        return Err(unsupported(path, "no pre_tokenizer (SentencePiece-style BPE)"));
+        return Ok(Pre::Spm(None));
     }
     let top = root.obj("pre_tokenizer")?;
+    if top.kind()? == "Metaspace" {
+        return Ok(Pre::Spm(Some(Metaspace::parse(&top)?)));
+    }
     let mut steps = Vec::new();
     if top.kind()? == "Sequence" {
         for (i, v) in top.array("pretokenizers")?.iter().enumerate() {
@@ -410,9 +359,9 @@ fn pre_tokenizer(root: &Obj<'_>) -> Result<PreTokenizer, TokenizerError> {
         }
     }
     if !byte_level {
-        return Err(unsupported(path, "pre-tokenizer without ByteLevel (only byte-level BPE is supported)"));
+        return Err(unsupported(path, "pre-tokenizer without ByteLevel or Metaspace"));
     }
-    Ok(pre)
+    Ok(Pre::ByteLevel(pre))
 }
 
 /// tokenizer.json's BPE `model`: vocabulary (text, id), merges in rank order, flags.
@@ -420,6 +369,9 @@ struct BpeModel {
     vocab: Vec<(String, u32)>,
     merges: Vec<(String, String)>,
     ignore_merges: bool,
+    byte_fallback: bool,
+    unk_token: Option<String>,
+    fuse_unk: bool,
 }
 
 fn bpe_model(root: &Obj<'_>) -> Result<BpeModel, TokenizerError> {
@@ -436,9 +388,6 @@ fn bpe_model(root: &Obj<'_>) -> Result<BpeModel, TokenizerError> {
         if model.str(key)?.is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(path, format!("BPE {key}")));
         }
-    }
-    if model.bool("byte_fallback")?.unwrap_or(false) {
-        return Err(unsupported(path, "BPE byte_fallback (SentencePiece-style BPE)"));
     }
     let vocab_obj = model.obj("vocab")?;
     let mut vocab = Vec::with_capacity(vocab_obj.map.len());
@@ -467,7 +416,14 @@ fn bpe_model(root: &Obj<'_>) -> Result<BpeModel, TokenizerError> {
             invalid(path, format!("model.merges[{i}]: expected \"left right\" or [\"left\", \"right\"]"))
         })?);
     }
-    Ok(BpeModel { vocab, merges, ignore_merges: model.bool("ignore_merges")?.unwrap_or(false) })
+    Ok(BpeModel {
+        vocab,
+        merges,
+        ignore_merges: model.bool("ignore_merges")?.unwrap_or(false),
+        byte_fallback: model.bool("byte_fallback")?.unwrap_or(false),
+        unk_token: model.str("unk_token")?.map(str::to_string),
+        fuse_unk: model.bool("fuse_unk")?.unwrap_or(false),
+    })
 }
 
 /// convert_hf_to_gguf.py's `does_token_look_special`: added tokens that are not marked
@@ -513,10 +469,23 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let added = added_tokens(&root)?;
     let normalizer = normalizer(&root)?;
     let pre = pre_tokenizer(&root)?;
-    if let Some(dec) = root.get("decoder") {
-        let kind = Obj::new(path, "decoder", dec)?.kind()?;
-        if kind != "ByteLevel" {
-            return Err(unsupported(path, format!("decoder '{kind}' (only 'ByteLevel')")));
+    let mut decoder = None;
+    match &pre {
+        Pre::ByteLevel(_) => {
+            if model.byte_fallback {
+                return Err(unsupported(path, "BPE byte_fallback with a ByteLevel pre-tokenizer"));
+            }
+            if let Some(dec) = root.get("decoder") {
+                let kind = Obj::new(path, "decoder", dec)?.kind()?;
+                if kind != "ByteLevel" {
+                    return Err(unsupported(path, format!("decoder '{kind}' with a ByteLevel pre-tokenizer")));
+                }
+            }
+        }
+        Pre::Spm(_) => {
+            if root.get("decoder").is_some() {
+                decoder = Some(Decoder::parse(&root.obj("decoder")?)?);
+            }
         }
     }
 
@@ -526,7 +495,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     // tokens so far.
     let in_vocab: HashMap<&str, u32> = model.vocab.iter().map(|(t, id)| (t.as_str(), *id)).collect();
     // Normalized added tokens are looked for in normalized text and decode to their
-    // normalized text, as in `tokenizers`.
+    // normalized text, as in `tokenizers`; ids go by the text in the file.
     let mut added = added;
     for t in added.iter_mut().filter(|t| t.normalized) {
         t.content = normalize(&normalizer, &t.content);
@@ -534,7 +503,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let mut added_ids: HashMap<String, u32> = HashMap::new();
     let mut next = model.vocab.len() as u32;
     for t in &mut added {
-        t.id = match in_vocab.get(t.content.as_str()).or(added_ids.get(&t.content)) {
+        t.id = match in_vocab.get(t.raw.as_str()).or(added_ids.get(&t.raw)) {
             Some(&id) => id,
             None => {
                 let id = next;
@@ -542,7 +511,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
                 id
             }
         };
-        added_ids.insert(t.content.clone(), t.id);
+        added_ids.insert(t.raw.clone(), t.id);
         next = next.max(t.id.saturating_add(1));
     }
 
@@ -561,6 +530,14 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     }
     let mut attrs: Vec<u32> = texts.iter().map(|t| if t.is_some() { ATTR_NORMAL } else { ATTR_UNUSED }).collect();
     let mut is_added = vec![false; n];
+    if matches!(pre, Pre::Spm(_)) {
+        // SentencePiece byte tokens decode to their byte (as in a GGUF conversion).
+        for (text, id) in &model.vocab {
+            if text.len() == 6 && text.starts_with("<0x") && text.ends_with('>') {
+                attrs[*id as usize] = ATTR_BYTE;
+            }
+        }
+    }
     for t in &added {
         let i = t.id as usize;
         texts[i] = Some(t.content.clone());
@@ -591,15 +568,47 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let mut merges: Vec<((&str, &str), usize)> = last.into_iter().collect();
     merges.sort_unstable_by_key(|&(_, rank)| rank);
 
-    let engine = Bpe::new(
-        &pre.patterns.iter().map(String::as_str).collect::<Vec<_>>(),
-        model.ignore_merges,
-        pre.add_prefix_space,
-        model.vocab.iter().map(|(t, id)| (t.as_str(), *id)),
-        merges.iter().map(|&(pair, _)| pair),
-    )
-    .map_err(|e| invalid(path, format!("pre_tokenizer regex: {e}")))?;
-    let pre_name = pre_name_for(&pre.patterns, model.ignore_merges).map(str::to_string);
+    let (algo, engine, pre_name, rules) = match pre {
+        Pre::ByteLevel(pre) => {
+            let engine = Bpe::new(
+                &pre.patterns.iter().map(String::as_str).collect::<Vec<_>>(),
+                model.ignore_merges,
+                pre.add_prefix_space,
+                model.vocab.iter().map(|(t, id)| (t.as_str(), *id)),
+                merges.iter().map(|&(pair, _)| pair),
+            )
+            .map_err(|e| invalid(path, format!("pre_tokenizer regex: {e}")))?;
+            let pre_name = pre_name_for(&pre.patterns, model.ignore_merges).map(str::to_string);
+            let mut rules: Vec<String> = pre.patterns.iter().map(|p| split::canonical(p).into_owned()).collect();
+            rules.push(format!("add_prefix_space={}", pre.add_prefix_space));
+            (Algo::Bpe, Engine::Bpe(engine), pre_name, rules)
+        }
+        Pre::Spm(metaspace) => {
+            let unk = match &model.unk_token {
+                None => None,
+                Some(t) => Some(
+                    in_vocab
+                        .get(t.as_str())
+                        .copied()
+                        .ok_or_else(|| invalid(path, format!("model.unk_token: {t:?} is not in model.vocab")))?,
+                ),
+            };
+            let id = |t: &str| in_vocab[t];
+            let engine = HfBpe::new(
+                model.vocab.iter().map(|(t, id)| (t.as_str(), *id)),
+                merges.iter().map(|&((l, r), _)| (id(l), id(r), id(&format!("{l}{r}")))),
+                HfBpeOptions {
+                    byte_fallback: model.byte_fallback,
+                    unk,
+                    fuse_unk: model.fuse_unk,
+                    ignore_merges: model.ignore_merges,
+                    metaspace,
+                },
+            );
+            let rules = vec![engine.describe(), format!("decoder={decoder:?}")];
+            (Algo::Spm, Engine::HfBpe(engine), None, rules)
+        }
+    };
 
     // Configuration: special tokens, BOS rule, chat templates, architecture.
     let tcfg = read_config(files.tokenizer_config.as_ref())?;
@@ -634,12 +643,14 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
     let templates = templates(files, &tcfg)?;
     let architecture = field(&mcfg, "model_type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
 
-    let fingerprint = fingerprint(&texts, &attrs, &pre, &model, &merges, &added, &normalizer, bos, eos, add_bos, &eog);
-    let partition =
-        AddedVocab::new(added, normalizer).map_err(|e| invalid(path, e)).map(|a| Partition::Hf(Box::new(a)))?;
+    let fingerprint =
+        fingerprint(&texts, &attrs, &rules, &model, &merges, &added, &normalizer, bos, eos, add_bos, &eog);
+    let partition = AddedVocab::new(added, normalizer, decoder)
+        .map_err(|e| invalid(path, e))
+        .map(|a| Partition::Hf(Box::new(a)))?;
     Ok(Tokenizer::assemble(Parts {
-        algo: Algo::Bpe,
-        engine: Engine::Bpe(engine),
+        algo,
+        engine,
         texts,
         attrs,
         partition,
@@ -648,7 +659,7 @@ fn load(files: &Files) -> Result<Tokenizer, TokenizerError> {
         eog,
         add_bos,
         add_space_prefix: false,
-        model: "gpt2".to_string(),
+        model: if algo == Algo::Spm { "llama" } else { "gpt2" }.to_string(),
         pre: pre_name,
         architecture,
         templates,
@@ -712,7 +723,7 @@ fn templates(files: &Files, tcfg: &Option<(PathBuf, Value)>) -> Result<Templates
 fn fingerprint(
     texts: &[String],
     attrs: &[u32],
-    pre: &PreTokenizer,
+    rules: &[String],
     model: &BpeModel,
     merges: &[((&str, &str), usize)],
     added: &[AddedToken],
@@ -738,12 +749,12 @@ fn fingerprint(
         put(l.as_bytes());
         put(r.as_bytes());
     }
-    for p in &pre.patterns {
-        put(split::canonical(p).as_bytes());
+    for r in rules {
+        put(r.as_bytes());
     }
-    put(&[u8::from(pre.add_prefix_space), u8::from(model.ignore_merges), u8::from(add_bos)]);
+    put(&[u8::from(model.ignore_merges), u8::from(add_bos)]);
     for n in normalizer {
-        put(n.name().as_bytes());
+        put(format!("{n:?}").as_bytes());
     }
     for t in added {
         put(&t.id.to_le_bytes());

@@ -91,6 +91,8 @@ mod chat;
 mod error;
 mod gguf;
 mod hf;
+mod hf_json;
+mod hf_spm;
 mod special;
 mod split;
 mod spm;

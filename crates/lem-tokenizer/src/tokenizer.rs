@@ -10,6 +10,7 @@ use crate::bpe::Bpe;
 use crate::bytes::gpt2_unicode_to_byte;
 use crate::error::TokenizerError;
 use crate::hf::AddedVocab;
+use crate::hf_spm::HfBpe;
 use crate::special::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED};
 use crate::spm::Spm;
 
@@ -152,6 +153,8 @@ impl std::fmt::Debug for Tokenizer {
 pub(crate) enum Engine {
     Spm(Spm),
     Bpe(Bpe),
+    /// SentencePiece-style tokenizer.json: `tokenizers`' BPE with byte fallback.
+    HfBpe(HfBpe),
 }
 
 impl Tokenizer {
@@ -261,17 +264,20 @@ impl Tokenizer {
                 for fragment in self.partition_llama_cpp(text, ids, matcher.as_ref()) {
                     match fragment {
                         Fragment::Token(id) => out.push(id),
-                        Fragment::Text(start, end) => self.encode_text(&text[start..end], &mut out)?,
+                        Fragment::Text(start, end) => self.encode_text(&text[start..end], start == 0, &mut out)?,
                     }
                 }
             }
-            Partition::Hf(added) => added.encode(text, &mut out, &mut |t, out| self.encode_text(t, out))?,
+            Partition::Hf(added) => {
+                added.encode(text, &mut out, &mut |t, first, out| self.encode_text(t, first, out))?
+            }
         }
         Ok(out)
     }
 
-    /// Runs the tokenization algorithm on a fragment free of special tokens.
-    fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+    /// Runs the tokenization algorithm on a fragment free of special tokens; `first` when
+    /// it starts at the beginning of the input.
+    fn encode_text(&self, text: &str, first: bool, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
         match &self.engine {
             // Every text fragment is either first or follows a special token, so llama.cpp
             // always applies the SentencePiece space prefix (when the vocabulary asks for
@@ -281,6 +287,10 @@ impl Tokenizer {
                 Ok(())
             }
             Engine::Bpe(bpe) => bpe.encode(text, out).map_err(TokenizerError::Encode),
+            Engine::HfBpe(bpe) => {
+                bpe.encode(text, first, out);
+                Ok(())
+            }
         }
     }
 
@@ -341,6 +351,15 @@ impl Tokenizer {
     /// # Errors
     /// [`TokenizerError::UnknownId`] for an id outside the vocabulary.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if let Partition::Hf(added) = &self.partition
+            && let Some(decoder) = added.decoder()
+        {
+            let tokens = ids
+                .iter()
+                .map(|&id| self.token_text(id).map(str::to_string).ok_or_else(|| self.unknown(id)))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(decoder.decode(tokens));
+        }
         let bytes = self.decode_bytes(ids)?;
         Ok(match String::from_utf8(bytes) {
             Ok(s) => s,
@@ -399,6 +418,7 @@ impl Tokenizer {
         match &self.engine {
             Engine::Spm(spm) => spm.token_id(text),
             Engine::Bpe(bpe) => bpe.token_id(text),
+            Engine::HfBpe(bpe) => bpe.token_id(text),
         }
     }
 

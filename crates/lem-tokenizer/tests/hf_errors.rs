@@ -161,7 +161,15 @@ fn unsupported_tokenizers() {
     for kind in ["WordPiece", "Unigram", "WordLevel"] {
         check(kind, &with(|v| v["model"]["type"] = json!(kind)), None, unsupported, "tokenizer.json");
     }
-    check("byte fallback", &with(|v| v["model"]["byte_fallback"] = json!(true)), None, unsupported, "tokenizer.json");
+    // SentencePiece-style files (no pre-tokenizer or Metaspace, byte fallback) load, but
+    // not mixed with byte-level parts.
+    check(
+        "byte fallback with ByteLevel",
+        &with(|v| v["model"]["byte_fallback"] = json!(true)),
+        None,
+        unsupported,
+        "tokenizer.json",
+    );
     check("dropout", &with(|v| v["model"]["dropout"] = json!(0.1)), None, unsupported, "tokenizer.json");
     check(
         "subword prefix",
@@ -170,9 +178,15 @@ fn unsupported_tokenizers() {
         unsupported,
         "tokenizer.json",
     );
-    check("no pre-tokenizer", &with(|v| v["pre_tokenizer"] = Value::Null), None, unsupported, "tokenizer.json");
     check(
-        "Metaspace",
+        "no pre-tokenizer, ByteLevel decoder",
+        &with(|v| v["pre_tokenizer"] = Value::Null),
+        None,
+        unsupported,
+        "tokenizer.json",
+    );
+    check(
+        "Metaspace, ByteLevel decoder",
         &with(|v| v["pre_tokenizer"] = json!({"type": "Metaspace"})),
         None,
         unsupported,
