@@ -1,20 +1,121 @@
 //! Pieces every subcommand shares: model selection, engine loading, sampling flags.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Args;
+use candle_core::quantized::GgmlDType;
+use clap::{Args, ValueEnum};
 use lem_engine::sampling::SamplingParams;
 use lem_engine::{Engine, EngineConfig};
-use lem_tokenizer::{Bos, ChatMessage};
+use lem_model::LoadOptions;
+use lem_tokenizer::{Bos, ChatMessage, Tokenizer};
+
+/// Resolves a `--model` argument: a Hugging Face model directory (one with a
+/// `config.json`), a GGUF file, or a packaged model alias (fetched on first use). The one
+/// place the CLI turns a model argument into a path.
+pub fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(arg);
+    if !arg.is_empty() && path.is_dir() {
+        if !path.join("config.json").is_file() {
+            anyhow::bail!(
+                "{} is a directory without a config.json: not a Hugging Face model directory (give a GGUF file, a model directory or a packaged model alias)",
+                path.display()
+            );
+        }
+        return Ok(path.to_path_buf());
+    }
+    Ok(lem_hub::resolve(arg, lem_hub::Progress::Bar)?)
+}
+
+/// The tokenizer of a resolved model path: `tokenizer.json` (and `tokenizer_config.json`)
+/// of a Hugging Face directory, or a GGUF file's metadata.
+pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
+    let tok = if path.is_dir() { Tokenizer::from_hf_dir(path) } else { Tokenizer::from_gguf(path) };
+    tok.with_context(|| format!("loading the tokenizer of {}", path.display()))
+}
+
+/// A weight-matrix storage type for `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit blocks of 32.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 with a scale.
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// 4-bit blocks of 32 with a scale and a minimum.
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// 5-bit blocks of 32 with a scale.
+    #[value(name = "q5_0")]
+    Q5_0,
+    /// 5-bit blocks of 32 with a scale and a minimum.
+    #[value(name = "q5_1")]
+    Q5_1,
+    /// 4-bit k-quants (super-blocks of 256).
+    #[value(name = "q4_k")]
+    Q4K,
+    /// 5-bit k-quants (super-blocks of 256).
+    #[value(name = "q5_k")]
+    Q5K,
+    /// 6-bit k-quants (super-blocks of 256).
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+impl Dtype {
+    /// The GGML type.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Dtype::F32 => GgmlDType::F32,
+            Dtype::F16 => GgmlDType::F16,
+            Dtype::Bf16 => GgmlDType::BF16,
+            Dtype::Q8_0 => GgmlDType::Q8_0,
+            Dtype::Q4_0 => GgmlDType::Q4_0,
+            Dtype::Q4_1 => GgmlDType::Q4_1,
+            Dtype::Q5_0 => GgmlDType::Q5_0,
+            Dtype::Q5_1 => GgmlDType::Q5_1,
+            Dtype::Q4K => GgmlDType::Q4K,
+            Dtype::Q5K => GgmlDType::Q5K,
+            Dtype::Q6K => GgmlDType::Q6K,
+        }
+    }
+}
+
+/// How to load the weights (shared by every command that loads a model).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LoadArgs {
+    /// Store every weight matrix in this type, converting or quantizing at load
+    /// (default: each tensor's stored type). Quantized types need rows whose length is a
+    /// multiple of the block size (32; 256 for the k-quants).
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+}
+
+impl LoadArgs {
+    /// The model-loading options.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions { dtype: self.dtype.map(Dtype::ggml), ..LoadOptions::default() }
+    }
+}
 
 /// Which model to run and how.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A GGUF file path or a packaged model alias (smollm2-135m, gemma3-270m).
+    /// A GGUF file, a Hugging Face model directory (config.json, *.safetensors,
+    /// tokenizer.json) or a packaged model alias (smollm2-135m, gemma3-270m).
     #[arg(long, short = 'm', default_value = lem_hub::DEFAULT_MODEL, env = "LEM_MODEL")]
     pub model: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Worker threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
@@ -24,16 +125,21 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Resolves the model (fetching a packaged one on first use).
+    /// Resolves the model ([`resolve_model`]: fetching a packaged one on first use).
     pub fn path(&self) -> anyhow::Result<PathBuf> {
-        Ok(lem_hub::resolve(&self.model, lem_hub::Progress::Bar)?)
+        resolve_model(&self.model)
     }
 
-    /// Loads the engine.
+    /// Loads the engine (with `--dtype`).
     pub fn load(&self) -> anyhow::Result<Engine> {
         let path = self.path()?;
         let cfg = EngineConfig { threads: self.threads, ctx_size: self.ctx_size };
-        Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+        Engine::load_with(&path, cfg, self.load.options()).with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// Loads only the tokenizer ([`load_tokenizer`]).
+    pub fn tokenizer(&self) -> anyhow::Result<Tokenizer> {
+        load_tokenizer(&self.path()?)
     }
 }
 

@@ -21,7 +21,8 @@ use lem_model::LoadOptions;
 use lem_tokenizer::Bos;
 
 /// Every architecture with a tiny model.
-const ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen2_yarn", "qwen3", "phi3", "gemma2", "smollm3"];
+const ARCHS: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen2_yarn", "qwen3", "phi3", "gemma2", "smollm3", "qwen3moe", "mixtral"];
 
 /// Where the generator put the models.
 fn models_dir() -> PathBuf {

@@ -47,6 +47,14 @@ pub enum Key {
     VocabSize,
     /// Gemma 2's `query_pre_attn_scalar` (queries scale by its inverse square root).
     QueryPreAttnScalar,
+    /// Experts of a routed feed-forward block (absent: dense).
+    ExpertCount,
+    /// Experts each token is routed to (top-k).
+    ExpertUsedCount,
+    /// Inner size of one expert (defaults to the feed-forward length: Mixtral).
+    ExpertFeedForwardLength,
+    /// Whether the top-k router weights are renormalised to sum to 1 (a flag).
+    ExpertWeightsNorm,
 }
 
 /// `(key, GGUF key after "{arch}.", Hugging Face config.json key)`; empty = not stored.
@@ -66,9 +74,15 @@ pub(crate) const KEYS: &[(Key, &str, &str)] = &[
     (Key::FinalSoftcap, "final_logit_softcapping", "final_logit_softcapping"),
     (Key::VocabSize, "", "vocab_size"),
     (Key::QueryPreAttnScalar, "", "query_pre_attn_scalar"),
+    // Qwen MoE configs say `num_experts`, Mixtral's `num_local_experts`.
+    (Key::ExpertCount, "expert_count", "num_experts|num_local_experts"),
+    (Key::ExpertUsedCount, "expert_used_count", "num_experts_per_tok"),
+    (Key::ExpertFeedForwardLength, "expert_feed_forward_length", "moe_intermediate_size"),
+    (Key::ExpertWeightsNorm, "expert_weights_norm", "norm_topk_prob"),
 ];
 
-/// The GGUF (after `{arch}.`) and Hugging Face spellings of `key`.
+/// The GGUF (after `{arch}.`) and Hugging Face spellings of `key`; a Hugging Face
+/// spelling may list alternatives separated by `|` (the first present applies).
 pub(crate) fn key_names(key: Key) -> (&'static str, &'static str) {
     let (_, g, h) = KEYS.iter().find(|(k, _, _)| *k == key).expect("every key has a row in the key table");
     (g, h)
@@ -147,6 +161,20 @@ impl RopeConfig {
     }
 }
 
+/// A routed feed-forward block's shape, when the model has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per layer.
+    pub n_expert: usize,
+    /// Experts each token uses (top-k).
+    pub n_expert_used: usize,
+    /// Inner size of one expert.
+    pub n_ff_exp: usize,
+    /// Whether the source states that the top-k weights are renormalised; `None` when
+    /// it says nothing (the architecture decides).
+    pub norm_topk: Option<bool>,
+}
+
 /// A model's shape and constants, as the forward pass needs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -186,6 +214,8 @@ pub struct ModelConfig {
     pub attn_logit_softcap: Option<f32>,
     /// Gemma 2's `query_pre_attn_scalar`, when the config states it.
     pub query_pre_attn_scalar: Option<f32>,
+    /// The routed feed-forward block's shape, when the source declares experts.
+    pub moe: Option<MoeConfig>,
 }
 
 /// Upper bound accepted for any dimension read from a file (guards absurd metadata).
@@ -219,10 +249,9 @@ impl ModelConfig {
         let n_head = required(src, Key::HeadCount, 4096)?;
         let n_kv = optional(src, Key::HeadCountKv, 4096)?.unwrap_or(n_head);
         if !n_head.is_multiple_of(n_kv) {
-            return Err(src.key_error(
-                Key::HeadCountKv,
-                format!("{n_head} query heads are not a multiple of {n_kv} KV heads"),
-            ));
+            return Err(
+                src.key_error(Key::HeadCountKv, format!("{n_head} query heads are not a multiple of {n_kv} KV heads"))
+            );
         }
         let head_dim = optional(src, Key::KeyLength, MAX_DIM)?.unwrap_or(n_embd / n_head);
         let embd = TensorId::global(Role::TokenEmbd);
@@ -232,10 +261,9 @@ impl ModelConfig {
             .ok_or_else(|| ModelError::MissingTensor(src.tensor_name(embd)))?;
         let vocab = match optional(src, Key::VocabSize, 1 << 26)? {
             Some(v) if v != stored_vocab => {
-                return Err(src.key_error(
-                    Key::VocabSize,
-                    format!("{v} does not match the embedding's {stored_vocab} rows"),
-                ));
+                return Err(
+                    src.key_error(Key::VocabSize, format!("{v} does not match the embedding's {stored_vocab} rows"))
+                );
             }
             _ => stored_vocab,
         };
@@ -246,6 +274,14 @@ impl ModelConfig {
             return Err(src.key_error(Key::RopeDims, format!("{n_rot} rotating dimensions for heads of {head_dim}")));
         }
         let scaling = src.rope_scaling(n_rot, context_length)?;
+        let moe = match optional(src, Key::ExpertCount, 1 << 16)? {
+            None => None,
+            Some(n_expert) => {
+                let n_expert_used = required(src, Key::ExpertUsedCount, n_expert as u64)?;
+                let n_ff_exp = optional(src, Key::ExpertFeedForwardLength, MAX_DIM)?.unwrap_or(n_ff);
+                Some(MoeConfig { n_expert, n_expert_used, n_ff_exp, norm_topk: src.flag(Key::ExpertWeightsNorm)? })
+            }
+        };
         let positive = |key: Key| -> Result<Option<f32>, ModelError> { Ok(src.float(key)?.filter(|c| *c > 0.0)) };
         Ok(ModelConfig {
             arch,
@@ -260,16 +296,13 @@ impl ModelConfig {
             vocab,
             context_length,
             rms_eps,
-            rope: RopeConfig {
-                base: src.float(Key::RopeBase)?.unwrap_or(arch.default_rope_base()),
-                n_rot,
-                scaling,
-            },
+            rope: RopeConfig { base: src.float(Key::RopeBase)?.unwrap_or(arch.default_rope_base()), n_rot, scaling },
             sliding_window: optional(src, Key::SlidingWindow, 1 << 26)?.map(|w| w as u32),
             layer_kinds: vec![LayerKind::Full; n_layer],
             final_logit_softcap: positive(Key::FinalSoftcap)?,
             attn_logit_softcap: positive(Key::AttnSoftcap)?,
             query_pre_attn_scalar: positive(Key::QueryPreAttnScalar)?,
+            moe,
         })
     }
 }

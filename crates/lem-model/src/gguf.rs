@@ -293,6 +293,15 @@ impl GgufFile {
         Ok(Some(n))
     }
 
+    /// An optional boolean metadata value.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(Self::meta_err(key, format!("expected a boolean, found {:?}", other.value_type()))),
+        }
+    }
+
     /// A required integer, checked to fit `usize` and be within `1..=max`.
     pub fn uint(&self, key: &str, max: u64) -> Result<usize, ModelError> {
         let n = self.opt_uint(key)?.ok_or_else(|| Self::meta_err(key, "missing"))?;
@@ -335,11 +344,42 @@ impl GgufFile {
         cols: usize,
         range: Range<usize>,
     ) -> Result<QMatrix, ModelError> {
+        self.read_rows(name, &[rows, cols], range)
+    }
+
+    /// Loads rows `range` of expert `e`'s `[rows, cols]` slice of a 3-D
+    /// `[n_expert, rows, cols]` tensor, checking the shape.
+    pub fn expert_rows(
+        &mut self,
+        name: &str,
+        e: usize,
+        n_expert: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix, ModelError> {
+        if e >= n_expert {
+            return Err(ModelError::TensorShape {
+                tensor: name.to_owned(),
+                got: vec![n_expert],
+                expected: vec![e + 1],
+            });
+        }
+        self.read_rows(name, &[n_expert, rows, cols], e * rows..(e + 1) * rows)
+    }
+
+    /// Rows `range` of a tensor of shape `expected` viewed as `[rows, cols]` (every
+    /// dimension but the last flattened into rows).
+    fn read_rows(&mut self, name: &str, expected: &[usize], range: Range<usize>) -> Result<QMatrix, ModelError> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
-        check_shape(name, Some(info.shape.dims().to_vec()), &[rows, cols])?;
+        check_shape(name, Some(info.shape.dims().to_vec()), expected)?;
+        let (cols, rows) = (expected[expected.len() - 1], expected[..expected.len() - 1].iter().product::<usize>());
         let dtype = info.ggml_dtype;
         if range.end > rows || !cols.is_multiple_of(dtype.block_size()) {
-            return Err(ModelError::TensorShape { tensor: name.to_owned(), got: vec![rows, cols], expected: vec![range.end, cols] });
+            return Err(ModelError::TensorShape {
+                tensor: name.to_owned(),
+                got: vec![rows, cols],
+                expected: vec![range.end, cols],
+            });
         }
         let row_bytes = (cols / dtype.block_size() * dtype.type_size()) as u64;
         let start = self.content.tensor_data_offset + info.offset + range.start as u64 * row_bytes;
@@ -413,6 +453,10 @@ impl WeightSource for GgufWeights {
         self.key(key).map_or(Ok(None), |k| self.file.opt_f32(&k))
     }
 
+    fn flag(&self, key: Key) -> Result<Option<bool>, ModelError> {
+        self.key(key).map_or(Ok(None), |k| self.file.opt_bool(&k))
+    }
+
     fn key_error(&self, key: Key, reason: String) -> ModelError {
         let name = self.key(key).unwrap_or_else(|| format!("{key:?}"));
         ModelError::Metadata { key: name, reason }
@@ -474,6 +518,17 @@ impl WeightSource for GgufWeights {
         rows: Range<usize>,
     ) -> Result<QMatrix, ModelError> {
         self.file.matrix_rows(&gguf_name(id), total_rows, cols, rows)
+    }
+
+    fn expert_matrix(
+        &mut self,
+        id: TensorId,
+        n_expert: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix, ModelError> {
+        let e = id.expert.ok_or_else(|| ModelError::Unsupported(format!("{:?} without an expert index", id.role)))?;
+        self.file.expert_rows(&gguf_name(id), e, n_expert, rows, cols)
     }
 
     fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError> {

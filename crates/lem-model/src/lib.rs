@@ -19,13 +19,14 @@ mod observer;
 mod weights;
 
 pub use arch::{Arch, HfConventions, SUPPORTED as SUPPORTED_ARCHITECTURES, SUPPORTED_HF as SUPPORTED_HF_MODEL_TYPES};
-pub use config::{Factors, Key, ModelConfig, RopeConfig, RopeScaling, YarnConfig};
+pub use config::{Factors, Key, ModelConfig, MoeConfig, RopeConfig, RopeScaling, YarnConfig};
 pub use error::ModelError;
 pub use gguf::{GgufFile, GgufWeights};
 pub use hf::HfDir;
 pub use layers::{
-    Activation, Attention, AttentionConfig, DecoderBlock, GatedMlp, Kernels, Linear, Loader, RmsNorm,
+    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Kernels, Linear, Loader, RmsNorm, RoutedMlp,
+    Routing,
 };
 pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, SeqInput, Workspace, open_weights};
-pub use weights::{LoadOptions, WeightSource};
 pub use observer::{Capture, CaptureKind, Captured, Observer};
+pub use weights::{LoadOptions, WeightSource};

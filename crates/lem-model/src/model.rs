@@ -11,9 +11,9 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gguf::{GgufFile, GgufWeights};
 use crate::hf::HfDir;
-use crate::weights::{LoadOptions, WeightSource};
 use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, RmsNorm, fit};
 use crate::observer::Observer;
+use crate::weights::{LoadOptions, WeightSource};
 
 /// Which positions of a sequence need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

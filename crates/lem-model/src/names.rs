@@ -52,6 +52,16 @@ pub enum Role {
     FfnDown,
     /// Norm of the feed-forward output before the residual add (Gemma 2/3).
     PostFfnNorm,
+    /// Router of a routed feed-forward block `[n_expert, n_embd]`.
+    FfnGateInp,
+    /// Experts' gate projections: GGUF one `[n_expert, n_ff, n_embd]` tensor, Hugging
+    /// Face one `[n_ff, n_embd]` tensor per expert.
+    FfnGateExps,
+    /// Experts' up projections (laid out as [`Role::FfnGateExps`]).
+    FfnUpExps,
+    /// Experts' down projections: GGUF `[n_expert, n_embd, n_ff]`, Hugging Face
+    /// `[n_embd, n_ff]` per expert.
+    FfnDownExps,
 }
 
 /// Weight or bias of a role.
@@ -64,13 +74,16 @@ pub enum Part {
 }
 
 /// A tensor a model asks its weights source for: a role, the layer for per-layer roles,
-/// and the part.
+/// the expert for one expert of an expert role, and the part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TensorId {
     /// The role.
     pub role: Role,
     /// Block index for per-layer roles, `None` for global ones.
     pub layer: Option<usize>,
+    /// Expert index of an expert role (`{e}` in a name): Hugging Face stores one tensor
+    /// per expert; GGUF stores all experts in one 3-D tensor, whose name has no `{e}`.
+    pub expert: Option<usize>,
     /// Weight or bias.
     pub part: Part,
 }
@@ -78,12 +91,17 @@ pub struct TensorId {
 impl TensorId {
     /// A global tensor's weight.
     pub fn global(role: Role) -> TensorId {
-        TensorId { role, layer: None, part: Part::Weight }
+        TensorId { role, layer: None, expert: None, part: Part::Weight }
     }
 
     /// Layer `i`'s weight of `role`.
     pub fn layer(role: Role, i: usize) -> TensorId {
-        TensorId { role, layer: Some(i), part: Part::Weight }
+        TensorId { role, layer: Some(i), expert: None, part: Part::Weight }
+    }
+
+    /// Expert `e`'s part of layer `i`'s expert role.
+    pub fn expert(role: Role, i: usize, e: usize) -> TensorId {
+        TensorId { role, layer: Some(i), expert: Some(e), part: Part::Weight }
     }
 
     /// The bias beside this weight.
@@ -99,10 +117,13 @@ pub enum HfNaming {
     Llama,
     /// Gemma 2 and 3: pre and post norms around both sub-blocks.
     Gemma,
+    /// Mixtral: the routed feed-forward block is `block_sparse_moe` with experts' `w1`
+    /// (gate), `w2` (down), `w3` (up).
+    Mixtral,
 }
 
-/// `(role, GGUF name, Hugging Face name (Llama naming))`; `{i}` is the layer index; an
-/// empty Hugging Face name means the role has no tensor there.
+/// `(role, GGUF name, Hugging Face name (Llama naming))`; `{i}` is the layer index, `{e}`
+/// the expert index; an empty Hugging Face name means the role has no tensor there.
 const TABLE: &[(Role, &str, &str)] = &[
     (Role::TokenEmbd, "token_embd", "model.embed_tokens"),
     (Role::OutputNorm, "output_norm", "model.norm"),
@@ -126,6 +147,10 @@ const TABLE: &[(Role, &str, &str)] = &[
     (Role::FfnGateUp, "blk.{i}.ffn_up", "model.layers.{i}.mlp.gate_up_proj"),
     (Role::FfnDown, "blk.{i}.ffn_down", "model.layers.{i}.mlp.down_proj"),
     (Role::PostFfnNorm, "blk.{i}.post_ffw_norm", ""),
+    (Role::FfnGateInp, "blk.{i}.ffn_gate_inp", "model.layers.{i}.mlp.gate"),
+    (Role::FfnGateExps, "blk.{i}.ffn_gate_exps", "model.layers.{i}.mlp.experts.{e}.gate_proj"),
+    (Role::FfnUpExps, "blk.{i}.ffn_up_exps", "model.layers.{i}.mlp.experts.{e}.up_proj"),
+    (Role::FfnDownExps, "blk.{i}.ffn_down_exps", "model.layers.{i}.mlp.experts.{e}.down_proj"),
 ];
 
 /// Hugging Face names that differ under [`HfNaming::Gemma`].
@@ -135,22 +160,33 @@ const HF_GEMMA: &[(Role, &str)] = &[
     (Role::PostFfnNorm, "model.layers.{i}.post_feedforward_layernorm"),
 ];
 
+/// Hugging Face names that differ under [`HfNaming::Mixtral`].
+const HF_MIXTRAL: &[(Role, &str)] = &[
+    (Role::FfnGateInp, "model.layers.{i}.block_sparse_moe.gate"),
+    (Role::FfnGateExps, "model.layers.{i}.block_sparse_moe.experts.{e}.w1"),
+    (Role::FfnUpExps, "model.layers.{i}.block_sparse_moe.experts.{e}.w3"),
+    (Role::FfnDownExps, "model.layers.{i}.block_sparse_moe.experts.{e}.w2"),
+];
+
 fn row(role: Role) -> &'static (Role, &'static str, &'static str) {
     TABLE.iter().find(|(r, _, _)| *r == role).expect("every role has a row in the name table")
 }
 
 fn render(pattern: &str, id: TensorId) -> String {
-    let base = match id.layer {
+    let mut base = match id.layer {
         Some(i) => pattern.replace("{i}", &i.to_string()),
         None => pattern.to_owned(),
     };
+    if let Some(e) = id.expert {
+        base = base.replace("{e}", &e.to_string());
+    }
     match id.part {
         Part::Weight => format!("{base}.weight"),
         Part::Bias => format!("{base}.bias"),
     }
 }
 
-/// The tensor's name in a GGUF file.
+/// The tensor's name in a GGUF file (an expert role names the 3-D tensor of all experts).
 pub fn gguf_name(id: TensorId) -> String {
     render(row(id.role).1, id)
 }
@@ -159,6 +195,7 @@ pub fn gguf_name(id: TensorId) -> String {
 pub fn hf_name(id: TensorId, naming: HfNaming) -> Option<String> {
     let over = match naming {
         HfNaming::Gemma => HF_GEMMA.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
+        HfNaming::Mixtral => HF_MIXTRAL.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
         HfNaming::Llama => None,
     };
     let pattern = over.unwrap_or(row(id.role).2);
@@ -180,5 +217,11 @@ mod tests {
         assert_eq!(hf_name(ffn_norm, HfNaming::Gemma).unwrap(), "model.layers.0.pre_feedforward_layernorm.weight");
         assert_eq!(hf_name(TensorId::global(Role::RopeFreqs), HfNaming::Llama), None);
         assert_eq!(gguf_name(TensorId::global(Role::Output)), "output.weight");
+        let up = TensorId::expert(Role::FfnUpExps, 1, 5);
+        assert_eq!(gguf_name(up), "blk.1.ffn_up_exps.weight");
+        assert_eq!(hf_name(up, HfNaming::Llama).unwrap(), "model.layers.1.mlp.experts.5.up_proj.weight");
+        assert_eq!(hf_name(up, HfNaming::Mixtral).unwrap(), "model.layers.1.block_sparse_moe.experts.5.w3.weight");
+        let router = TensorId::layer(Role::FfnGateInp, 0);
+        assert_eq!(hf_name(router, HfNaming::Mixtral).unwrap(), "model.layers.0.block_sparse_moe.gate.weight");
     }
 }

@@ -45,6 +45,9 @@ pub trait WeightSource {
     /// A float hyper-parameter; `None` when absent.
     fn float(&self, key: Key) -> Result<Option<f32>, ModelError>;
 
+    /// A boolean hyper-parameter; `None` when absent.
+    fn flag(&self, key: Key) -> Result<Option<bool>, ModelError>;
+
     /// The error for a bad value of `key`, naming the key as the source spells it.
     fn key_error(&self, key: Key, reason: String) -> ModelError;
 
@@ -68,6 +71,12 @@ pub trait WeightSource {
         cols: usize,
         rows: Range<usize>,
     ) -> Result<QMatrix, ModelError>;
+
+    /// Expert `id.expert` of an expert role as a `[rows, cols]` matrix, the role holding
+    /// `n_expert` experts (GGUF: rows `e * rows..(e + 1) * rows` of the 3-D
+    /// `[n_expert, rows, cols]` tensor; Hugging Face: the expert's own 2-D tensor).
+    fn expert_matrix(&mut self, id: TensorId, n_expert: usize, rows: usize, cols: usize)
+    -> Result<QMatrix, ModelError>;
 
     /// A 1-D tensor of `len` elements as f32.
     fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError>;

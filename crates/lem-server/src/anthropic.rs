@@ -115,6 +115,7 @@ pub async fn messages(
         stop: params::StopField::into_vec(Some(params::StopField::Many(stop.clone())))?,
         top_logprobs: None,
         session: params::session_name(req.session.or_else(|| session_header(&headers)))?,
+        template_kwargs: serde_json::Value::Null,
     };
     let id = format!("msg_{}", rid.0.replace('-', "_"));
     let model = state.names.primary.clone();

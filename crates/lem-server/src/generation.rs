@@ -73,6 +73,7 @@ pub async fn start(
     let engine = &state.engine;
     let mut seq = None;
     let mut save = None;
+    let kwargs = spec.template_kwargs;
     let prompt = match spec.session.clone() {
         None => spec.prompt,
         Some(name) => {
@@ -84,7 +85,7 @@ pub async fn start(
             prompt
         }
     };
-    let ids = tokenize(state, &prompt)?;
+    let ids = tokenize(state, &prompt, &kwargs)?;
     let ctx = engine.ctx_size();
     if ids.len() >= ctx {
         return Err(ApiError::ContextLengthExceeded { tokens: ids.len(), ctx });
@@ -95,7 +96,7 @@ pub async fn start(
     state.worker.submit(Submission {
         prompt_ids: ids,
         seq,
-        request: GenerateRequest { max_tokens, sampling: spec.sampling, stop: spec.stop },
+        request: GenerateRequest { max_tokens, sampling: spec.sampling, stop: spec.stop, ..Default::default() },
         top_logprobs: spec.top_logprobs,
         want_seq: save.is_some(),
         received,
@@ -158,8 +159,9 @@ fn merge(name: &str, prompt: PromptSpec, transcript: &Transcript) -> Result<(Pro
     }
 }
 
-/// The prompt's token ids.
-fn tokenize(state: &AppState, prompt: &PromptSpec) -> Result<Vec<u32>, ApiError> {
+/// The prompt's token ids (a chat rendered with the template and `kwargs`, an object or
+/// null).
+fn tokenize(state: &AppState, prompt: &PromptSpec, kwargs: &serde_json::Value) -> Result<Vec<u32>, ApiError> {
     let engine = &state.engine;
     let tok = engine.tokenizer();
     let ids = match prompt {
@@ -167,7 +169,10 @@ fn tokenize(state: &AppState, prompt: &PromptSpec) -> Result<Vec<u32>, ApiError>
             if msgs.is_empty() {
                 return Err(ApiError::invalid("messages", "messages must not be empty"));
             }
-            let text = engine.render_chat(msgs)?;
+            let text = engine
+                .template()
+                .render_with_kwargs(msgs, true, kwargs)
+                .map_err(|e| ApiError::from(lem_engine::EngineError::from(e)))?;
             tok.encode(&text, Bos::ModelDefault).map_err(|e| ApiError::invalid("messages", e.to_string()))?
         }
         PromptSpec::Text(text) => {

@@ -95,6 +95,7 @@ impl Options {
             stop: StopField::into_vec(self.stop.clone())?,
             top_logprobs: None,
             session: params::session_name(session)?,
+            template_kwargs: serde_json::Value::Null,
         })
     }
 }

@@ -77,6 +77,9 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     /// Tools (not supported when non-empty).
     pub tools: Option<Vec<Value>>,
+    /// Extra chat-template variables (an object, as vLLM and llama-server take it; e.g.
+    /// `{"enable_thinking": false}` for Qwen 3).
+    pub chat_template_kwargs: Option<Value>,
     /// Everything else.
     #[serde(flatten)]
     pub common: CommonFields,
@@ -128,6 +131,7 @@ impl CommonFields {
             stop: StopField::into_vec(self.stop.clone())?,
             top_logprobs: None,
             session: params::session_name(self.session.clone().or_else(|| session_header(headers)))?,
+            template_kwargs: Value::Null,
         })
     }
 
@@ -200,8 +204,10 @@ pub async fn chat(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
+    let template_kwargs = params::template_kwargs(req.chat_template_kwargs)?;
     let max = req.max_completion_tokens.or(req.common.max_tokens);
     let mut spec = req.common.spec(&state, PromptSpec::Chat(messages), max, &headers)?;
+    spec.template_kwargs = template_kwargs;
     if req.logprobs.unwrap_or(false) {
         spec.top_logprobs = Some(params::top_logprobs(req.top_logprobs, "top_logprobs", 20)?);
     }

@@ -38,6 +38,34 @@ pub struct GenSpec {
     pub top_logprobs: Option<usize>,
     /// Continue and update this named session.
     pub session: Option<String>,
+    /// Extra chat-template variables (a JSON object, or null for none): an OpenAI chat
+    /// request's `chat_template_kwargs`, e.g. `{"enable_thinking": false}` for Qwen 3.
+    pub template_kwargs: serde_json::Value,
+}
+
+/// Checks `chat_template_kwargs`: absent or null means none; otherwise it must be a JSON
+/// object (its keys become template variables).
+pub fn template_kwargs(v: Option<serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(serde_json::Value::Null),
+        Some(v @ serde_json::Value::Object(_)) => Ok(v),
+        Some(other) => Err(ApiError::invalid(
+            "chat_template_kwargs",
+            format!("chat_template_kwargs must be a JSON object, got {}", json_kind(&other)),
+        )),
+    }
+}
+
+/// The JSON type of a value, as messages name it.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// `stop`: one string or a list of them.
@@ -325,6 +353,18 @@ impl ModelNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_kwargs_must_be_an_object() {
+        assert_eq!(template_kwargs(None), Ok(serde_json::Value::Null));
+        assert_eq!(template_kwargs(Some(serde_json::Value::Null)), Ok(serde_json::Value::Null));
+        let obj = serde_json::json!({"enable_thinking": false});
+        assert_eq!(template_kwargs(Some(obj.clone())), Ok(obj));
+        for bad in [serde_json::json!("x"), serde_json::json!([1]), serde_json::json!(true), serde_json::json!(3)] {
+            let e = template_kwargs(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("chat_template_kwargs must be a JSON object"), "{e}");
+        }
+    }
 
     #[test]
     fn max_tokens_limits() {

@@ -105,7 +105,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let text = engine.render_chat(&messages)?;
         let ids = engine.tokenizer().encode(&text, Bos::ModelDefault)?;
         let keep = sync_prefix(&engine, &mut seq, &ids);
-        let req = GenerateRequest { max_tokens: a.max_tokens, sampling: a.sampling.params(), stop: Vec::new() };
+        let req = GenerateRequest {
+            max_tokens: a.max_tokens,
+            sampling: a.sampling.params(),
+            stop: Vec::new(),
+            ..Default::default()
+        };
         let mut out = std::io::stdout().lock();
         let mut on_text = |s: &str| match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => ControlFlow::Continue(()),

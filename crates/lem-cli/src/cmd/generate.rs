@@ -40,7 +40,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let engine = a.model.load()?;
     let prompt_ids = a.prompt.ids(&engine)?;
     let params = a.sampling.params();
-    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone() };
+    let req =
+        GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), ..Default::default() };
     let mut seq = engine.new_sequence();
     let mut out = std::io::stdout().lock();
     let mut io_err = None;

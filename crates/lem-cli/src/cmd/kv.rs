@@ -170,7 +170,8 @@ pub fn generation_json(engine: &Engine, g: &Generation, seed: u64) -> serde_json
 fn load(a: LoadArgs) -> anyhow::Result<()> {
     let engine = a.model.load()?;
     let params = a.sampling.params();
-    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone() };
+    let req =
+        GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), ..Default::default() };
     let start = Instant::now();
     let mut seq = load_snapshot(&a.snapshot, &engine).with_context(|| format!("restoring {}", a.snapshot.display()))?;
     let restore_ms = start.elapsed().as_secs_f64() * 1e3;

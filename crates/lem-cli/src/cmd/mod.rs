@@ -7,6 +7,7 @@ pub mod generate;
 pub mod inspect;
 pub mod kv;
 pub mod models;
+pub mod models_inspect;
 pub mod score;
 pub mod serve;
 pub mod session;

@@ -19,6 +19,9 @@ enum Action {
     },
     /// List the packaged models and whether they are in the cache.
     List,
+    /// Describe a GGUF file or Hugging Face directory: architecture, parameters, tensor
+    /// types, layers (full / sliding window, rope), heads, tokenizer, chat template.
+    Inspect(crate::cmd::models_inspect::InspectArgs),
 }
 
 /// Runs `lem models`.
@@ -38,6 +41,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 println!("{} {}", spec.alias, path.display());
             }
         }
+        Action::Inspect(args) => return crate::cmd::models_inspect::run(args),
         Action::List => {
             for m in lem_hub::list()? {
                 println!(

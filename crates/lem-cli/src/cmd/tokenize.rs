@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use lem_tokenizer::{Bos, Tokenizer};
+use lem_tokenizer::Bos;
 
 use crate::common::{ModelArgs, print_json};
 
@@ -24,8 +24,7 @@ pub struct Args {
 
 /// Runs `lem tokenize` (loads only the tokenizer, not the weights).
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let path = a.model.path()?;
-    let tok = Tokenizer::from_gguf(&path)?;
+    let tok = a.model.tokenizer()?;
     let ids = tok.encode(&a.text, if a.bos { Bos::Add } else { Bos::Omit })?;
     if a.json {
         return print_json(&ids);

@@ -1,6 +1,6 @@
-//! The shared decoder skeleton: every dense architecture is a [`Recipe`] (what differs)
-//! applied to the same builder (what is common: embedding, blocks of attention and gated
-//! MLP, final norm, output head tied or not, rotary factors).
+//! The shared decoder skeleton: every architecture is a [`Recipe`] (what differs) applied
+//! to the same builder (what is common: embedding, blocks of attention and a dense or
+//! routed gated MLP, final norm, output head tied or not, rotary factors).
 
 use std::sync::Arc;
 
@@ -9,7 +9,9 @@ use lem_kv::LayerKind;
 
 use crate::config::{Factors, ModelConfig};
 use crate::error::ModelError;
-use crate::layers::{Activation, Attention, AttentionConfig, DecoderBlock, GatedMlp, Linear, Loader, RmsNorm};
+use crate::layers::{
+    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Linear, Loader, RmsNorm, RoutedMlp, Routing,
+};
 use crate::model::{Embedding, Model};
 use crate::names::{Role, TensorId};
 use crate::weights::{LoadOptions, WeightSource};
@@ -43,6 +45,15 @@ pub(crate) enum LayerRope {
     None,
 }
 
+/// A layer's feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum FfnPlan {
+    /// One gated MLP of the model's feed-forward length.
+    Dense,
+    /// Routed experts.
+    Routed(Routing),
+}
+
 /// What one layer does differently.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct LayerPlan {
@@ -50,6 +61,8 @@ pub(crate) struct LayerPlan {
     pub kind: LayerKind,
     /// Its rotary embedding.
     pub rope: LayerRope,
+    /// Its feed-forward block.
+    pub ffn: FfnPlan,
 }
 
 /// Everything an architecture states; the builder does the rest.
@@ -85,8 +98,19 @@ impl Recipe {
             gate_up: Packing::Separate,
             norms: Norms::Pre,
             attn_scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-            layers: vec![LayerPlan { kind: LayerKind::Full, rope: LayerRope::Model }; cfg.n_layer],
+            layers: vec![LayerPlan { kind: LayerKind::Full, rope: LayerRope::Model, ffn: FfnPlan::Dense }; cfg.n_layer],
         }
+    }
+
+    /// Every layer's feed-forward block routed when the source declares experts
+    /// (`norm_topk`: whether the top-k weights are renormalised).
+    pub(crate) fn routed_where_declared(mut self, cfg: &ModelConfig, norm_topk: bool) -> Recipe {
+        if let Some(m) = cfg.moe {
+            let routing =
+                Routing { n_expert: m.n_expert, n_expert_used: m.n_expert_used, n_ff_exp: m.n_ff_exp, norm_topk };
+            self.layers.iter_mut().for_each(|l| l.ffn = FfnPlan::Routed(routing));
+        }
+        self
     }
 
     /// Every layer windowed to the config's sliding window, when it declares one.
@@ -149,7 +173,17 @@ pub(crate) fn build(
             attn: Attention::load(&mut l, i, d, eps, attn, recipe.qkv == Packing::Fused)?,
             post_attn_norm: post(&mut l, Role::PostAttnNorm)?,
             ffn_norm: norm(&mut l, Role::FfnNorm)?,
-            mlp: GatedMlp::load(&mut l, i, d, cfg.n_ff, recipe.activation, recipe.gate_up == Packing::Fused)?,
+            mlp: match plan.ffn {
+                FfnPlan::Dense => Ffn::Dense(GatedMlp::load(
+                    &mut l,
+                    i,
+                    d,
+                    cfg.n_ff,
+                    recipe.activation,
+                    recipe.gate_up == Packing::Fused,
+                )?),
+                FfnPlan::Routed(r) => Ffn::Routed(RoutedMlp::load(&mut l, i, d, r, recipe.activation)?),
+            },
             post_ffn_norm: post(&mut l, Role::PostFfnNorm)?,
         });
     }

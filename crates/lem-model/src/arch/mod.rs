@@ -9,6 +9,7 @@ mod llama;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3moe;
 mod smollm3;
 
 use crate::config::ModelConfig;
@@ -20,12 +21,15 @@ use crate::weights::{LoadOptions, WeightSource};
 /// An architecture lem implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
-    /// Llama 1/2/3.x, Mistral, SmolLM/SmolLM2 (GGUF `llama`).
+    /// Llama 1/2/3.x, Mistral, SmolLM/SmolLM2, Mixtral (GGUF `llama`; routed experts
+    /// where the source has expert tensors).
     Llama,
     /// Qwen 2 / 2.5 (Q/K/V biases).
     Qwen2,
     /// Qwen 3 (per-head Q/K norms).
     Qwen3,
+    /// Qwen 3 MoE (Qwen 3 attention, routed experts).
+    Qwen3Moe,
     /// Phi-3 / Phi-3.5 (fused QKV and gate/up, LongRoPE).
     Phi3,
     /// Gemma 2 (soft-capping, alternating sliding window, pre and post norms).
@@ -62,13 +66,18 @@ struct Entry {
 
 const LLAMA_HF: HfConventions = HfConventions { naming: HfNaming::Llama, permute_qk: true, norm_plus_one: false };
 const PLAIN_HF: HfConventions = HfConventions { naming: HfNaming::Llama, permute_qk: false, norm_plus_one: false };
+const MIXTRAL_HF: HfConventions = HfConventions { naming: HfNaming::Mixtral, permute_qk: true, norm_plus_one: false };
 const GEMMA_HF: HfConventions = HfConventions { naming: HfNaming::Gemma, permute_qk: false, norm_plus_one: true };
 
-/// The registry: every supported architecture, its names in both formats.
+/// The registry: every supported architecture, its names in both formats. An
+/// architecture's first row gives its conventions; a later row of the same architecture
+/// names Hugging Face `model_type`s with other conventions (Mixtral's naming).
 const REGISTRY: &[Entry] = &[
     Entry { arch: Arch::Llama, gguf: "llama", hf: &["llama", "mistral"], conventions: LLAMA_HF, rope_base: 10_000.0 },
+    Entry { arch: Arch::Llama, gguf: "llama", hf: &["mixtral"], conventions: MIXTRAL_HF, rope_base: 1_000_000.0 },
     Entry { arch: Arch::Qwen2, gguf: "qwen2", hf: &["qwen2"], conventions: PLAIN_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Qwen3, gguf: "qwen3", hf: &["qwen3"], conventions: PLAIN_HF, rope_base: 10_000.0 },
+    Entry { arch: Arch::Qwen3Moe, gguf: "qwen3moe", hf: &["qwen3_moe"], conventions: PLAIN_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Phi3, gguf: "phi3", hf: &["phi3"], conventions: PLAIN_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Gemma2, gguf: "gemma2", hf: &["gemma2"], conventions: GEMMA_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Gemma3, gguf: "gemma3", hf: &["gemma3_text"], conventions: GEMMA_HF, rope_base: 1_000_000.0 },
@@ -76,10 +85,11 @@ const REGISTRY: &[Entry] = &[
 ];
 
 /// Architecture names (`general.architecture`) lem can run.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "smollm3"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "smollm3"];
 
 /// Hugging Face `model_type`s lem can run.
-pub const SUPPORTED_HF: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "smollm3"];
+pub const SUPPORTED_HF: &[&str] =
+    &["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "gemma2", "gemma3_text", "smollm3"];
 
 impl Arch {
     fn entry(self) -> &'static Entry {
@@ -102,6 +112,11 @@ impl Arch {
             .find(|e| e.hf.contains(&model_type))
             .map(|e| e.arch)
             .ok_or_else(|| ModelError::UnknownModelType(model_type.to_owned()))
+    }
+
+    /// The conventions of checkpoints of Hugging Face `model_type` (`None`: unknown).
+    pub fn hf_conventions_of(model_type: &str) -> Option<HfConventions> {
+        REGISTRY.iter().find(|e| e.hf.contains(&model_type)).map(|e| e.conventions)
     }
 
     /// The GGUF name (also lem's name for the architecture).
@@ -127,6 +142,7 @@ pub(crate) fn load(src: &mut dyn WeightSource, opts: &LoadOptions) -> Result<Mod
         Arch::Llama => llama::recipe(&mut cfg),
         Arch::Qwen2 => qwen2::recipe(&mut cfg),
         Arch::Qwen3 => qwen3::recipe(&mut cfg),
+        Arch::Qwen3Moe => qwen3moe::recipe(&mut cfg),
         Arch::Phi3 => phi3::recipe(&mut cfg),
         Arch::Gemma2 => gemma2::recipe(&mut cfg),
         Arch::Gemma3 => gemma3::recipe(&mut cfg),
@@ -141,7 +157,8 @@ mod tests {
 
     #[test]
     fn registry_and_supported_lists_agree() {
-        let gguf: Vec<&str> = REGISTRY.iter().map(|e| e.gguf).collect();
+        let mut gguf: Vec<&str> = REGISTRY.iter().map(|e| e.gguf).collect();
+        gguf.dedup();
         assert_eq!(gguf, SUPPORTED);
         let hf: Vec<&str> = REGISTRY.iter().flat_map(|e| e.hf.iter().copied()).collect();
         assert_eq!(hf, SUPPORTED_HF);
@@ -149,6 +166,7 @@ mod tests {
             assert_eq!(Arch::from_gguf(e.gguf).unwrap(), e.arch);
             for t in e.hf {
                 assert_eq!(Arch::from_hf(t).unwrap(), e.arch);
+                assert_eq!(Arch::hf_conventions_of(t).unwrap(), e.conventions);
             }
         }
         assert!(matches!(Arch::from_gguf("mamba"), Err(ModelError::UnknownArchitecture(_))));

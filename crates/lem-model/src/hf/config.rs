@@ -125,7 +125,8 @@ pub(crate) fn as_f64(v: &Value) -> Result<f64, String> {
 pub(crate) fn ties_by_default(arch: Arch) -> bool {
     match arch {
         // LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Phi3Config: false.
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => false,
+        // Qwen3MoeConfig, MixtralConfig (model_type mixtral -> Arch::Llama): false.
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 => false,
         // Gemma2Config, Gemma3TextConfig, SmolLM3Config: true.
         Arch::Gemma2 | Arch::Gemma3 | Arch::SmolLm3 => true,
     }

@@ -71,7 +71,10 @@ impl HfDir {
         let arch = config.arch()?;
         config.check_dtype()?;
         let tensors = Tensors::open(dir)?;
-        let conventions = arch.hf_conventions();
+        let conventions = match config.str("model_type")? {
+            Some(t) => Arch::hf_conventions_of(t).unwrap_or(arch.hf_conventions()),
+            None => arch.hf_conventions(),
+        };
         let lm_head =
             hf_name(TensorId::global(Role::Output), conventions.naming).is_some_and(|n| tensors.get(&n).is_some());
         let tied = match config.bool("tie_word_embeddings")? {
@@ -221,7 +224,12 @@ impl WeightSource for HfDir {
             _ => {}
         }
         let (_, hf) = key_names(key);
-        if hf.is_empty() { Ok(None) } else { self.uint_at(hf) }
+        for name in hf.split('|').filter(|n| !n.is_empty()) {
+            if let Some(v) = self.uint_at(name)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     fn float(&self, key: Key) -> Result<Option<f32>, ModelError> {
@@ -230,6 +238,16 @@ impl WeightSource for HfDir {
         }
         let (_, hf) = key_names(key);
         if hf.is_empty() { Ok(None) } else { Ok(self.float_at(hf)?.map(|f| f as f32)) }
+    }
+
+    fn flag(&self, key: Key) -> Result<Option<bool>, ModelError> {
+        let (_, hf) = key_names(key);
+        for name in hf.split('|').filter(|n| !n.is_empty()) {
+            if let Some(b) = self.config.bool(name)? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
     }
 
     fn key_error(&self, key: Key, reason: String) -> ModelError {
@@ -289,6 +307,19 @@ impl WeightSource for HfDir {
                 }
                 quant(&out)
             }
+        }
+    }
+
+    fn expert_matrix(
+        &mut self,
+        id: TensorId,
+        n_expert: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix, ModelError> {
+        match id.expert {
+            Some(e) if e < n_expert => self.matrix(id, rows, cols),
+            _ => Err(ModelError::MissingTensor(self.tensor_name(id))),
         }
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{Kernels, Linear, Loader, RmsNorm, fit};
 use crate::error::ModelError;
-use crate::names::{Role, TensorId};
 use crate::model::{Segment, SeqInput};
+use crate::names::{Role, TensorId};
 use crate::observer::{Capture, CaptureKind, Captured, Observer};
 
 /// Geometry and constants of one attention layer.

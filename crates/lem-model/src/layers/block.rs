@@ -2,9 +2,19 @@
 
 use super::attention::AttnBuffers;
 use super::mlp::MlpBuffers;
-use super::{Attention, GatedMlp, Kernels, RmsNorm, fit};
+use super::moe::MoeBuffers;
+use super::{Attention, GatedMlp, Kernels, RmsNorm, RoutedMlp, fit};
 use crate::model::{Segment, SeqInput};
 use crate::observer::Observer;
+
+/// A block's feed-forward part: one gated MLP, or experts behind a router.
+#[derive(Debug, Clone)]
+pub enum Ffn {
+    /// Every token through the same gated MLP.
+    Dense(GatedMlp),
+    /// Each token through its top-k experts.
+    Routed(RoutedMlp),
+}
 
 /// `x += post_attn_norm(attn(attn_norm(x)))`, then `x += post_ffn_norm(mlp(ffn_norm(x)))`.
 #[derive(Debug, Clone)]
@@ -18,7 +28,7 @@ pub struct DecoderBlock {
     /// Norm before the feed-forward block.
     pub ffn_norm: RmsNorm,
     /// Feed-forward block.
-    pub mlp: GatedMlp,
+    pub mlp: Ffn,
     /// Norm of the feed-forward output before the residual add (Gemma 2/3).
     pub post_ffn_norm: Option<RmsNorm>,
 }
@@ -30,6 +40,7 @@ pub struct BlockBuffers {
     y: Vec<f32>,
     attn: AttnBuffers,
     mlp: MlpBuffers,
+    moe: MoeBuffers,
 }
 
 impl DecoderBlock {
@@ -56,7 +67,10 @@ impl DecoderBlock {
         }
         lem_kernels::ops::add_assign(x, y);
         self.ffn_norm.forward_into(x, xn);
-        self.mlp.forward(xn, n, y, &mut buf.mlp, k);
+        match &self.mlp {
+            Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut buf.mlp, k),
+            Ffn::Routed(moe) => moe.forward(xn, n, y, &mut buf.moe, k),
+        }
         if let Some(norm) = &self.post_ffn_norm {
             norm.forward(y);
         }

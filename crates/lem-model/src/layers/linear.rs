@@ -42,6 +42,11 @@ impl Linear {
         Ok(out)
     }
 
+    /// A projection of a loaded matrix, without bias (one expert of a 3-D tensor).
+    pub fn owned(weight: QMatrix) -> Linear {
+        Linear { weight: Arc::new(weight), bias: None }
+    }
+
     /// A projection sharing an existing matrix (tied embeddings).
     pub fn shared(weight: Arc<QMatrix>) -> Linear {
         Linear { weight, bias: None }

@@ -59,6 +59,11 @@ impl GatedMlp {
         Ok(GatedMlp { gate, up, down, act })
     }
 
+    /// An MLP of given projections (one expert of a routed block).
+    pub fn from_parts(gate: Linear, up: Linear, down: Linear, act: Activation) -> GatedMlp {
+        GatedMlp { gate, up, down, act }
+    }
+
     /// Applies the block to `n` rows of `x`, writing `out`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], buf: &mut MlpBuffers, k: &mut Kernels<'_>) {
         let ff = self.gate.out_dim();

@@ -4,13 +4,15 @@ mod attention;
 mod block;
 mod linear;
 mod mlp;
+mod moe;
 mod norm;
 
 pub use attention::{Attention, AttentionConfig};
 pub(crate) use block::BlockBuffers;
-pub use block::DecoderBlock;
+pub use block::{DecoderBlock, Ffn};
 pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp};
+pub use moe::{RoutedMlp, Routing};
 pub use norm::RmsNorm;
 
 use candle_core::quantized::GgmlDType;
@@ -44,6 +46,19 @@ impl Loader<'_> {
         rows: std::ops::Range<usize>,
     ) -> Result<lem_kernels::QMatrix, ModelError> {
         let m = self.src.matrix_rows(id, total, cols, rows)?;
+        convert(m, self.dtype, &self.src.tensor_name(id))
+    }
+
+    /// One expert's `[rows, cols]` matrix of an expert role, converted to the requested
+    /// type ([`WeightSource::expert_matrix`]).
+    pub fn expert_matrix(
+        &mut self,
+        id: TensorId,
+        n_expert: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<lem_kernels::QMatrix, ModelError> {
+        let m = self.src.expert_matrix(id, n_expert, rows, cols)?;
         convert(m, self.dtype, &self.src.tensor_name(id))
     }
 
