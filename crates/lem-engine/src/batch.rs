@@ -10,20 +10,21 @@
 //!   prefill),
 //!
 //! then samples the next token of every sequence that got logits, each with its own
-//! [`Sampler`] (own parameters and seed), and hands the text to the job's [`TokenSink`].
+//! [`Sampler`](crate::sampling::Sampler) (own parameters and seed), and hands the text to the job's [`TokenSink`].
 //! Jobs join at any step ([`Batcher::admit`]) and leave the batch as soon as they finish;
 //! nobody waits for the slowest sequence.
 //!
 //! Per sequence, the result is what [`generate`](crate::generate) gives for the same
-//! sequence, prompt and request: the same tokens fed in the same order, the same sampling
-//! history, the same end-of-generation, stop-string, length and context rules, and the
-//! same streamed text. The matrix products treat every row of a batch on its own and
+//! sequence, prompt and request: both drive the same [`Decoder`] (sampling history,
+//! end-of-generation, stop-string, length and context rules, streamed text, timings), and
+//! feed the same tokens in the same order. (The batcher does not speculate: a request's
+//! `draft` is ignored here.) The matrix products treat every row of a batch on its own and
 //! attention runs per sequence over its own cache, so greedy output is identical
 //! whatever else is in the batch.
 //!
 //! A sink that says it is cancelled ([`TokenSink::is_cancelled`], e.g. the client went
 //! away) or that answers [`ControlFlow::Break`] ends its job at once with
-//! [`FinishReason::Cancelled`]; its sequence leaves the batch before the next forward.
+//! [`FinishReason::Cancelled`](crate::FinishReason::Cancelled); its sequence leaves the batch before the next forward.
 //!
 //! The batcher is single-threaded and synchronous: the caller (for example a server's
 //! engine thread) owns it, admits jobs and calls `step` while [`Batcher::is_idle`] is
@@ -31,17 +32,15 @@
 //! keep the KV state (a prefix cache, a session).
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use lem_model::{LogitsRequest, SeqInput, Workspace};
-use lem_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::decode::{DecodeEvent, Decoder};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::generate::{FinishReason, GenerateRequest, Generation, Timings};
-use crate::sampling::{Sampler, TokenLogprobs};
+use crate::generate::{GenerateRequest, Generation};
+use crate::sampling::TokenLogprobs;
 use crate::sequence::Sequence;
-use crate::stop::StopMatcher;
 
 /// How a [`Batcher`] schedules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,110 +152,56 @@ struct Slot {
     /// The token to feed next while decoding.
     next: [u32; 1],
     decoding: bool,
-    sampler: Sampler,
-    stream: StreamDecoder,
-    stops: StopMatcher,
-    max_tokens: usize,
-    top_logprobs: Option<usize>,
-    ids: Vec<u32>,
-    text: String,
+    /// Sampling, streaming, stop strings, limits and timings: the same state machine
+    /// [`generate`](crate::generate) drives.
+    decoder: Decoder,
     sink: Box<dyn TokenSink>,
-    start: Instant,
-    prefill_s: f64,
-    ttft_ms: f64,
-    decode_start: Instant,
-    finish: Option<FinishReason>,
     error: Option<EngineError>,
 }
 
 impl Slot {
-    /// Samples from one row of logits and streams the result (the body of
-    /// [`generate`](crate::generate)'s loop).
-    fn on_logits(&mut self, tokenizer: &Tokenizer, logits: &[f32], ctx: usize) {
-        if self.ids.len() >= self.max_tokens {
-            self.finish = Some(FinishReason::Length);
-            return;
-        }
-        let history = self.seq.tokens();
-        let (id, lp) = match self.top_logprobs {
-            Some(n) => {
-                let (id, lp) = self.sampler.sample_with_logprobs(logits, history, n);
-                (id, Some(lp))
-            }
-            None => (self.sampler.sample(logits, history), None),
+    /// Samples from one row of logits and streams the result.
+    fn on_logits(&mut self, logits: &[f32]) {
+        let sink = &mut self.sink;
+        let mut on_event = |ev: DecodeEvent<'_>| match ev {
+            DecodeEvent::Token { eog: true, .. } => ControlFlow::Continue(()),
+            DecodeEvent::Token { id, text, logprobs, .. } => sink.event(BatchEvent::Token { id, text, logprobs }),
+            DecodeEvent::Tail { text } => sink.event(BatchEvent::Tail { text }),
         };
-        if self.ids.is_empty() {
-            self.ttft_ms = self.start.elapsed().as_secs_f64() * 1e3;
-            self.decode_start = Instant::now();
-        }
-        self.ids.push(id);
-        if tokenizer.is_eog(id) {
-            self.finish = Some(FinishReason::Stop);
-            return;
-        }
-        let piece = match self.stream.push(id) {
-            Ok(p) => p,
-            Err(e) => {
-                self.error = Some(e.into());
-                return;
+        match self.decoder.step(logits, logits.len(), self.seq.tokens(), 0, &mut on_event) {
+            Ok(out) => {
+                if let Some(id) = out.next {
+                    self.next = [id];
+                }
             }
-        };
-        let out = self.stops.push(&piece);
-        self.text.push_str(&out.emit);
-        if self.sink.event(BatchEvent::Token { id, text: &out.emit, logprobs: lp.as_ref() }).is_break() {
-            self.finish = Some(FinishReason::Cancelled);
-        } else if out.stopped.is_some() {
-            self.finish = Some(FinishReason::Stop);
-        } else if self.ids.len() == self.max_tokens {
-            self.finish = Some(FinishReason::Length);
-        } else if self.seq.len() + 1 >= ctx {
-            self.finish = Some(FinishReason::ContextFull);
-        } else {
-            self.next = [id];
+            Err(e) => self.error = Some(e),
         }
     }
 
     fn done(&self) -> bool {
-        self.finish.is_some() || self.error.is_some()
+        self.decoder.is_done() || self.error.is_some()
     }
 
-    /// Flushes held-back text and builds the result (the end of
-    /// [`generate`](crate::generate)).
+    /// Flushes held-back text and builds the result.
     fn finalize(mut self) -> Finished {
+        let sink = &mut self.sink;
+        let d = self.decoder.finish(self.prompt.len(), &mut |ev| match ev {
+            DecodeEvent::Tail { text } => sink.event(BatchEvent::Tail { text }),
+            DecodeEvent::Token { .. } => ControlFlow::Continue(()),
+        });
+        let stopped_by = d.stopped_by;
         let result = match self.error.take() {
             Some(e) => Err(e),
-            None => {
-                let mut finish = self.finish.unwrap_or(FinishReason::Cancelled);
-                if self.stops.stopped().is_none() && finish != FinishReason::Cancelled {
-                    let tail = self.stops.push(&self.stream.clone().finish());
-                    let mut rest = tail.emit;
-                    if tail.stopped.is_some() {
-                        finish = FinishReason::Stop;
-                    } else {
-                        rest.push_str(&self.stops.finish());
-                    }
-                    if !rest.is_empty() {
-                        self.text.push_str(&rest);
-                        let _ = self.sink.event(BatchEvent::Tail { text: &rest });
-                    }
-                }
-                let decoded = self.ids.len().saturating_sub(1);
-                let decode_s = self.decode_start.elapsed().as_secs_f64();
-                let timings = Timings {
-                    prefill_tok_s: if self.prefill_s > 0.0 { self.prompt.len() as f64 / self.prefill_s } else { 0.0 },
-                    decode_tok_s: if decoded > 0 && decode_s > 0.0 { decoded as f64 / decode_s } else { 0.0 },
-                    ttft_ms: self.ttft_ms,
-                };
-                Ok(Generation {
-                    prompt_ids: self.prompt,
-                    ids: self.ids,
-                    text: self.text,
-                    finish_reason: finish,
-                    timings,
-                })
-            }
+            None => Ok(Generation {
+                prompt_ids: self.prompt,
+                ids: d.ids,
+                text: d.text,
+                finish_reason: d.finish_reason,
+                timings: d.timings,
+                speculation: d.speculation,
+            }),
         };
-        Finished { id: self.id, seq: self.seq, result, stopped_by: self.stops.stopped(), sink: self.sink }
+        Finished { id: self.id, seq: self.seq, result, stopped_by, sink: self.sink }
     }
 }
 
@@ -330,9 +275,8 @@ impl Batcher {
         let id = self.next_id;
         self.next_id += 1;
         let Job { mut seq, mut prompt_ids, request, top_logprobs, sink } = job;
-        match prepare(engine, &mut seq, &mut prompt_ids, &request) {
-            Ok(sampler) => {
-                let now = Instant::now();
+        match prepare(engine, &mut seq, &mut prompt_ids, &request, top_logprobs) {
+            Ok(decoder) => {
                 self.slots.push(Slot {
                     id,
                     seq,
@@ -340,19 +284,8 @@ impl Batcher {
                     fed: 0,
                     next: [0],
                     decoding: false,
-                    sampler,
-                    stream: StreamDecoder::new(engine.tokenizer().clone()),
-                    stops: StopMatcher::new(&request.stop),
-                    max_tokens: request.max_tokens,
-                    top_logprobs,
-                    ids: Vec::with_capacity(request.max_tokens.min(4096)),
-                    text: String::new(),
+                    decoder,
                     sink,
-                    start: now,
-                    prefill_s: 0.0,
-                    ttft_ms: 0.0,
-                    decode_start: now,
-                    finish: None,
                     error: None,
                 });
             }
@@ -367,7 +300,7 @@ impl Batcher {
         let mut done = std::mem::take(&mut self.rejected);
         for s in &mut self.slots {
             if !s.done() && s.sink.is_cancelled() {
-                s.finish = Some(FinishReason::Cancelled);
+                s.decoder.cancel();
             }
         }
         self.reap(&mut done);
@@ -416,8 +349,6 @@ impl Batcher {
         }
 
         let vocab = engine.model().vocab();
-        let ctx = engine.ctx_size();
-        let tokenizer = engine.tokenizer();
         for (b, &(i, n, logits)) in self.plan.iter().enumerate() {
             let s = &mut self.slots[i];
             let (tokens, _) = s.seq.parts_mut();
@@ -430,9 +361,9 @@ impl Batcher {
             if logits == LogitsRequest::Last {
                 if !s.decoding {
                     s.decoding = true;
-                    s.prefill_s = s.start.elapsed().as_secs_f64();
+                    s.decoder.prefilled();
                 }
-                s.on_logits(tokenizer, &self.ws.logits(b, vocab)[..vocab], ctx);
+                s.on_logits(&self.ws.logits(b, vocab)[..vocab]);
             }
         }
         self.reap(&mut done);
@@ -444,7 +375,7 @@ impl Batcher {
         let mut done = std::mem::take(&mut self.rejected);
         for s in &mut self.slots {
             if !s.done() {
-                s.finish = Some(FinishReason::Cancelled);
+                s.decoder.cancel();
             }
         }
         self.reap(&mut done);
@@ -471,7 +402,8 @@ fn prepare(
     seq: &mut Sequence,
     prompt_ids: &mut Vec<u32>,
     request: &GenerateRequest,
-) -> Result<Sampler, EngineError> {
+    top_logprobs: Option<usize>,
+) -> Result<Decoder, EngineError> {
     let ctx = engine.ctx_size();
     if prompt_ids.is_empty() && seq.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -479,7 +411,7 @@ fn prepare(
     if seq.len() + prompt_ids.len() >= ctx {
         return Err(EngineError::PromptTooLong { tokens: seq.len() + prompt_ids.len(), ctx });
     }
-    let sampler = Sampler::new(request.sampling)?;
+    let decoder = Decoder::new(engine.tokenizer().clone(), request, ctx, top_logprobs)?;
     if prompt_ids.is_empty() {
         let last = *seq.tokens().last().ok_or(EngineError::EmptyPrompt)?;
         seq.truncate(seq.len() - 1)?;
@@ -487,5 +419,5 @@ fn prepare(
     }
     // Room for the prompt and a first stretch of output; the cache grows past that.
     seq.reserve((seq.len() + prompt_ids.len() + request.max_tokens.min(256)).min(ctx));
-    Ok(sampler)
+    Ok(decoder)
 }

@@ -5,8 +5,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::decode::SpeculationStats;
+use crate::draft::DraftConfig;
 use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::generate::{GenerateRequest, generate};
 
 /// Throughput of one benchmark run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -51,6 +54,47 @@ pub fn bench(engine: &Engine, prompt_tokens: usize, gen_tokens: usize) -> Result
         gen_tokens,
         threads: engine.threads().count(),
         peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Plain against speculative greedy decoding of one prompt (see [`bench_draft`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DraftBenchReport {
+    /// Generated tokens per second after the first, one token per forward.
+    pub plain_tok_s: f64,
+    /// The same with speculation.
+    pub draft_tok_s: f64,
+    /// Tokens generated (by each run).
+    pub gen_tokens: usize,
+    /// Whether both runs produced the same tokens (they always should).
+    pub identical: bool,
+    /// Drafted and accepted tokens of the speculative run.
+    pub speculation: SpeculationStats,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// Generates up to `gen_tokens` greedily after `prompt` twice, without and with
+/// speculation by `draft`, and reports both speeds.
+pub fn bench_draft(
+    engine: &Engine,
+    prompt: &[u32],
+    gen_tokens: usize,
+    draft: DraftConfig,
+) -> Result<DraftBenchReport, EngineError> {
+    let mut req = GenerateRequest { max_tokens: gen_tokens, ..Default::default() };
+    let plain =
+        generate(engine, &mut engine.new_sequence(), prompt, &req, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    req.draft = Some(draft);
+    let spec =
+        generate(engine, &mut engine.new_sequence(), prompt, &req, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    Ok(DraftBenchReport {
+        plain_tok_s: plain.timings.decode_tok_s,
+        draft_tok_s: spec.timings.decode_tok_s,
+        gen_tokens: spec.ids.len(),
+        identical: plain.ids == spec.ids,
+        speculation: spec.speculation,
+        threads: engine.threads().count(),
     })
 }
 

@@ -49,7 +49,8 @@ impl Engine {
     pub fn load_with(path: &Path, config: EngineConfig, opts: LoadOptions) -> Result<Engine, EngineError> {
         let opts = LoadOptions { context: Some(opts.context.unwrap_or(config.ctx_size)), ..opts };
         let model = Model::load_with(path, &opts)?;
-        let tokenizer = Arc::new(if path.is_dir() { Tokenizer::from_hf_dir(path)? } else { Tokenizer::from_gguf(path)? });
+        let tokenizer =
+            Arc::new(if path.is_dir() { Tokenizer::from_hf_dir(path)? } else { Tokenizer::from_gguf(path)? });
         // Files may pad the embedding beyond the vocabulary, never the other way round.
         if tokenizer.vocab_size() > model.vocab() {
             return Err(EngineError::VocabMismatch { tokenizer: tokenizer.vocab_size(), model: model.vocab() });

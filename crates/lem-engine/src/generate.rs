@@ -1,18 +1,27 @@
 //! Autoregressive generation: prefill, then sample token by token until EOS, a stop
 //! string, the token budget or the context runs out.
+//!
+//! With a drafter ([`GenerateRequest::draft`], [`generate_with_drafter`]) generation is
+//! speculative: each step feeds the pending token and up to k draft tokens in one forward
+//! pass with logits for every position, samples position by position while the sampled
+//! token equals the draft ([`Decoder::step`](crate::Decoder::step)), and truncates the
+//! sequence to what was accepted. Logits do not depend on how many rows a forward
+//! computes (ARCHITECTURE.md), and every position is sampled from the same logits with
+//! the same history and the same random draws as plain decoding, so the output is exactly
+//! plain decoding's: token for token for greedy decoding, and for seeded sampling
+//! (penalties included) too. Only the number of forward passes changes.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
-use lem_model::Observer;
-use lem_tokenizer::StreamDecoder;
+use lem_model::{LogitsRequest, Observer};
 use serde::Serialize;
 
+use crate::decode::{DecodeEvent, Decoder, SpeculationStats};
+use crate::draft::{DraftConfig, DraftLength, Drafter};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::SamplingParams;
 use crate::sequence::Sequence;
-use crate::stop::StopMatcher;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -23,6 +32,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Generation ends when the text contains one of these (it is not emitted).
     pub stop: Vec<String>,
+    /// Speculative decoding in [`generate`] (`None`, the default: one token per forward).
+    /// The output is the same either way; the batcher and [`generate_with`] ignore it.
+    pub draft: Option<DraftConfig>,
 }
 
 /// Why generation ended.
@@ -63,6 +75,8 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Speed.
     pub timings: Timings,
+    /// Draft tokens proposed and accepted (all zero without speculation).
+    pub speculation: SpeculationStats,
 }
 
 /// One generated token, as [`GenerateHook::on_token`] sees it.
@@ -105,7 +119,9 @@ impl GenerateHook for NoHook {}
 
 /// Feeds `prompt_ids` to `seq` (after whatever it already holds) and generates. Text is
 /// streamed through `on_text` as it becomes final (never half a UTF-8 character, never
-/// part of a stop string); returning `ControlFlow::Break` from it cancels.
+/// part of a stop string); returning `ControlFlow::Break` from it cancels. With
+/// `req.draft` set, decoding is speculative (same output, fewer forward passes when
+/// drafts are accepted).
 pub fn generate(
     engine: &Engine,
     seq: &mut Sequence,
@@ -113,11 +129,15 @@ pub fn generate(
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
-    generate_with(engine, seq, prompt_ids, req, on_text, &mut NoHook)
+    match req.draft {
+        Some(cfg) => generate_with_drafter(engine, seq, prompt_ids, req, &mut *cfg.drafter(), on_text),
+        None => run(engine, seq, prompt_ids, req, on_text, &mut NoHook, None),
+    }
 }
 
 /// [`generate`], with `hook` watching the forward passes and every step. The output is
-/// the same as without the hook: observers only read.
+/// the same as without the hook: observers only read. Speculation is off here (the
+/// observer would see draft tokens that are rolled back): one token per forward.
 pub fn generate_with(
     engine: &Engine,
     seq: &mut Sequence,
@@ -126,7 +146,43 @@ pub fn generate_with(
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     hook: &mut dyn GenerateHook,
 ) -> Result<Generation, EngineError> {
-    let start = Instant::now();
+    run(engine, seq, prompt_ids, req, on_text, hook, None)
+}
+
+/// [`generate`], speculating with `drafter` (whatever `req.draft` says; its length
+/// bounds are used when set, [`DraftConfig::ngram`]'s otherwise).
+pub fn generate_with_drafter(
+    engine: &Engine,
+    seq: &mut Sequence,
+    prompt_ids: &[u32],
+    req: &GenerateRequest,
+    drafter: &mut dyn Drafter,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation, EngineError> {
+    let bounds = req.draft.unwrap_or_else(DraftConfig::ngram);
+    let length = DraftLength::new(bounds.min_tokens, bounds.max_tokens);
+    run(engine, seq, prompt_ids, req, on_text, &mut NoHook, Some((drafter, length)))
+}
+
+/// A token reported by the decoder, waiting for its forward pass before the hook sees it.
+struct Pending {
+    index: usize,
+    id: u32,
+    piece: String,
+    position: usize,
+}
+
+/// The generation loop: the decoder samples, this drives the forwards (and, with a
+/// drafter, drafts, verifies and rolls back).
+fn run(
+    engine: &Engine,
+    seq: &mut Sequence,
+    prompt_ids: &[u32],
+    req: &GenerateRequest,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    hook: &mut dyn GenerateHook,
+    mut spec: Option<(&mut dyn Drafter, DraftLength)>,
+) -> Result<Generation, EngineError> {
     let ctx = engine.ctx_size();
     if prompt_ids.is_empty() && seq.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -134,97 +190,115 @@ pub fn generate_with(
     if seq.len() + prompt_ids.len() >= ctx {
         return Err(EngineError::PromptTooLong { tokens: seq.len() + prompt_ids.len(), ctx });
     }
-    let mut sampler = Sampler::new(req.sampling)?;
-    let tokenizer = engine.tokenizer();
+    let mut dec = Decoder::new(engine.tokenizer().clone(), req, ctx, None)?;
     seq.reserve((seq.len() + prompt_ids.len() + req.max_tokens).min(ctx));
 
     let vocab = engine.model().vocab();
-    let mut logits: Vec<f32> = if prompt_ids.is_empty() {
+    // Most draft tokens one verification may carry: one forward holds `max_batch` tokens,
+    // and the sliding-window ring (window + max_batch cells) can roll back that many.
+    let max_draft = engine.model().max_batch().saturating_sub(1);
+    let mut rows: Vec<f32> = if prompt_ids.is_empty() {
         // Continue from the last token's state: recompute its logits by rolling it back.
         let last = *seq.tokens().last().ok_or(EngineError::EmptyPrompt)?;
         seq.truncate(seq.len() - 1)?;
-        seq.feed_observed(engine, &[last], hook.observer())?.to_vec()
+        seq.feed_observed(engine, &[last], hook.observer())?[..vocab].to_vec()
     } else {
-        seq.feed_observed(engine, prompt_ids, hook.observer())?.to_vec()
+        seq.feed_observed(engine, prompt_ids, hook.observer())?[..vocab].to_vec()
     };
-    let prefill_s = start.elapsed().as_secs_f64();
+    dec.prefilled();
     hook.on_prefill(seq, prompt_ids);
 
-    let mut ids = Vec::with_capacity(req.max_tokens);
-    let mut text = String::new();
-    let mut stream = StreamDecoder::new(tokenizer.clone());
-    let mut stops = StopMatcher::new(&req.stop);
-    let mut ttft_ms = 0.0;
-    let mut decode_start = Instant::now();
-    let mut finish = FinishReason::Length;
-    let mut emit = |s: &str, text: &mut String| -> ControlFlow<()> {
-        if s.is_empty() {
-            return ControlFlow::Continue(());
-        }
-        text.push_str(s);
-        on_text(s)
-    };
-    while ids.len() < req.max_tokens {
-        let id = sampler.sample(&logits[..vocab], seq.tokens());
-        if ids.is_empty() {
-            ttft_ms = start.elapsed().as_secs_f64() * 1e3;
-            decode_start = Instant::now();
-        }
-        ids.push(id);
-        let mut step = TokenStep {
-            index: ids.len() - 1,
-            id,
-            piece: "",
-            position: seq.len(),
-            fed: false,
-            kv_bytes: seq.kv_bytes(),
+    let mut pending: Vec<Pending> = Vec::new();
+    // The drafter's view: the sequence plus the token about to be fed.
+    let mut context: Vec<u32> = Vec::new();
+    let mut input: Vec<u32> = Vec::new();
+    let mut drafted = 0;
+    loop {
+        pending.clear();
+        let accepted_before = dec.stats().accepted;
+        let out = {
+            let mut on_event = |ev: DecodeEvent<'_>| match ev {
+                DecodeEvent::Token { index, id, piece, text, position, .. } => {
+                    pending.push(Pending { index, id, piece: piece.to_owned(), position });
+                    if text.is_empty() { ControlFlow::Continue(()) } else { on_text(text) }
+                }
+                DecodeEvent::Tail { text } => on_text(text),
+            };
+            dec.step(&rows, vocab, seq.tokens(), drafted, &mut on_event)?
         };
-        if tokenizer.is_eog(id) {
-            hook.on_token(&step);
-            finish = FinishReason::Stop;
-            break;
+        if drafted > 0 {
+            seq.truncate(seq.len() - drafted + out.keep)?;
+            if let Some((drafter, length)) = spec.as_mut() {
+                let accepted = dec.stats().accepted - accepted_before;
+                drafter.feedback(drafted, accepted);
+                length.update(drafted, accepted);
+            }
         }
-        let piece = stream.push(id)?;
-        step.piece = &piece;
-        let out = stops.push(&piece);
-        let end = if emit(&out.emit, &mut text).is_break() {
-            Some(FinishReason::Cancelled)
-        } else if out.stopped.is_some() {
-            Some(FinishReason::Stop)
-        } else if ids.len() == req.max_tokens {
-            Some(FinishReason::Length)
-        } else if seq.len() + 1 >= ctx {
-            Some(FinishReason::ContextFull)
-        } else {
-            None
+        let Some(next) = out.next else {
+            // Every reported token but the last is in the cache; the last was never fed.
+            let n = pending.len();
+            for (j, p) in pending.iter().enumerate() {
+                hook.on_token(&TokenStep {
+                    index: p.index,
+                    id: p.id,
+                    piece: &p.piece,
+                    position: p.position,
+                    fed: j + 1 < n,
+                    kv_bytes: seq.kv_bytes(),
+                });
+            }
+            break;
         };
-        if let Some(reason) = end {
-            hook.on_token(&step);
-            finish = reason;
-            break;
+
+        drafted = 0;
+        input.clear();
+        input.push(next);
+        if let Some((drafter, length)) = spec.as_mut() {
+            // `context` is a prefix of the sequence (the token pending last step is fed now).
+            context.truncate(seq.len());
+            context.extend_from_slice(&seq.tokens()[context.len()..]);
+            context.push(next);
+            // Never more than the budget or the context can take: this step samples at
+            // most `k + 1` tokens, and plain decoding feeds at most up to `ctx - 1`.
+            let k = length
+                .get()
+                .min(max_draft)
+                .min(dec.remaining().saturating_sub(1))
+                .min(ctx.saturating_sub(seq.len() + 2));
+            if k > 0 {
+                drafter.propose(&context, k, &mut input);
+                input.truncate(k + 1);
+                drafted = input.len() - 1;
+            }
         }
-        logits.copy_from_slice(seq.feed_observed(engine, &[id], hook.observer())?);
-        step.fed = true;
-        step.kv_bytes = seq.kv_bytes();
-        hook.on_token(&step);
-    }
-    if stops.stopped().is_none() && finish != FinishReason::Cancelled {
-        let mut rest = stream.finish();
-        let tail = stops.push(&rest);
-        rest = tail.emit;
-        if tail.stopped.is_some() {
-            finish = FinishReason::Stop;
+        if drafted == 0 {
+            let logits = seq.feed_observed(engine, &input, hook.observer())?;
+            rows[..vocab].copy_from_slice(&logits[..vocab]);
         } else {
-            rest.push_str(&stops.finish());
+            rows.clear();
+            seq.feed_each(engine, &input, LogitsRequest::All, &mut |_, row| rows.extend_from_slice(&row[..vocab]))?;
         }
-        let _ = emit(&rest, &mut text);
+        for p in &pending {
+            hook.on_token(&TokenStep {
+                index: p.index,
+                id: p.id,
+                piece: &p.piece,
+                position: p.position,
+                fed: true,
+                kv_bytes: seq.kv_bytes(),
+            });
+        }
     }
-    let decoded = ids.len().saturating_sub(1);
-    let decode_s = decode_start.elapsed().as_secs_f64();
-    let timings = Timings {
-        prefill_tok_s: if prefill_s > 0.0 { prompt_ids.len() as f64 / prefill_s } else { 0.0 },
-        decode_tok_s: if decoded > 0 && decode_s > 0.0 { decoded as f64 / decode_s } else { 0.0 },
-        ttft_ms,
-    };
-    Ok(Generation { prompt_ids: prompt_ids.to_vec(), ids, text, finish_reason: finish, timings })
+    let d = dec.finish(prompt_ids.len(), &mut |ev| match ev {
+        DecodeEvent::Tail { text } => on_text(text),
+        DecodeEvent::Token { .. } => ControlFlow::Continue(()),
+    });
+    Ok(Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        ids: d.ids,
+        text: d.text,
+        finish_reason: d.finish_reason,
+        timings: d.timings,
+        speculation: d.speculation,
+    })
 }

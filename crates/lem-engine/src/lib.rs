@@ -8,6 +8,8 @@
 
 pub mod batch;
 mod bench;
+pub mod decode;
+pub mod draft;
 mod engine;
 mod error;
 mod eval;
@@ -17,11 +19,14 @@ mod sequence;
 pub mod stop;
 
 pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
-pub use bench::{BenchReport, bench, peak_rss_bytes};
+pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes};
+pub use decode::{DecodeEvent, Decoded, Decoder, SpeculationStats, StepOutcome};
+pub use draft::{DraftConfig, DraftLength, DraftMethod, Drafter, NGramDrafter};
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use eval::{EvalReport, eval};
 pub use generate::{
     FinishReason, GenerateHook, GenerateRequest, Generation, Timings, TokenStep, generate, generate_with,
+    generate_with_drafter,
 };
 pub use sequence::Sequence;

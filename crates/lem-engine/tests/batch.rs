@@ -61,6 +61,7 @@ fn sampled(max_tokens: usize, seed: u64) -> GenerateRequest {
         max_tokens,
         sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed, ..SamplingParams::default() },
         stop: vec![],
+        ..Default::default()
     }
 }
 

@@ -29,6 +29,7 @@ fn sampled(seed: u64, top_k: usize) -> GenerateRequest {
         max_tokens: 24,
         sampling: SamplingParams { temperature: 1.2, top_k, top_p: 0.98, seed, ..SamplingParams::default() },
         stop: vec![],
+        ..Default::default()
     }
 }
 
@@ -90,6 +91,7 @@ fn invalid_sampling_is_an_error() {
         max_tokens: 4,
         sampling: SamplingParams { temperature: -1.0, ..SamplingParams::default() },
         stop: vec![],
+        ..Default::default()
     };
     assert!(matches!(run("hi", &req), Err(EngineError::Sampling(_))));
 }

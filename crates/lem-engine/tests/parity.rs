@@ -66,7 +66,7 @@ fn eval_matches_llama_cpp_gemma3() {
 fn greedy(alias: &str, prompt_ids: &[u32], n: usize) -> Vec<u32> {
     let e = engine(alias);
     let mut seq = e.new_sequence();
-    let req = GenerateRequest { max_tokens: n, sampling: SamplingParams::greedy(), stop: vec![] };
+    let req = GenerateRequest { max_tokens: n, sampling: SamplingParams::greedy(), stop: vec![], ..Default::default() };
     generate(&e, &mut seq, prompt_ids, &req, &mut |_| ControlFlow::Continue(())).unwrap().ids
 }
 

@@ -111,7 +111,12 @@ fn check(case: &Case) -> Vec<String> {
     let (prompt, want) = (ids(&g["prompt_ids"]), ids(&g["ids"]));
     let margins: Vec<f64> = g["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let mut seq = e.new_sequence();
-    let req = GenerateRequest { max_tokens: want.len(), sampling: SamplingParams::greedy(), stop: vec![] };
+    let req = GenerateRequest {
+        max_tokens: want.len(),
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+        ..Default::default()
+    };
     let got = generate(&e, &mut seq, &prompt, &req, &mut |_| ControlFlow::Continue(())).unwrap().ids;
     let tie = margins.iter().position(|&m| m < case.tol.margin).unwrap_or(want.len());
     let upto = tie.min(want.len());

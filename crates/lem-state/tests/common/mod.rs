@@ -65,6 +65,7 @@ pub fn greedy(n: usize) -> GenerateRequest {
         max_tokens: n,
         sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
         stop: Vec::new(),
+        ..Default::default()
     }
 }
 
