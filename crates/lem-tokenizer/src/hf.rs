@@ -1,4 +1,4 @@
-//! Loading a Hugging Face tokenizer directory: `tokenizer.json` (byte-level BPE) with
+//! Loading a Hugging Face tokenizer directory: `tokenizer.json` (byte-level BPE, or SentencePiece-style BPE through `hf_spm.rs`) with
 //! `tokenizer_config.json`, `generation_config.json`, `config.json` and
 //! `chat_template.jinja` when present; and Hugging Face's added-token matching.
 //!

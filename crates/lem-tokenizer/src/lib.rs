@@ -82,6 +82,20 @@
 //! Template variables such as Qwen 3's `enable_thinking` go through
 //! [`ChatTemplate::with_kwargs`] / [`ChatTemplate::render_with_kwargs`].
 //!
+//! SentencePiece-style tokenizer.json files (Gemma 1/2/3, Llama 2, Mistral v0.1, Phi-3:
+//! model `BPE` with `byte_fallback` and `<0xNN>` tokens, normalizer `Replace(" ", "▁")`
+//! with or without `Prepend("▁")`, or a `Metaspace` pre-tokenizer with any
+//! `prepend_scheme` and `split`) run `tokenizers`' own BPE (`hf_spm.rs`: merges by rank,
+//! byte fallback, the unknown token with `fuse_unk`), not llama.cpp's score-driven
+//! SentencePiece merge, and [`Tokenizer::decode`] runs the file's decoder
+//! (Replace/ByteFallback/Fuse/Strip or Metaspace), so a leading `▁` may be stripped there
+//! while [`Tokenizer::token_piece_bytes`] and [`StreamDecoder`] keep it. Tested against
+//! `tokenizers` on four trained files (`scripts/fixtures/tokenizer_spm_json.py`, 439 strings
+//! each, all equal in ids, ids with BOS and decoded text) and on the packaged Gemma 3
+//! vocabulary converted as transformers' GemmaConverter does (439 strings: lem on the
+//! tokenizer.json, lem on the GGUF and `tokenizers` all equal; an ignored test, as the
+//! 16 MB file is generated).
+//!
 //! Chat templates are rendered with minijinja the way Hugging Face transformers renders
 //! them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python string methods).
 

@@ -181,12 +181,17 @@ impl Tokenizer {
     /// `Isolated` and `ByteLevel`, or `ByteLevel` alone; `NFC`/`NFD`/`NFKC`/`NFKD`
     /// normalizers; merges as `"a b"` strings or `["a", "b"]` lists; added tokens with
     /// their `special`, `normalized`, `lstrip`, `rstrip` and `single_word` flags), which is
-    /// Llama 3, Qwen 2/2.5/3/3.5, SmolLM, GPT-2 style vocabularies.
+    /// Llama 3, Qwen 2/2.5/3/3.5, SmolLM, GPT-2 style vocabularies; and SentencePiece-style
+    /// BPE (model `BPE` with `byte_fallback`, `unk_token`, `fuse_unk`; normalizers
+    /// `Replace` with a literal pattern and `Prepend`; no pre-tokenizer or `Metaspace`;
+    /// decoders `Replace`, `ByteFallback`, `Fuse`, `Strip`, `Metaspace`), which is Gemma
+    /// 1/2/3, Llama 2, Mistral v0.1 and Phi-3.
     ///
     /// # Errors
     /// [`TokenizerError::Io`] if a file cannot be read, [`TokenizerError::InvalidHf`] if a
     /// file is not JSON or lacks a required field, [`TokenizerError::UnsupportedHf`] for
-    /// tokenizers of another kind (WordPiece, Unigram, SentencePiece-style BPE, ...).
+    /// tokenizers of another kind (WordPiece, Unigram, byte-level parts mixed with
+    /// SentencePiece-style ones, regex `Replace`, ...).
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         crate::hf::load_dir(dir)
     }
@@ -345,7 +350,8 @@ impl Tokenizer {
     }
 
     /// Ids -> text: the concatenated token pieces (special tokens rendered as their text),
-    /// as UTF-8. Lossless for ids that came from [`Tokenizer::encode`]; a byte sequence that
+    /// as UTF-8; for a SentencePiece-style tokenizer.json, the file's decoder run on the
+    /// token texts, as `tokenizers`' `decode(ids, skip_special_tokens = false)`. Lossless for ids that came from [`Tokenizer::encode`]; a byte sequence that
     /// is not valid UTF-8 (e.g. half a character) becomes U+FFFD.
     ///
     /// # Errors
@@ -524,8 +530,8 @@ impl Tokenizer {
         &self.architecture
     }
 
-    /// `tokenizer.ggml.model` of the file: `"llama"` (SentencePiece) or `"gpt2"` (BPE;
-    /// also for every tokenizer.json tokenizer).
+    /// `tokenizer.ggml.model` of the file: `"llama"` (SentencePiece) or `"gpt2"` (BPE);
+    /// for a tokenizer.json, `"llama"` when it is SentencePiece-style, else `"gpt2"`.
     #[must_use]
     pub fn tokenizer_model(&self) -> &str {
         &self.model

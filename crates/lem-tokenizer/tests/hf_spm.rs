@@ -164,3 +164,48 @@ fn minimal_file_and_typed_errors() {
         assert!(msg.contains("tokenizer.json") && !msg.contains('\n'), "{what}: {msg}");
     }
 }
+
+/// The packaged Gemma 3 GGUF's vocabulary converted to tokenizer.json the way transformers'
+/// GemmaConverter converts the SentencePiece model (`scripts/fixtures/tokenizer_spm_json.py
+/// --gemma3 GGUF target/tokenizer-vocabs/gemma3-hf`, 16 MB, not committed): lem on the
+/// tokenizer.json must equal `tokenizers`; lem on the GGUF (llama.cpp's rules) is compared
+/// and the differences counted. Run with `--ignored` after generating the files.
+#[test]
+#[ignore = "needs target/tokenizer-vocabs/gemma3-hf (scripts/fixtures/tokenizer_spm_json.py --gemma3)"]
+fn gemma3_gguf_vs_tokenizer_json() {
+    #[derive(Deserialize)]
+    struct Answer {
+        text: String,
+        ids: Vec<u32>,
+        decode: String,
+    }
+    #[derive(Deserialize)]
+    struct Answers {
+        cases: Vec<Answer>,
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tokenizer-vocabs/gemma3-hf");
+    let hf = Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), None).unwrap();
+    let gguf = common::tokenizer(common::GEMMA3);
+    let answers: Answers = serde_json::from_str(&std::fs::read_to_string(dir.join("answers.json")).unwrap()).unwrap();
+    let (mut bad, mut gguf_differs) = (Vec::new(), Vec::new());
+    for a in &answers.cases {
+        let ours = hf.encode(&a.text, Bos::Omit).unwrap();
+        if ours != a.ids {
+            bad.push(format!("  {:?}\n    tokenizers {:?}\n    lem        {ours:?}", a.text, a.ids));
+        } else if hf.decode(&ours).unwrap() != a.decode {
+            bad.push(format!("  {:?} decode: tokenizers {:?}, lem {:?}", a.text, a.decode, hf.decode(&ours).unwrap()));
+        }
+        let g = gguf.encode(&a.text, Bos::Omit).unwrap();
+        if g != a.ids {
+            gguf_differs.push(format!("  {:?}\n    tokenizers {:?}\n    lem(GGUF)  {g:?}", a.text, a.ids));
+        }
+    }
+    eprintln!(
+        "gemma3: {} strings; lem(tokenizer.json) != tokenizers: {}; lem(GGUF) != tokenizers: {}\n{}",
+        answers.cases.len(),
+        bad.len(),
+        gguf_differs.len(),
+        gguf_differs.join("\n")
+    );
+    assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
+}
