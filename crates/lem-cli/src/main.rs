@@ -41,6 +41,23 @@ enum Command {
     Serve(cmd::serve::Args),
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the message
+/// before it already ends with (errors that print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.ends_with(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -60,9 +77,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if common::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("lem: error: {msg}");
+            eprintln!("lem: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
