@@ -90,9 +90,10 @@ impl Dtype {
     }
 }
 
-/// How to load the weights (shared by every command that loads a model).
+/// How to load the weights (shared by every command that loads a model; named apart from
+/// `kv load`'s `LoadArgs`, since clap names argument groups after the struct).
 #[derive(Debug, Clone, Copy, Default, Args)]
-pub struct LoadArgs {
+pub struct WeightArgs {
     /// Store every weight matrix in this type, converting or quantizing at load
     /// (default: each tensor's stored type). Quantized types need rows whose length is a
     /// multiple of the block size (32; 256 for the k-quants).
@@ -100,7 +101,7 @@ pub struct LoadArgs {
     pub dtype: Option<Dtype>,
 }
 
-impl LoadArgs {
+impl WeightArgs {
     /// The model-loading options.
     pub fn options(&self) -> LoadOptions {
         LoadOptions { dtype: self.dtype.map(Dtype::ggml), ..LoadOptions::default() }
@@ -115,7 +116,7 @@ pub struct ModelArgs {
     #[arg(long, short = 'm', default_value = lem_hub::DEFAULT_MODEL, env = "LEM_MODEL")]
     pub model: String,
     #[command(flatten)]
-    pub load: LoadArgs,
+    pub load: WeightArgs,
     /// Worker threads (0: one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,

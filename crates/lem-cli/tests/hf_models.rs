@@ -264,3 +264,29 @@ fn tokenize_an_hf_dir() {
     let ids: Vec<u32> = serde_json::from_str(&hf).unwrap();
     assert_eq!(ids.last(), Some(&3002), "special token parsed: {ids:?}");
 }
+
+#[test]
+fn every_model_command_takes_dtype() {
+    let commands: &[&[&str]] = &[
+        &["generate"],
+        &["chat"],
+        &["tokenize"],
+        &["eval"],
+        &["bench"],
+        &["kv", "save"],
+        &["kv", "load"],
+        &["score", "attention"],
+        &["inspect"],
+        &["serve"],
+        &["models", "inspect"],
+    ];
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let (stdout, _) = succeeds(&args);
+        assert!(stdout.contains("--dtype"), "{cmd:?} --help lacks --dtype:\n{stdout}");
+        if cmd[0] != "models" {
+            assert!(stdout.contains("Hugging Face model directory"), "{cmd:?} --help:\n{stdout}");
+        }
+    }
+}

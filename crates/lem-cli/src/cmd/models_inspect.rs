@@ -21,7 +21,7 @@ use lem_model::{Capture, CaptureKind, Captured, LoadOptions, LogitsRequest, Mode
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::common::{LoadArgs, load_tokenizer, print_json, resolve_model};
+use crate::common::{WeightArgs, load_tokenizer, print_json, resolve_model};
 
 /// Arguments of `lem models inspect`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,7 +32,7 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub load: LoadArgs,
+    pub load: WeightArgs,
 }
 
 /// The stored tensors: count per type and total elements.
@@ -72,7 +72,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
 }
 
 /// Everything `lem models inspect` reports, as one JSON object.
-fn inspect(path: &Path, load: &LoadArgs) -> anyhow::Result<Value> {
+fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
     let opts = LoadOptions { kv_dtype: KvDtype::F32, ..load.options() };
     let model = Model::load_with(path, &opts)?;
     let hf = path.is_dir();
