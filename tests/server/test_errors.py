@@ -46,6 +46,13 @@ def test_wrong_types_and_missing_fields(server):
     check(server.post("/v1/messages", {"messages": USER}), 400)  # Anthropic requires max_tokens
 
 
+def test_chat_template_kwargs_must_be_an_object(server):
+    for bad in ("enable_thinking=false", [{"enable_thinking": False}], True, 3):
+        err = check(server.post(CHAT, {"messages": USER, "chat_template_kwargs": bad}), 400)
+        assert err["type"] == "invalid_request_error", err
+        assert err["param"] == "chat_template_kwargs", err
+
+
 def test_unknown_model(server, oai):
     check(server.post(CHAT, {"model": "gpt-4o", "messages": USER}), 404, "model_not_found")
     with pytest.raises(openai.NotFoundError) as e:

@@ -52,6 +52,15 @@ def test_chat_streaming_matches_non_streaming(oai):
     assert usage is not None and usage.completion_tokens > 0
 
 
+def test_chat_template_kwargs_accepted(oai):
+    # SmolLM2's template reads no variables: the same prompt with and without them.
+    kw = dict(model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=1, **GREEDY)
+    plain = oai.chat.completions.create(**kw)
+    extra = oai.chat.completions.create(extra_body={"chat_template_kwargs": {"enable_thinking": False}}, **kw)
+    assert extra.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert extra.choices[0].message.content == plain.choices[0].message.content
+
+
 def test_sampling_parameters(oai):
     kw = dict(
         model="smollm2-135m",
