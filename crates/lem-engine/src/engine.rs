@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use lem_kernels::Threads;
 use lem_model::{LoadOptions, Model};
 use lem_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use sha2::{Digest, Sha256};
 
 use crate::error::EngineError;
 use crate::sequence::Sequence;
@@ -36,6 +37,8 @@ pub struct Engine {
     ctx_size: usize,
     /// The model fingerprint, computed on first use.
     fingerprint: OnceLock<String>,
+    /// The matrix type the weights were converted to at load, if any.
+    dtype: Option<lem_model::GgmlDType>,
 }
 
 impl Engine {
@@ -65,6 +68,7 @@ impl Engine {
             threads: Threads::new(config.threads),
             ctx_size,
             fingerprint: OnceLock::new(),
+            dtype: opts.dtype,
         })
     }
 
@@ -78,9 +82,38 @@ impl Engine {
     pub fn model_fingerprint(&self) -> Result<&str, EngineError> {
         if self.fingerprint.get().is_none() {
             let fp = lem_model::fingerprint::cached_fingerprint(&self.path, None)?;
-            let _ = self.fingerprint.set(fp);
+            let _ = self.fingerprint.set(self.load_variant(fp));
         }
         Ok(self.fingerprint.get().map_or("", String::as_str))
+    }
+
+    /// The file's fingerprint, or, when loading changed what the weights compute, a hash
+    /// of it with what changed: matrices converted by `--dtype`, or rotary factors chosen
+    /// at load (LongRoPE's short or long set depends on the context). A snapshot, prefix
+    /// block or session made under one such load is refused under another.
+    fn load_variant(&self, file_fp: String) -> String {
+        use lem_model::{Factors, names::Role};
+        let mut parts = Vec::new();
+        if let Some(t) = self.dtype {
+            parts.push(format!("dtype={t:?}"));
+        }
+        match &self.model.config().rope.scaling.factors {
+            Some(f @ (Factors::Values(_) | Factors::Tensor(Role::RopeFactorsLong | Role::RopeFactorsShort))) => {
+                parts.push(format!("rope_factors={f:?}"))
+            }
+            _ => {}
+        }
+        if parts.is_empty() {
+            return file_fp;
+        }
+        let mut h = Sha256::new();
+        h.update(b"lem-engine load variant v1\0");
+        h.update(file_fp.as_bytes());
+        for p in parts {
+            h.update(b"\0");
+            h.update(p.as_bytes());
+        }
+        hex::encode(h.finalize())
     }
 
     /// The model.

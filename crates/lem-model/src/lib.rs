@@ -19,6 +19,8 @@ mod observer;
 mod weights;
 
 pub use arch::{Arch, HfConventions, SUPPORTED as SUPPORTED_ARCHITECTURES, SUPPORTED_HF as SUPPORTED_HF_MODEL_TYPES};
+/// GGML tensor types (the type of [`LoadOptions::dtype`]).
+pub use candle_core::quantized::GgmlDType;
 pub use config::{Factors, Key, ModelConfig, MoeConfig, RopeConfig, RopeScaling, YarnConfig};
 pub use error::ModelError;
 pub use gguf::{GgufFile, GgufWeights};
