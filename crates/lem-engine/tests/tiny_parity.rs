@@ -97,7 +97,8 @@ fn check(case: &Case) -> Vec<String> {
     let margin: Vec<f64> = fx["eval"]["margin"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let argmax = ids(&fx["eval"]["argmax"]);
     let n = nll.len().min(r.nll.len());
-    let (worst, at) = (0..n).map(|i| ((r.nll[i] - nll[i]).abs(), i)).fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
+    let (worst, at) =
+        (0..n).map(|i| ((r.nll[i] - nll[i]).abs(), i)).fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
     if worst > case.tol.nll {
         problems.push(format!("{name}: NLL differs by {worst:.4} nats at position {at} (tolerance {})", case.tol.nll));
     }
@@ -121,7 +122,9 @@ fn check(case: &Case) -> Vec<String> {
     let tie = margins.iter().position(|&m| m < case.tol.margin).unwrap_or(want.len());
     let upto = tie.min(want.len());
     if got.len() < upto || got[..upto] != want[..upto] {
-        problems.push(format!("{name}: greedy tokens differ before the first near-tie ({upto})\n ours {got:?}\n  ref {want:?}"));
+        problems.push(format!(
+            "{name}: greedy tokens differ before the first near-tie ({upto})\n ours {got:?}\n  ref {want:?}"
+        ));
     }
     eprintln!(
         "{name}: max |dNLL| {worst:.5} (pos {at}), argmax {}/{} at margin >= {}, greedy {}/{} equal (near-tie at {tie})",
