@@ -97,11 +97,10 @@ impl Engine {
         if let Some(t) = self.dtype {
             parts.push(format!("dtype={t:?}"));
         }
-        match &self.model.config().rope.scaling.factors {
-            Some(f @ (Factors::Values(_) | Factors::Tensor(Role::RopeFactorsLong | Role::RopeFactorsShort))) => {
-                parts.push(format!("rope_factors={f:?}"))
-            }
-            _ => {}
+        if let Some(f @ (Factors::Values(_) | Factors::Tensor(Role::RopeFactorsLong | Role::RopeFactorsShort))) =
+            &self.model.config().rope.scaling.factors
+        {
+            parts.push(format!("rope_factors={f:?}"));
         }
         if parts.is_empty() {
             return file_fp;
