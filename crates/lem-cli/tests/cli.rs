@@ -225,3 +225,29 @@ fn packaged_bench_json() {
     }
     assert!(v["peak_rss_bytes"].as_u64().is_some_and(|x| x > 1 << 20), "{v}");
 }
+
+/// `--draft ngram` changes how many forward passes a generation takes, never its output.
+#[test]
+fn draft_ngram_generates_exactly_what_plain_decoding_does() {
+    let Some(model) = common::packaged("smollm2-135m") else { return };
+    let prompt = "Copy this list exactly: apples, pears, plums, cherries, apples, pears, plums, cherries, apples,";
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["generate", "--prompt", prompt, "--temperature", "0", "-n", "40", "--json"];
+        args.extend_from_slice(extra);
+        let out = common::ok_on(&model, &args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let plain = run(&[]);
+    let spec = run(&["--draft", "ngram", "--draft-max", "6"]);
+    assert_eq!(spec["ids"], plain["ids"]);
+    assert_eq!(spec["text"], plain["text"]);
+    assert_eq!(spec["finish_reason"], plain["finish_reason"]);
+    assert!(plain.get("speculation").is_none());
+    let sp = &spec["speculation"];
+    assert!(sp["accepted"].as_u64().unwrap() > 0, "nothing accepted on a repetitive prompt: {sp}");
+    assert!(sp["decode_steps"].as_u64().unwrap() < spec["ids"].as_array().unwrap().len() as u64, "{sp}");
+    // An unknown drafter is a usage error naming the choices.
+    let (out, _, err) = common::run(&["generate", "-m", common::s(&model), "--prompt", "x", "--draft", "oracle"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("invalid value 'oracle'") && err.contains("ngram"), "{err}");
+}

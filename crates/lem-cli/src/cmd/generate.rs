@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use lem_engine::{GenerateRequest, generate};
+use lem_engine::{DraftConfig, GenerateRequest, generate};
 use serde_json::json;
 
 use crate::common::{ModelArgs, PromptArgs, SamplingArgs, print_json};
@@ -33,6 +33,22 @@ pub struct Args {
     probe: Option<std::path::PathBuf>,
     #[command(flatten)]
     prefix: crate::cmd::kv::PrefixCacheArgs,
+    /// Speculative decoding: `ngram` drafts from earlier text (prompt lookup) and verifies
+    /// several tokens per forward pass; the output is exactly that of plain decoding.
+    #[arg(long, value_enum, default_value_t = Draft::None)]
+    draft: Draft,
+    /// Most tokens per draft (with --draft).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    draft_max: u16,
+}
+
+/// Which drafter speculative decoding uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Draft {
+    /// Plain decoding.
+    None,
+    /// Prompt lookup: the longest recent n-gram (4 down to 1) seen earlier proposes what followed it.
+    Ngram,
 }
 
 /// Runs `lem generate`.
@@ -40,8 +56,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let engine = a.model.load()?;
     let prompt_ids = a.prompt.ids(&engine)?;
     let params = a.sampling.params();
-    let req =
-        GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), ..Default::default() };
+    let draft = match a.draft {
+        Draft::None => None,
+        Draft::Ngram => Some(DraftConfig { max_tokens: usize::from(a.draft_max), ..DraftConfig::ngram() }),
+    };
+    if draft.is_some() && a.probe.is_some() {
+        anyhow::bail!(
+            "--draft and --probe cannot be combined (the probe sees every step, drafts would be rolled back)"
+        );
+    }
+    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), draft };
     let mut seq = engine.new_sequence();
     let mut out = std::io::stdout().lock();
     let mut io_err = None;
@@ -90,6 +114,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if let Some(c) = cache_report {
             v["prefix_cache"] = c;
         }
+        if req.draft.is_some() {
+            v["speculation"] = json!(g.speculation);
+        }
         print_json(&v)?;
     } else {
         writeln!(out)?;
@@ -104,6 +131,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         if let Some(c) = cache_report {
             eprintln!("[prefix cache: {}]", c["report"]);
+        }
+        if req.draft.is_some() {
+            let sp = g.speculation;
+            eprintln!(
+                "[speculation: {} of {} drafted tokens accepted, {} forward passes for {} tokens]",
+                sp.accepted,
+                sp.drafted,
+                sp.decode_steps,
+                g.ids.len()
+            );
         }
     }
     Ok(())
