@@ -164,12 +164,27 @@ pub fn generate_with_drafter(
     run(engine, seq, prompt_ids, req, on_text, &mut NoHook, Some((drafter, length)))
 }
 
-/// A token reported by the decoder, waiting for its forward pass before the hook sees it.
+/// A token reported by the decoder, waiting for its forward pass before the hook sees it;
+/// its piece is `pieces[piece]` in the step's shared buffer (no allocation per token).
 struct Pending {
     index: usize,
     id: u32,
-    piece: String,
+    piece: std::ops::Range<usize>,
     position: usize,
+}
+
+/// Shows the hook this step's tokens; the first `fed` of them are in the cache.
+fn report(hook: &mut dyn GenerateHook, pending: &[Pending], pieces: &str, fed: usize, kv_bytes: usize) {
+    for (j, p) in pending.iter().enumerate() {
+        hook.on_token(&TokenStep {
+            index: p.index,
+            id: p.id,
+            piece: &pieces[p.piece.clone()],
+            position: p.position,
+            fed: j < fed,
+            kv_bytes,
+        });
+    }
 }
 
 /// The generation loop: the decoder samples, this drives the forwards (and, with a
@@ -209,17 +224,21 @@ fn run(
     hook.on_prefill(seq, prompt_ids);
 
     let mut pending: Vec<Pending> = Vec::new();
+    let mut pieces = String::new();
     // The drafter's view: the sequence plus the token about to be fed.
     let mut context: Vec<u32> = Vec::new();
     let mut input: Vec<u32> = Vec::new();
     let mut drafted = 0;
     loop {
         pending.clear();
+        pieces.clear();
         let accepted_before = dec.stats().accepted;
         let out = {
             let mut on_event = |ev: DecodeEvent<'_>| match ev {
                 DecodeEvent::Token { index, id, piece, text, position, .. } => {
-                    pending.push(Pending { index, id, piece: piece.to_owned(), position });
+                    let start = pieces.len();
+                    pieces.push_str(piece);
+                    pending.push(Pending { index, id, piece: start..pieces.len(), position });
                     if text.is_empty() { ControlFlow::Continue(()) } else { on_text(text) }
                 }
                 DecodeEvent::Tail { text } => on_text(text),
@@ -236,17 +255,7 @@ fn run(
         }
         let Some(next) = out.next else {
             // Every reported token but the last is in the cache; the last was never fed.
-            let n = pending.len();
-            for (j, p) in pending.iter().enumerate() {
-                hook.on_token(&TokenStep {
-                    index: p.index,
-                    id: p.id,
-                    piece: &p.piece,
-                    position: p.position,
-                    fed: j + 1 < n,
-                    kv_bytes: seq.kv_bytes(),
-                });
-            }
+            report(hook, &pending, &pieces, pending.len().saturating_sub(1), seq.kv_bytes());
             break;
         };
 
@@ -278,16 +287,7 @@ fn run(
             rows.clear();
             seq.feed_each(engine, &input, LogitsRequest::All, &mut |_, row| rows.extend_from_slice(&row[..vocab]))?;
         }
-        for p in &pending {
-            hook.on_token(&TokenStep {
-                index: p.index,
-                id: p.id,
-                piece: &p.piece,
-                position: p.position,
-                fed: true,
-                kv_bytes: seq.kv_bytes(),
-            });
-        }
+        report(hook, &pending, &pieces, pending.len(), seq.kv_bytes());
     }
     let d = dec.finish(prompt_ids.len(), &mut |ev| match ev {
         DecodeEvent::Tail { text } => on_text(text),
