@@ -1,18 +1,15 @@
 //! A model's identity covers how it was loaded: weights converted by `--dtype` compute
 //! something else, so state made under one load must not restore under another.
 
+mod common;
+
 use std::path::PathBuf;
 
 use lem_engine::{Engine, EngineConfig};
 use lem_model::{GgmlDType, LoadOptions};
 
 fn tiny(rel: &str) -> PathBuf {
-    let dir = std::env::var_os("LEM_TINY_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tiny-models"));
-    let p = dir.join(rel);
-    assert!(p.exists(), "{} is missing: run `python3 scripts/fixtures/tiny_models.py`", p.display());
-    p
+    common::tiny_models_dir().join(rel)
 }
 
 #[test]

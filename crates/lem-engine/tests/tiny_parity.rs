@@ -26,15 +26,7 @@ const ARCHS: &[&str] =
 
 /// Where the generator put the models.
 fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("LEM_TINY_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tiny-models"));
-    assert!(
-        dir.join("llama/f32.gguf").is_file(),
-        "tiny models are missing from {}: run `python3 scripts/fixtures/tiny_models.py` (scripts/test.sh does)",
-        dir.display()
-    );
-    dir
+    common::tiny_models_dir()
 }
 
 /// How closely a source must follow its reference.

@@ -51,3 +51,17 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// The models every parity test runs on.
 pub const MODELS: &[&str] = &["smollm2-135m", "gemma3-270m"];
+
+/// Where `scripts/fixtures/tiny_models.py` put the tiny models (`$LEM_TINY_MODELS` or
+/// `target/tiny-models`); panics with instructions when they are missing.
+pub fn tiny_models_dir() -> PathBuf {
+    let dir = std::env::var_os("LEM_TINY_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tiny-models"));
+    assert!(
+        dir.join("llama/f32.gguf").is_file(),
+        "tiny models are missing from {}: run `python3 scripts/fixtures/tiny_models.py` (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
