@@ -8,8 +8,10 @@
 
 pub mod batch;
 mod bench;
+pub mod constraint;
 pub mod decode;
 pub mod draft;
+mod embed;
 mod engine;
 mod error;
 mod eval;
@@ -19,9 +21,11 @@ mod sequence;
 pub mod stop;
 
 pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
+pub use constraint::{Constraint, ConstraintFactory, Grammar};
 pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes};
 pub use decode::{DecodeEvent, Decoded, Decoder, SpeculationStats, StepOutcome};
 pub use draft::{DraftConfig, DraftLength, DraftMethod, Drafter, NGramDrafter};
+pub use embed::Pooling;
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use eval::{EvalReport, eval};

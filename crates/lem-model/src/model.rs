@@ -24,6 +24,9 @@ pub enum LogitsRequest {
     Last,
     /// Every position of this call (teacher-forced evaluation, speculative verification).
     All,
+    /// No logits: the final hidden state of every position of this call (after the final
+    /// norm, before the output projection), read with [`Workspace::hidden`] (embeddings).
+    Hidden,
 }
 
 /// One sequence's part of a forward call.
@@ -58,6 +61,11 @@ pub struct Workspace {
     logits: Vec<f32>,
     /// (first logits row, rows) per sequence of the last call.
     logit_rows: Vec<(usize, usize)>,
+    /// (first hidden row, rows) per sequence of the last call; hidden rows follow the
+    /// logits rows in `picked`.
+    hidden_rows: Vec<(usize, usize)>,
+    /// Logits rows of the last call (where the hidden rows start in `picked`).
+    hidden_base: usize,
 }
 
 impl Workspace {
@@ -66,6 +74,15 @@ impl Workspace {
     pub fn logits(&self, seq: usize, vocab: usize) -> &[f32] {
         let (start, rows) = self.logit_rows[seq];
         &self.logits[start * vocab..(start + rows) * vocab]
+    }
+
+    /// Final hidden states of sequence `seq` from the last forward call, when it asked for
+    /// [`LogitsRequest::Hidden`]: one row of `n_embd` values per position, in position
+    /// order (empty otherwise).
+    pub fn hidden(&self, seq: usize, n_embd: usize) -> &[f32] {
+        let (start, rows) = self.hidden_rows[seq];
+        let first = self.hidden_base + start;
+        &self.picked[first * n_embd..(first + rows) * n_embd]
     }
 }
 
@@ -245,27 +262,35 @@ impl Model {
             batch[seg.seq].cache.advance(seg.len as u32);
         }
 
-        // Gather the rows that need logits, normalise and project only those.
+        // Gather the rows that need logits (then the hidden rows asked for), normalise
+        // them all and project only the logits rows.
         ws.logit_rows.clear();
-        let mut rows = 0;
+        ws.hidden_rows.clear();
+        let (mut rows, mut hidden) = (0, 0);
         for (seg, s) in ws.segments.iter().zip(batch.iter()) {
-            let r = match s.logits {
-                LogitsRequest::None => 0,
-                LogitsRequest::Last => usize::from(seg.len > 0),
-                LogitsRequest::All => seg.len,
+            let (r, h) = match s.logits {
+                LogitsRequest::None => (0, 0),
+                LogitsRequest::Last => (usize::from(seg.len > 0), 0),
+                LogitsRequest::All => (seg.len, 0),
+                LogitsRequest::Hidden => (0, seg.len),
             };
             ws.logit_rows.push((rows, r));
+            ws.hidden_rows.push((hidden, h));
             rows += r;
+            hidden += h;
         }
-        let picked = fit(&mut ws.picked, rows * d);
-        for (seg, &(first, r)) in ws.segments.iter().zip(&ws.logit_rows) {
+        ws.hidden_base = rows;
+        let picked = fit(&mut ws.picked, (rows + hidden) * d);
+        for ((seg, &(first, r)), &(hfirst, h)) in ws.segments.iter().zip(&ws.logit_rows).zip(&ws.hidden_rows) {
             let src = (seg.start + seg.len - r) * d;
             picked[first * d..(first + r) * d].copy_from_slice(&x[src..src + r * d]);
+            let to = (rows + hfirst) * d;
+            picked[to..to + h * d].copy_from_slice(&x[seg.start * d..(seg.start + h) * d]);
         }
         self.final_norm.forward(picked);
         let vocab = self.vocab();
         let logits = fit(&mut ws.logits, rows * vocab);
-        self.output.forward(picked, rows, logits, &mut k);
+        self.output.forward(&picked[..rows * d], rows, logits, &mut k);
         if let Some(cap) = self.config.final_logit_softcap {
             lem_kernels::ops::softcap(logits, cap);
         }
