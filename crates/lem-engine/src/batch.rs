@@ -411,7 +411,7 @@ fn prepare(
     if seq.len() + prompt_ids.len() >= ctx {
         return Err(EngineError::PromptTooLong { tokens: seq.len() + prompt_ids.len(), ctx });
     }
-    let decoder = Decoder::new(engine.tokenizer().clone(), request, ctx, top_logprobs)?;
+    let decoder = Decoder::new(engine, request, ctx, top_logprobs)?;
     if prompt_ids.is_empty() {
         let last = *seq.tokens().last().ok_or(EngineError::EmptyPrompt)?;
         seq.truncate(seq.len() - 1)?;

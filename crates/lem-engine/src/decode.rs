@@ -18,6 +18,8 @@ use std::time::Instant;
 use lem_tokenizer::{StreamDecoder, Tokenizer};
 use serde::Serialize;
 
+use crate::constraint::Constraint;
+use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::generate::{FinishReason, GenerateRequest, Timings};
 use crate::sampling::{Sampler, TokenLogprobs};
@@ -98,6 +100,8 @@ pub struct Decoded {
 pub struct Decoder {
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
+    /// The grammar, when decoding is constrained.
+    constraint: Option<Constraint>,
     stream: Option<StreamDecoder>,
     stops: StopMatcher,
     max_tokens: usize,
@@ -114,18 +118,28 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder for `request` in a context of `ctx` tokens, reporting the
+    /// A decoder for `request` on `engine` in a context of `ctx` tokens, reporting the
     /// log-probabilities of each sampled token and of `top_logprobs` alternatives when
-    /// asked. The clock of the timings starts now.
+    /// asked; `request.grammar` is compiled here. The clock of the timings starts now.
+    ///
+    /// # Errors
+    /// Invalid sampling parameters, or [`EngineError::Grammar`] for a grammar that does
+    /// not compile.
     pub fn new(
-        tokenizer: Arc<Tokenizer>,
+        engine: &Engine,
         request: &GenerateRequest,
         ctx: usize,
         top_logprobs: Option<usize>,
     ) -> Result<Decoder, EngineError> {
         let sampler = Sampler::new(request.sampling)?;
+        let constraint = match &request.grammar {
+            Some(g) => Some(engine.constraint_factory()?.compile(g)?),
+            None => None,
+        };
+        let tokenizer: Arc<Tokenizer> = engine.tokenizer().clone();
         let now = Instant::now();
         Ok(Decoder {
+            constraint,
             stream: Some(StreamDecoder::new(tokenizer.clone())),
             tokenizer,
             sampler,
@@ -233,6 +247,10 @@ impl Decoder {
         position: usize,
         on_event: &mut dyn FnMut(DecodeEvent<'_>) -> ControlFlow<()>,
     ) -> Result<u32, EngineError> {
+        let logits = match self.constraint.as_mut() {
+            Some(c) => c.mask(logits).inspect_err(|_| self.finish = Some(FinishReason::Cancelled))?,
+            None => logits,
+        };
         let (id, lp) = match self.top_logprobs {
             Some(n) => {
                 let (id, lp) = self.sampler.sample_with_logprobs(logits, history, n);
@@ -246,7 +264,11 @@ impl Decoder {
         }
         let index = self.ids.len();
         self.ids.push(id);
-        if self.tokenizer.is_eog(id) {
+        let eog = self.tokenizer.is_eog(id);
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(id, eog).inspect_err(|_| self.finish = Some(FinishReason::Cancelled))?;
+        }
+        if eog {
             let _ = on_event(DecodeEvent::Token {
                 index,
                 id,
@@ -280,7 +302,7 @@ impl Decoder {
         };
         self.finish = if on_event(event).is_break() {
             Some(FinishReason::Cancelled)
-        } else if out.stopped.is_some() {
+        } else if out.stopped.is_some() || self.constraint.as_ref().is_some_and(Constraint::is_complete) {
             Some(FinishReason::Stop)
         } else if self.ids.len() == self.max_tokens {
             Some(FinishReason::Length)

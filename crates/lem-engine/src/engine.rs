@@ -8,6 +8,7 @@ use lem_model::{LoadOptions, Model};
 use lem_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use sha2::{Digest, Sha256};
 
+use crate::constraint::ConstraintFactory;
 use crate::error::EngineError;
 use crate::sequence::Sequence;
 
@@ -39,6 +40,8 @@ pub struct Engine {
     fingerprint: OnceLock<String>,
     /// The matrix type the weights were converted to at load, if any.
     dtype: Option<lem_model::GgmlDType>,
+    /// The tokenizer's grammar trie, built on the first constrained generation.
+    constraints: OnceLock<Arc<ConstraintFactory>>,
 }
 
 impl Engine {
@@ -69,6 +72,7 @@ impl Engine {
             ctx_size,
             fingerprint: OnceLock::new(),
             dtype: opts.dtype,
+            constraints: OnceLock::new(),
         })
     }
 
@@ -128,6 +132,19 @@ impl Engine {
     /// The chat template.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// The grammar compiler for this engine's tokenizer (see [`crate::constraint`]):
+    /// built on first use (the token trie of the whole vocabulary), then shared.
+    ///
+    /// # Errors
+    /// [`EngineError::Grammar`] if llguidance rejects the vocabulary.
+    pub fn constraint_factory(&self) -> Result<&Arc<ConstraintFactory>, EngineError> {
+        if self.constraints.get().is_none() {
+            let factory = Arc::new(ConstraintFactory::new(&self.tokenizer)?);
+            let _ = self.constraints.set(factory);
+        }
+        Ok(self.constraints.get().expect("set above"))
     }
 
     /// The worker pool.

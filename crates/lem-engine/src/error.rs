@@ -34,6 +34,10 @@ pub enum EngineError {
     /// There is nothing to generate from.
     #[error("empty prompt: give at least one token")]
     EmptyPrompt,
+    /// A grammar or JSON schema that cannot be compiled (llguidance's message), or a
+    /// grammar that allows nothing at some point of a generation.
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
     /// The tokenizer and the model disagree.
     #[error("tokenizer has {tokenizer} tokens but the model's vocabulary has {model}")]
     VocabMismatch {

@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use lem_model::{LogitsRequest, Observer};
 use serde::Serialize;
 
+use crate::constraint::Grammar;
 use crate::decode::{DecodeEvent, Decoder, SpeculationStats};
 use crate::draft::{DraftConfig, DraftLength, Drafter};
 use crate::engine::Engine;
@@ -35,6 +36,9 @@ pub struct GenerateRequest {
     /// Speculative decoding in [`generate`] (`None`, the default: one token per forward).
     /// The output is the same either way; the batcher and [`generate_with`] ignore it.
     pub draft: Option<DraftConfig>,
+    /// Constrained decoding: every generated token is allowed by this grammar, and
+    /// generation stops when the grammar is complete (`None`, the default: unconstrained).
+    pub grammar: Option<Grammar>,
 }
 
 /// Why generation ended.
@@ -205,7 +209,7 @@ fn run(
     if seq.len() + prompt_ids.len() >= ctx {
         return Err(EngineError::PromptTooLong { tokens: seq.len() + prompt_ids.len(), ctx });
     }
-    let mut dec = Decoder::new(engine.tokenizer().clone(), req, ctx, None)?;
+    let mut dec = Decoder::new(engine, req, ctx, None)?;
     seq.reserve((seq.len() + prompt_ids.len() + req.max_tokens).min(ctx));
 
     let vocab = engine.model().vocab();

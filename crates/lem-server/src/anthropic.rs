@@ -116,6 +116,7 @@ pub async fn messages(
         top_logprobs: None,
         session: params::session_name(req.session.or_else(|| session_header(&headers)))?,
         template_kwargs: serde_json::Value::Null,
+        grammar: None,
     };
     let id = format!("msg_{}", rid.0.replace('-', "_"));
     let model = state.names.primary.clone();

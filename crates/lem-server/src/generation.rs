@@ -96,7 +96,13 @@ pub async fn start(
     state.worker.submit(Submission {
         prompt_ids: ids,
         seq,
-        request: GenerateRequest { max_tokens, sampling: spec.sampling, stop: spec.stop, ..Default::default() },
+        request: GenerateRequest {
+            max_tokens,
+            sampling: spec.sampling,
+            stop: spec.stop,
+            grammar: spec.grammar,
+            ..Default::default()
+        },
         top_logprobs: spec.top_logprobs,
         want_seq: save.is_some(),
         received,

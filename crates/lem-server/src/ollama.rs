@@ -96,6 +96,7 @@ impl Options {
             top_logprobs: None,
             session: params::session_name(session)?,
             template_kwargs: serde_json::Value::Null,
+            grammar: None,
         })
     }
 }

@@ -132,6 +132,7 @@ impl CommonFields {
             top_logprobs: None,
             session: params::session_name(self.session.clone().or_else(|| session_header(headers)))?,
             template_kwargs: Value::Null,
+            grammar: None,
         })
     }
 

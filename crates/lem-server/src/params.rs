@@ -41,6 +41,9 @@ pub struct GenSpec {
     /// Extra chat-template variables (a JSON object, or null for none): an OpenAI chat
     /// request's `chat_template_kwargs`, e.g. `{"enable_thinking": false}` for Qwen 3.
     pub template_kwargs: serde_json::Value,
+    /// Constrained decoding (`response_format`, `grammar`, `regex`, Ollama `format`),
+    /// already checked to compile.
+    pub grammar: Option<lem_engine::Grammar>,
 }
 
 /// Checks `chat_template_kwargs`: absent or null means none; otherwise it must be a JSON

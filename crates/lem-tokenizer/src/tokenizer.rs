@@ -11,7 +11,7 @@ use crate::bytes::gpt2_unicode_to_byte;
 use crate::error::TokenizerError;
 use crate::hf::AddedVocab;
 use crate::hf_spm::HfBpe;
-use crate::special::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED};
+use crate::special::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_UNUSED, ATTR_USER_DEFINED};
 use crate::spm::Spm;
 
 /// Whether [`Tokenizer::encode`] puts the model's BOS token in front of the ids.
@@ -472,6 +472,31 @@ impl Tokenizer {
     #[must_use]
     pub fn is_control(&self, id: u32) -> bool {
         self.attrs.get(id as usize).is_some_and(|a| a & ATTR_CONTROL != 0)
+    }
+
+    /// Whether `id` is a special token that constrained decoding must never produce as
+    /// text: control tokens (`<bos>`, `<|im_start|>`, ...), unknown and unused tokens.
+    /// False for ids outside the vocabulary.
+    #[must_use]
+    pub fn is_special(&self, id: u32) -> bool {
+        self.attrs.get(id as usize).is_some_and(|a| a & (ATTR_CONTROL | ATTR_UNKNOWN | ATTR_UNUSED) != 0)
+    }
+
+    /// The bytes a grammar matcher (llguidance's token trie) sees for `id`: the raw bytes
+    /// of [`Tokenizer::token_piece_bytes`] for ordinary tokens (byte-level BPE un-mapped,
+    /// SentencePiece `▁` as a space, `<0xNN>` as that byte); for special tokens (and
+    /// tokens that decode to nothing) the byte `0xFF` followed by the token's text, the
+    /// trie's marker for tokens no text can spell. Empty for ids outside the vocabulary.
+    #[must_use]
+    pub fn grammar_token_bytes(&self, id: u32) -> Vec<u8> {
+        let Ok(bytes) = self.token_piece_bytes(id) else { return Vec::new() };
+        if self.is_special(id) || bytes.is_empty() {
+            let mut out = vec![0xFF];
+            out.extend_from_slice(self.texts[id as usize].as_bytes());
+            out
+        } else {
+            bytes.to_vec()
+        }
     }
 
     /// Hex sha256 over everything that determines tokenization: tokenizer model and

@@ -65,7 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "--draft and --probe cannot be combined (the probe sees every step, drafts would be rolled back)"
         );
     }
-    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), draft };
+    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), draft, grammar: None };
     let mut seq = engine.new_sequence();
     let mut out = std::io::stdout().lock();
     let mut io_err = None;
