@@ -17,18 +17,34 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// The result of a tool call, given back to the model.
+    Tool,
 }
 
 impl Role {
-    /// The role name chat templates expect: `"system"`, `"user"` or `"assistant"`.
+    /// The role name chat templates expect: `"system"`, `"user"`, `"assistant"` or
+    /// `"tool"`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
+}
+
+/// A function call an assistant message made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id (OpenAI `call_...`, Anthropic `toolu_...`); tool results refer to it.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, a JSON value (an object for every API lem serves). Templates see it
+    /// as a mapping, as transformers passes it.
+    pub arguments: serde_json::Value,
 }
 
 /// One message of a conversation.
@@ -38,12 +54,28 @@ pub struct ChatMessage {
     pub role: Role,
     /// What it says.
     pub content: String,
+    /// Calls an assistant message made (empty for other messages).
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool result: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a tool result: the name of the function that produced it.
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     /// A message with the given role.
     pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role, content: content.into() }
+        ChatMessage { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None, name: None }
+    }
+
+    /// An assistant message that calls tools (with optional text before the calls).
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> ChatMessage {
+        ChatMessage { tool_calls: calls, ..ChatMessage::new(Role::Assistant, content) }
+    }
+
+    /// A tool result: `content` answers the call `tool_call_id` of function `name`.
+    pub fn tool_result(content: impl Into<String>, tool_call_id: Option<String>, name: Option<String>) -> ChatMessage {
+        ChatMessage { tool_call_id, name, ..ChatMessage::new(Role::Tool, content) }
     }
 
     /// A system message.
@@ -156,6 +188,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, src.to_string()).map_err(|e| TemplateError::Syntax(describe(&e)))?;
         Ok(ChatTemplate {
             inner: Inner::Jinja {
@@ -216,16 +249,45 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         kwargs: &serde_json::Value,
     ) -> Result<String, TemplateError> {
+        self.render_chat(messages, &[], add_generation_prompt, kwargs)
+    }
+
+    /// Whether the template renders a `tools` list itself (its source names `tools`, as
+    /// Hugging Face tool-calling templates do). The built-in formats do not.
+    #[must_use]
+    pub fn renders_tools(&self) -> bool {
+        self.source().is_some_and(|s| s.contains("tools"))
+    }
+
+    /// [`ChatTemplate::render_with_kwargs`] with tool definitions: `tools` (OpenAI
+    /// function definitions, `{"type": "function", "function": {name, description,
+    /// parameters}}`) is the template's `tools` variable (`none` when empty, as
+    /// transformers passes it), each message carries `tool_calls`
+    /// (`[{id, type, function: {name, arguments}}]`, arguments a mapping) when it made
+    /// calls and `tool_call_id` / `name` when it is a tool result. The built-in formats
+    /// render tool results as a `tool` turn and ignore `tools`.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] if `kwargs` is not an object or rendering fails.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Value,
+    ) -> Result<String, TemplateError> {
         let call_kwargs = kwargs_object(kwargs)?;
         match &self.inner {
             Inner::Jinja { env, bos_token, eos_token, kwargs, .. } => {
-                let msgs: Vec<Value> = messages
-                    .iter()
-                    .map(|m| minijinja::context! { role => m.role.as_str(), content => m.content.as_str() })
-                    .collect();
+                let msgs: Vec<Value> = messages.iter().map(message_value).collect();
                 let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
                 for (k, v) in kwargs.iter().chain(call_kwargs) {
                     ctx.insert(k.clone(), Value::from_serialize(v));
+                }
+                if !tools.is_empty() {
+                    ctx.insert("tools".into(), Value::from_serialize(tools));
+                } else {
+                    ctx.entry("tools".into()).or_insert(Value::from(()));
                 }
                 ctx.insert("messages".into(), Value::from(msgs));
                 ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
@@ -238,6 +300,36 @@ impl ChatTemplate {
             Inner::ChatMl => Ok(render_chatml(messages, add_generation_prompt)),
         }
     }
+}
+
+/// A message as Hugging Face templates see it: `role`, `content`, and `tool_calls`,
+/// `tool_call_id`, `name` only where they are set (templates test `'tool_calls' in
+/// message`).
+fn message_value(m: &ChatMessage) -> Value {
+    let mut obj = serde_json::Map::new();
+    obj.insert("role".into(), m.role.as_str().into());
+    obj.insert("content".into(), m.content.as_str().into());
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<serde_json::Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                })
+            })
+            .collect();
+        obj.insert("tool_calls".into(), calls.into());
+    }
+    if let Some(id) = &m.tool_call_id {
+        obj.insert("tool_call_id".into(), id.as_str().into());
+    }
+    if let Some(name) = &m.name {
+        obj.insert("name".into(), name.as_str().into());
+    }
+    Value::from_serialize(serde_json::Value::Object(obj))
 }
 
 /// The object of template kwargs (`null` is none).
@@ -260,6 +352,68 @@ fn describe(e: &Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// transformers' `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=indent)`
+/// (`", "` and `": "` separators, `","` before a newline when indented, no HTML escaping;
+/// minijinja's own filter writes compact, HTML-escaped JSON, which is not what the models
+/// were trained on).
+fn tojson(value: &Value, indent: Option<Value>, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = match kwargs.get::<Option<usize>>("indent")? {
+        Some(n) => Some(n),
+        None => indent.map(|v| usize::try_from(v)).transpose()?,
+    };
+    // transformers accepts `separators` and `sort_keys` too; only their defaults are
+    // supported here.
+    let _: Option<Value> = kwargs.get("separators")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json =
+        serde_json::to_value(value).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    python_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+/// Writes `v` the way Python's `json.dumps(v, ensure_ascii=False, indent=indent)` does.
+fn python_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {

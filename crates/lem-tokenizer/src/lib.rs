@@ -113,7 +113,7 @@ mod spm;
 mod stream;
 mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate, Role};
+pub use chat::{ChatMessage, ChatTemplate, Role, ToolCall};
 pub use error::{TemplateError, TokenizerError};
 pub use stream::StreamDecoder;
 pub use tokenizer::{Bos, Tokenizer};

@@ -92,7 +92,9 @@ fn hugging_face_template_features() {
         "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}",
         "1",
     );
-    check_feature("{{ {'a': 1} | tojson }}", "{\"a\":1}");
+    // transformers' tojson is Python's json.dumps: spaces after separators, no HTML escaping.
+    check_feature("{{ {'a': [1, \"<b>\"]} | tojson }}", "{\"a\": [1, \"<b>\"]}");
+    check_feature("{{ {'a': 1} | tojson(indent=2) }}", "{\n  \"a\": 1\n}");
     check_feature("{{ (strftime_now('%Y') | int) > 2000 }}", "True");
     // trim_blocks / lstrip_blocks, as transformers renders templates.
     check_feature("{% if true %}\n    x\n{% endif %}\n", "    x\n");
