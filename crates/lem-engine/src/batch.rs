@@ -29,7 +29,9 @@
 //! The batcher is single-threaded and synchronous: the caller (for example a server's
 //! engine thread) owns it, admits jobs and calls `step` while [`Batcher::is_idle`] is
 //! false. Finished jobs come back from `step` with their [`Sequence`], so the caller can
-//! keep the KV state (a prefix cache, a session).
+//! keep the KV state (a prefix cache, a session). A sink also hears of every prefill step
+//! ([`TokenSink::prefilled`]), so a prefix cache can store blocks while a sliding window
+//! still holds them.
 
 use std::ops::ControlFlow;
 
@@ -91,6 +93,13 @@ pub trait TokenSink: Send {
     fn is_cancelled(&self) -> bool {
         false
     }
+
+    /// Called after every step that fed part of the job's prompt, with the sequence
+    /// holding everything fed so far. A prefix cache stores here the blocks the step
+    /// completed: every layer still holds their positions now (a step feeds at most one
+    /// batch, and a sliding-window ring keeps the window plus one batch), while by the end
+    /// of a long prompt a sliding window has dropped its early positions.
+    fn prefilled(&mut self, _engine: &Engine, _seq: &Sequence) {}
 }
 
 /// Work for the batcher.
@@ -357,6 +366,7 @@ impl Batcher {
             } else {
                 tokens.extend_from_slice(&s.prompt[s.fed..s.fed + n]);
                 s.fed += n;
+                s.sink.prefilled(engine, &s.seq);
             }
             if logits == LogitsRequest::Last {
                 if !s.decoding {
