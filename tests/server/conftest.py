@@ -26,11 +26,13 @@ def free_port():
 
 
 class Server:
-    """A `lem serve` process; `restart()` keeps its sessions directory."""
+    """A `lem serve` process; `restart()` keeps its sessions directory. `model` is a
+    packaged alias or a path (default: $LEM_TEST_MODEL, else smollm2-135m)."""
 
-    def __init__(self, workdir, name, *extra, api_key=API_KEY):
+    def __init__(self, workdir, name, *extra, api_key=API_KEY, model=MODEL):
         self.workdir = pathlib.Path(workdir)
         self.name = name
+        self.model = model
         self.extra = list(extra)
         self.api_key = api_key
         self.sessions = self.workdir / f"{name}-sessions"
@@ -54,7 +56,7 @@ class Server:
         self.starts += 1
         # A restart keeps the port, so clients made before it still reach the server.
         self.port = self.port or free_port()
-        cmd = [LEM, "serve", "--model", MODEL, "--port", str(self.port), "--sessions-dir", str(self.sessions)]
+        cmd = [LEM, "serve", "--model", self.model, "--port", str(self.port), "--sessions-dir", str(self.sessions)]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         cmd += self.extra

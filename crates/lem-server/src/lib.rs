@@ -14,12 +14,15 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models[/{id}]`
 //! (OpenAI); `POST /v1/messages` (Anthropic); `POST /api/chat`, `POST /api/generate`,
-//! `GET /api/tags`, `GET /api/version` (Ollama); `GET /v1/sessions`,
+//! `GET /api/tags`, `GET /api/version` (Ollama); `POST /v1/embeddings` (OpenAI),
+//! `POST /api/embed`, `POST /api/embeddings` (Ollama), `POST /tokenize`,
+//! `POST /detokenize` (llama-server); `GET /v1/sessions`,
 //! `GET|DELETE /v1/sessions/{name}`, `POST /v1/sessions/{name}/fork` (lem); `GET /health`,
 //! `GET /metrics`. Every error is an [`ApiError`], turned into a status code and an
 //! OpenAI-style error object in one place. See `docs/server.md`.
 
 pub mod anthropic;
+pub mod embed;
 pub mod error;
 pub mod extract;
 pub mod generation;
@@ -82,6 +85,8 @@ pub struct ServerConfig {
     pub recent_bytes: usize,
     /// On SIGTERM/SIGINT, how long running generations may take to finish.
     pub shutdown_grace: Duration,
+    /// How embeddings pool the final hidden states of an input's tokens.
+    pub pooling: lem_engine::Pooling,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +105,7 @@ impl Default for ServerConfig {
             recent_sequences: 8,
             recent_bytes: 256 << 20,
             shutdown_grace: Duration::from_secs(10),
+            pooling: lem_engine::Pooling::Mean,
         }
     }
 }
@@ -132,6 +138,7 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
             prefill_chunk: config.prefill_chunk.max(1),
             recent_sequences: config.recent_sequences,
             recent_bytes: config.recent_bytes,
+            pooling: config.pooling,
         },
     )?;
     Ok(Arc::new(ServerState::new(
@@ -161,6 +168,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/generate", post(ollama::generate))
         .route("/api/tags", get(ollama::tags))
         .route("/api/version", get(ollama::version))
+        .route("/v1/embeddings", post(embed::openai))
+        .route("/api/embed", post(embed::ollama))
+        .route("/api/embeddings", post(embed::ollama_legacy))
+        .route("/tokenize", post(embed::tokenize))
+        .route("/detokenize", post(embed::detokenize))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{name}", get(sessions::show).delete(sessions::remove))
         .route("/v1/sessions/{name}/fork", post(sessions::fork))

@@ -4,9 +4,11 @@
 //! Requests wait in a FIFO queue while the batch is full; [`WorkerHandle::submit`]
 //! refuses with [`ApiError::QueueFull`] once `max_active + max_queue` requests are in
 //! flight. At admission the prefix cache restores the longest cached prefix of the
-//! prompt (unless the request brought a longer one, from a session); when a job ends,
-//! its complete blocks are stored, before the thread looks at the next request, so a
-//! request sent after a response has ended always sees that response's blocks.
+//! prompt (unless the request brought a longer one, from a session); every prefill step
+//! stores the prompt blocks it completed (while a sliding window still holds them), and
+//! when a job ends its remaining complete blocks are stored, before the thread looks at
+//! the next request, so a request sent after a response has ended always sees that
+//! response's blocks.
 //!
 //! A request whose receiver is dropped (the client went away) is removed from the queue,
 //! or cancelled in the batch before the next forward.
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use lem_engine::sampling::TokenLogprobs;
 use lem_engine::{
-    BatchConfig, BatchEvent, Batcher, Engine, FinishReason, Finished, GenerateRequest, Job, JobId, Sequence, TokenSink,
+    BatchConfig, BatchEvent, Batcher, Engine, FinishReason, Finished, GenerateRequest, Job, JobId, Pooling, Sequence,
+    TokenSink,
 };
 use lem_state::PrefixCache;
 use lem_tokenizer::Tokenizer;
@@ -43,6 +46,8 @@ pub struct WorkerConfig {
     pub recent_sequences: usize,
     /// Byte budget of those sequences' KV state.
     pub recent_bytes: usize,
+    /// How embeddings pool the token states.
+    pub pooling: Pooling,
 }
 
 /// A token's log-probability with its text, as the APIs report it.
@@ -119,8 +124,28 @@ pub struct Submission {
     pub events: UnboundedSender<Event>,
 }
 
+/// An embedding request for the engine thread: it runs between batch steps, at most
+/// `prefill_chunk` input tokens (or one input) per step, so generation keeps going.
+#[derive(Debug)]
+pub struct EmbedSubmission {
+    /// Token ids of every input (checked by the handler: non-empty, within the context
+    /// and the vocabulary).
+    pub inputs: Vec<Vec<u32>>,
+    /// For the logs.
+    pub request_id: String,
+    /// Where the vectors (one per input, in order) go.
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, ApiError>>,
+}
+
+/// An embedding request in progress.
+struct EmbedWork {
+    sub: Box<EmbedSubmission>,
+    vectors: Vec<Vec<f32>>,
+}
+
 enum Command {
     Generate(Box<Submission>),
+    Embed(Box<EmbedSubmission>),
     Shutdown(Duration),
 }
 
@@ -153,6 +178,9 @@ impl WorkerHandle {
             metrics,
             inflight: inflight.clone(),
             waiting: VecDeque::new(),
+            embeds: VecDeque::new(),
+            embed_chunk: config.prefill_chunk.max(1),
+            pooling: config.pooling,
             jobs: HashMap::new(),
             deadline: None,
             recent: Recent { seqs: VecDeque::new(), max: config.recent_sequences, budget: config.recent_bytes },
@@ -173,6 +201,15 @@ impl WorkerHandle {
 
     /// Queues a request, or refuses it when the queue is full or the server is closing.
     pub fn submit(&self, sub: Submission) -> Result<(), ApiError> {
+        self.send(Command::Generate(Box::new(sub)))
+    }
+
+    /// Queues an embedding request (it counts against the same queue limit).
+    pub fn embed(&self, sub: EmbedSubmission) -> Result<(), ApiError> {
+        self.send(Command::Embed(Box::new(sub)))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), ApiError> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
@@ -181,7 +218,7 @@ impl WorkerHandle {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::QueueFull { queued: before.saturating_sub(self.max_active) });
         }
-        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Command::Generate(Box::new(sub)));
+        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
         if sent.is_err() {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::ShuttingDown);
@@ -233,6 +270,10 @@ struct Worker {
     metrics: Arc<Metrics>,
     inflight: Arc<AtomicUsize>,
     waiting: VecDeque<Box<Submission>>,
+    embeds: VecDeque<EmbedWork>,
+    /// Most input tokens embedded per step (the prefill chunk).
+    embed_chunk: usize,
+    pooling: Pooling,
     jobs: HashMap<JobId, Meta>,
     deadline: Option<Instant>,
     recent: Recent,
@@ -285,7 +326,7 @@ impl Recent {
 impl Worker {
     fn run(mut self, rx: Receiver<Command>) {
         loop {
-            if self.batcher.is_idle() && self.waiting.is_empty() {
+            if self.batcher.is_idle() && self.waiting.is_empty() && self.embeds.is_empty() {
                 if self.deadline.is_some() {
                     break;
                 }
@@ -310,7 +351,12 @@ impl Worker {
                     let _ = sub.events.send(Event::Failed(ApiError::ShuttingDown));
                     self.inflight.fetch_sub(1, Ordering::SeqCst);
                 }
+                for work in std::mem::take(&mut self.embeds) {
+                    let _ = work.sub.reply.send(Err(ApiError::ShuttingDown));
+                    self.inflight.fetch_sub(1, Ordering::SeqCst);
+                }
             }
+            self.embed_step();
             if !self.batcher.is_idle() {
                 let n = self.batcher.active() as u64;
                 let finished = self.batcher.step(&self.engine);
@@ -331,6 +377,7 @@ impl Worker {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Generate(sub) => self.waiting.push_back(sub),
+            Command::Embed(sub) => self.embeds.push_back(EmbedWork { sub, vectors: Vec::new() }),
             Command::Shutdown(grace) => {
                 tracing::info!(
                     grace_s = grace.as_secs_f64(),
@@ -354,6 +401,54 @@ impl Worker {
         }
     }
 
+    /// Embeds the next inputs of the oldest embedding request: as many as fit in one
+    /// prefill chunk of tokens (at least one input), then answers it when all are done.
+    fn embed_step(&mut self) {
+        let Some(work) = self.embeds.front_mut() else { return };
+        if work.sub.reply.is_closed() {
+            self.embeds.pop_front();
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let from = work.vectors.len();
+        let mut end = from + 1;
+        let mut tokens = work.sub.inputs[from].len();
+        while end < work.sub.inputs.len() && tokens + work.sub.inputs[end].len() <= self.embed_chunk {
+            tokens += work.sub.inputs[end].len();
+            end += 1;
+        }
+        let result = self.engine.embed(&work.sub.inputs[from..end], self.pooling);
+        let failed = match result {
+            Ok(v) => {
+                work.vectors.extend(v);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if failed.is_none() && work.vectors.len() < work.sub.inputs.len() {
+            return;
+        }
+        let Some(work) = self.embeds.pop_front() else { return };
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        let reply = match failed {
+            Some(e) => {
+                tracing::warn!(request_id = work.sub.request_id, error = %e, "embedding failed");
+                Err(e.into())
+            }
+            None => {
+                let tokens: usize = work.sub.inputs.iter().map(Vec::len).sum();
+                tracing::info!(
+                    request_id = work.sub.request_id,
+                    inputs = work.sub.inputs.len(),
+                    tokens,
+                    "embedding finished"
+                );
+                Ok(work.vectors)
+            }
+        };
+        let _ = work.sub.reply.send(reply);
+    }
+
     fn admit(&mut self, sub: Box<Submission>) {
         let Submission { prompt_ids, seq, request, top_logprobs, want_seq, received, request_id, events } = *sub;
         let engine = &*self.engine;
@@ -372,6 +467,8 @@ impl Worker {
             tx: events.clone(),
             tokenizer: engine.tokenizer().clone(),
             metrics: self.metrics.clone(),
+            prefix: self.prefix.clone(),
+            request_id: request_id.clone(),
             received,
             last: None,
         };
@@ -466,6 +563,9 @@ struct ChannelSink {
     tx: UnboundedSender<Event>,
     tokenizer: Arc<Tokenizer>,
     metrics: Arc<Metrics>,
+    /// Blocks are stored as the prefill passes them (see [`TokenSink::prefilled`]).
+    prefix: Arc<PrefixCache>,
+    request_id: String,
     received: Instant,
     last: Option<Instant>,
 }
@@ -511,5 +611,11 @@ impl TokenSink for ChannelSink {
 
     fn is_cancelled(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    fn prefilled(&mut self, engine: &Engine, seq: &Sequence) {
+        if let Err(e) = self.prefix.store(engine, seq) {
+            tracing::warn!(request_id = self.request_id, error = %e, "prefix cache store failed");
+        }
     }
 }

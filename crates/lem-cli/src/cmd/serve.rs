@@ -46,6 +46,9 @@ pub struct Args {
     /// Seconds running generations get to finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// How /v1/embeddings and /api/embed pool the final hidden states: mean, last or first.
+    #[arg(long, default_value = "mean")]
+    pooling: lem_engine::Pooling,
 }
 
 /// Runs `lem serve`.
@@ -64,6 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         prefix_cache_dir: a.prefix_cache_dir,
         prefix_cache_memory: a.prefix_cache_mib << 20,
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        pooling: a.pooling,
         ..ServerConfig::default()
     };
     lem_server::run(engine, &a.model.model, &config, |addr, state| {
