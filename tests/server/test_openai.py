@@ -31,7 +31,25 @@ def test_chat_non_streaming(oai):
     assert r.usage.prompt_tokens > 0
     assert 0 < r.usage.completion_tokens <= 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+    assert r.usage.prompt_tokens_details.cached_tokens < r.usage.prompt_tokens
+
+
+def test_shared_prefix_is_reused(oai, server):
+    # Two prompts sharing a long prefix: the second reports the shared part (at least its
+    # whole 64-token blocks) as cached, and its answer is what a cold server computes.
+    prefix = "Reference notes. " + " ".join(f"Item {i} is stored in bin {i * 13 % 97}." for i in range(60))
+    a, b = f"{prefix}\nQuestion: where is item 5?\nAnswer:", f"{prefix}\nQuestion: where is item 9?\nAnswer:"
+    ta = server.post("/tokenize", {"content": a, "add_special": True}).json()["tokens"]
+    tb = server.post("/tokenize", {"content": b, "add_special": True}).json()["tokens"]
+    shared = next(i for i, (x, y) in enumerate(zip(ta, tb)) if x != y)
+    assert shared >= 256, shared
+    first = oai.completions.create(model="default", prompt=a, max_tokens=4, **GREEDY)
+    assert first.usage.prompt_tokens == len(ta)
+    second = oai.completions.create(model="default", prompt=b, max_tokens=4, **GREEDY)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert shared // 64 * 64 <= cached <= shared, (cached, shared)
+    want = lem_generate("-p", b, "-n", "4")
+    assert second.choices[0].text == want["text"]
 
 
 def test_chat_streaming_matches_non_streaming(oai):
@@ -62,19 +80,32 @@ def test_chat_template_kwargs_accepted(oai):
 
 
 def test_sampling_parameters(oai):
-    kw = dict(
-        model="smollm2-135m",
-        messages=[{"role": "user", "content": "Tell me a short story."}],
-        max_completion_tokens=16,
-        temperature=0.9,
-        top_p=0.9,
-        presence_penalty=0.5,
-        frequency_penalty=0.5,
-        seed=42,
-    )
-    a = oai.chat.completions.create(**kw).choices[0].message.content
-    b = oai.chat.completions.create(**kw).choices[0].message.content
-    assert a == b, "the same seed gives the same text"
+    base = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Tell me a short story."}],
+                max_completion_tokens=16)
+    greedy = oai.chat.completions.create(temperature=0, **base).choices[0].message.content
+
+    def sample(seed, temperature=1.0, **extra):
+        r = oai.chat.completions.create(temperature=temperature, seed=seed, **base, **extra)
+        return r.choices[0].message.content
+
+    # top_k 1 (and a vanishing top_p) leave only the most likely token: greedy, whatever the seed.
+    for seed in (1, 2, 3):
+        assert sample(seed, extra_body={"top_k": 1}) == greedy
+        assert sample(seed, top_p=1e-6) == greedy
+    # Temperature 1 samples: seeds give different stories, not the greedy one.
+    texts = [sample(seed) for seed in (1, 2, 3, 4)]
+    assert len(set(texts)) >= 3, texts
+    assert any(t != greedy for t in texts)
+    # The same seed gives the same text, penalties included.
+    kw = dict(temperature=0.9, top_p=0.9, presence_penalty=0.5, frequency_penalty=0.5)
+    assert sample(42, **kw) == sample(42, **kw)
+    # A stop string ends the text just before its first occurrence.
+    words = greedy.split()
+    assert len(words) >= 4, greedy
+    stop = " " + words[3]
+    cut = oai.chat.completions.create(temperature=0, stop=[stop], **base)
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == greedy[: greedy.index(stop)]
 
 
 def test_stop_strings(oai):
