@@ -25,8 +25,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
 fi
-if ! "$VENV/bin/python" -c "import openai, anthropic, requests, pytest" 2>/dev/null; then
-  "$VENV/bin/pip" install -q --disable-pip-version-check openai anthropic requests pytest
+if ! "$VENV/bin/python" -c "import openai, anthropic, requests, pytest, jsonschema, pydantic" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check openai anthropic requests pytest jsonschema
 fi
 command -v curl >/dev/null || { echo "tests/server: curl is required" >&2; exit 1; }
 

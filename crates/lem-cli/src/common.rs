@@ -241,3 +241,44 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     writeln!(out)?;
     Ok(())
 }
+
+/// Constrained-decoding flags: at most one of them (docs/server.md, "Structured outputs").
+#[derive(Debug, Clone, Default, Args)]
+#[group(multiple = false)]
+pub struct GrammarArgs {
+    /// Constrain the output to JSON valid under the JSON Schema in this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// Constrain the output to one JSON object.
+    #[arg(long)]
+    pub json_object: bool,
+    /// Constrain the whole output to match this regular expression.
+    #[arg(long, value_name = "RE")]
+    pub regex: Option<String>,
+    /// Constrain the output to the grammar in this file: llama.cpp GBNF, or llguidance
+    /// Lark when it starts with `%llguidance`.
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<std::path::PathBuf>,
+}
+
+impl GrammarArgs {
+    /// The grammar the flags ask for (`None`: unconstrained), its files read.
+    pub fn grammar(&self) -> anyhow::Result<Option<lem_engine::Grammar>> {
+        use anyhow::Context;
+        use lem_engine::Grammar;
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        Ok(if let Some(p) = &self.json_schema {
+            let text = read(p)?;
+            let schema = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?;
+            Some(Grammar::JsonSchema(schema))
+        } else if self.json_object {
+            Some(Grammar::JsonObject)
+        } else if let Some(rx) = &self.regex {
+            Some(Grammar::Regex(rx.clone()))
+        } else if let Some(p) = &self.grammar {
+            Some(Grammar::from_llama_grammar(&read(p)?))
+        } else {
+            None
+        })
+    }
+}

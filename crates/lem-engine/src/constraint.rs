@@ -15,10 +15,10 @@ mod gbnf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use lem_tokenizer::Tokenizer;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
-use lem_tokenizer::Tokenizer;
 
 use crate::error::EngineError;
 
@@ -72,10 +72,8 @@ impl Grammar {
                 "type": "object"
             }))),
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
-            Grammar::Lark(lark) => {
-                let body = lark.trim_start().strip_prefix(LLGUIDANCE_MARKER).unwrap_or(lark);
-                TopLevelGrammar::from_lark(body.to_owned())
-            }
+            // llguidance reads a leading `%llguidance {options}` line itself.
+            Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
             Grammar::Gbnf(text) => TopLevelGrammar::from_lark(gbnf_to_lark(text)?),
         })
     }

@@ -180,6 +180,9 @@ impl From<EngineError> for ApiError {
             EngineError::PromptTooLong { tokens, ctx } => ApiError::ContextLengthExceeded { tokens, ctx },
             EngineError::Sampling(e) => ApiError::InvalidRequest { message: e.to_string(), param: None },
             EngineError::EmptyPrompt => ApiError::invalid("prompt", "the prompt is empty"),
+            EngineError::Grammar(msg) => {
+                ApiError::InvalidRequest { message: format!("invalid grammar: {msg}"), param: None }
+            }
             EngineError::Template(e) => {
                 ApiError::InvalidRequest { message: format!("chat template: {e}"), param: None }
             }

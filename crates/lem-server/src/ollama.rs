@@ -59,6 +59,8 @@ pub struct ChatRequest {
     pub options: Options,
     /// A lem session to continue.
     pub session: Option<String>,
+    /// Structured output: `"json"` or a JSON schema object.
+    pub format: Option<Value>,
 }
 
 /// `POST /api/generate` body.
@@ -79,6 +81,8 @@ pub struct GenerateRequest {
     pub options: Options,
     /// A lem session to continue.
     pub session: Option<String>,
+    /// Structured output: `"json"` or a JSON schema object.
+    pub format: Option<Value>,
 }
 
 impl Options {
@@ -190,8 +194,9 @@ pub async fn chat(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let spec =
+    let mut spec =
         req.options.spec(&state, PromptSpec::Chat(messages), req.session.or_else(|| session_header(&headers)))?;
+    spec.grammar = params::ollama_format(req.format.as_ref(), &state.engine)?;
     respond(&state, spec, &rid, req.stream.unwrap_or(true), |t| ("message", json!({"role": "assistant", "content": t})))
         .await
 }
@@ -214,7 +219,8 @@ pub async fn generate(
         messages.push(ChatMessage::user(req.prompt));
         PromptSpec::Chat(messages)
     };
-    let spec = req.options.spec(&state, prompt, req.session.or_else(|| session_header(&headers)))?;
+    let mut spec = req.options.spec(&state, prompt, req.session.or_else(|| session_header(&headers)))?;
+    spec.grammar = params::ollama_format(req.format.as_ref(), &state.engine)?;
     respond(&state, spec, &rid, req.stream.unwrap_or(true), |t| ("response", json!(t))).await
 }
 

@@ -62,6 +62,9 @@ pub struct CommonFields {
     pub n: Option<i64>,
     /// A lem session to continue.
     pub session: Option<String>,
+    /// Structured outputs: `response_format`, `grammar`, `json_schema`, `regex`.
+    #[serde(flatten)]
+    pub structured: params::GrammarFields,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -132,7 +135,7 @@ impl CommonFields {
             top_logprobs: None,
             session: params::session_name(self.session.clone().or_else(|| session_header(headers)))?,
             template_kwargs: Value::Null,
-            grammar: None,
+            grammar: self.structured.grammar(&state.engine)?,
         })
     }
 

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lem_engine::sampling::SamplingParams;
+use lem_engine::{Engine, Grammar};
 use lem_tokenizer::{ChatMessage, Role};
 use serde::Deserialize;
 
@@ -68,6 +69,122 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The constrained-decoding fields of an OpenAI chat or completions body: OpenAI
+/// `response_format`, llama-server's `grammar` (GBNF, or Lark after `%llguidance`) and
+/// `json_schema`, and lem's `regex`. At most one may constrain a request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct GrammarFields {
+    /// `{"type": "text"}`, `{"type": "json_object"}` (llama-server: with an optional
+    /// `schema`) or `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+    pub response_format: Option<serde_json::Value>,
+    /// A GBNF grammar, or Lark when it starts with `%llguidance`.
+    pub grammar: Option<String>,
+    /// A JSON Schema (llama-server's field).
+    pub json_schema: Option<serde_json::Value>,
+    /// A regular expression the whole output must match (lem's extension).
+    pub regex: Option<String>,
+}
+
+impl GrammarFields {
+    /// The grammar these fields ask for and the field it came from (`None`: unconstrained).
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidRequest`] for a malformed `response_format`, or when more than
+    /// one field constrains the request.
+    pub fn parse(&self) -> Result<Option<(Grammar, &'static str)>, ApiError> {
+        let mut found: Vec<(Grammar, &'static str)> = Vec::new();
+        if let Some(rf) = &self.response_format
+            && let Some(g) = response_format(rf)?
+        {
+            found.push((g, "response_format"));
+        }
+        if let Some(g) = &self.grammar {
+            found.push((Grammar::from_llama_grammar(g), "grammar"));
+        }
+        if let Some(schema) = &self.json_schema {
+            found.push((Grammar::JsonSchema(schema.clone()), "json_schema"));
+        }
+        if let Some(rx) = &self.regex {
+            found.push((Grammar::Regex(rx.clone()), "regex"));
+        }
+        if found.len() > 1 {
+            let names: Vec<&str> = found.iter().map(|(_, n)| *n).collect();
+            return Err(ApiError::invalid(
+                names[1],
+                format!("give at most one of response_format, grammar, json_schema and regex (got {})", names.join(", ")),
+            ));
+        }
+        Ok(found.pop())
+    }
+
+    /// [`GrammarFields::parse`], then compiled once against `engine`'s vocabulary, so a
+    /// schema llguidance cannot handle is a 400 naming the field.
+    ///
+    /// # Errors
+    /// As `parse`, and [`ApiError::InvalidRequest`] with llguidance's message.
+    pub fn grammar(&self, engine: &Engine) -> Result<Option<Grammar>, ApiError> {
+        self.parse()?.map(|(g, param)| checked(engine, g, param)).transpose()
+    }
+}
+
+/// OpenAI's `response_format` object as a grammar (`None` for `text`).
+fn response_format(v: &serde_json::Value) -> Result<Option<Grammar>, ApiError> {
+    const P: &str = "response_format";
+    let kind = v.get("type").and_then(serde_json::Value::as_str);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(match v.get("schema") {
+            Some(schema) => Grammar::JsonSchema(schema.clone()),
+            None => Grammar::JsonObject,
+        })),
+        Some("json_schema") => {
+            let Some(js) = v.get("json_schema").filter(|js| js.is_object()) else {
+                return Err(ApiError::invalid(P, "response_format of type json_schema needs a json_schema object"));
+            };
+            match js.get("schema") {
+                Some(schema) => Ok(Some(Grammar::JsonSchema(schema.clone()))),
+                None => Err(ApiError::invalid(P, "response_format.json_schema needs a schema")),
+            }
+        }
+        Some(other) => Err(ApiError::invalid(
+            P,
+            format!("unknown response_format type {other:?} (expected text, json_object or json_schema)"),
+        )),
+        None => Err(ApiError::invalid(P, "response_format must be an object with a type")),
+    }
+}
+
+/// Ollama's `format`: `"json"` (any JSON object), a JSON Schema object, or `""`/null for
+/// none; compiled once against `engine`'s vocabulary.
+///
+/// # Errors
+/// [`ApiError::InvalidRequest`] (param `format`) for another value or a schema that does
+/// not compile.
+pub fn ollama_format(v: Option<&serde_json::Value>, engine: &Engine) -> Result<Option<Grammar>, ApiError> {
+    let g = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(serde_json::Value::String(s)) if s == "json" => Grammar::JsonObject,
+        Some(schema @ serde_json::Value::Object(_)) => Grammar::JsonSchema(schema.clone()),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "format",
+                format!("format must be \"json\" or a JSON schema object, got {}", json_kind(other)),
+            ));
+        }
+    };
+    checked(engine, g, "format").map(Some)
+}
+
+/// `g` if it compiles against `engine`'s vocabulary; otherwise a 400 naming `param`.
+fn checked(engine: &Engine, g: Grammar, param: &str) -> Result<Grammar, ApiError> {
+    let compiled = engine.constraint_factory().and_then(|f| f.compile(&g));
+    match compiled {
+        Ok(_) => Ok(g),
+        Err(e) => Err(ApiError::invalid(param, e.to_string())),
     }
 }
 
@@ -356,6 +473,49 @@ impl ModelNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fields(v: serde_json::Value) -> GrammarFields {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn response_format_and_grammar_fields_become_grammars() {
+        use serde_json::json;
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let cases = [
+            (json!({}), None),
+            (json!({"response_format": {"type": "text"}}), None),
+            (json!({"response_format": {"type": "json_object"}}), Some((Grammar::JsonObject, "response_format"))),
+            (
+                json!({"response_format": {"type": "json_object", "schema": schema}}),
+                Some((Grammar::JsonSchema(schema.clone()), "response_format")),
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}}),
+                Some((Grammar::JsonSchema(schema.clone()), "response_format")),
+            ),
+            (json!({"grammar": "root ::= \"a\""}), Some((Grammar::Gbnf("root ::= \"a\"".into()), "grammar"))),
+            (
+                json!({"grammar": "%llguidance {}\nstart: \"a\""}),
+                Some((Grammar::Lark("%llguidance {}\nstart: \"a\"".into()), "grammar")),
+            ),
+            (json!({"json_schema": schema}), Some((Grammar::JsonSchema(schema.clone()), "json_schema"))),
+            (json!({"regex": "[0-9]+"}), Some((Grammar::Regex("[0-9]+".into()), "regex"))),
+        ];
+        for (body, want) in cases {
+            assert_eq!(fields(body.clone()).parse().unwrap(), want, "{body}");
+        }
+        for (body, msg) in [
+            (json!({"response_format": {"type": "xml"}}), "unknown response_format type \"xml\""),
+            (json!({"response_format": {"type": "json_schema"}}), "needs a json_schema object"),
+            (json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}), "needs a schema"),
+            (json!({"response_format": "json"}), "must be an object with a type"),
+            (json!({"regex": "a", "grammar": "root ::= \"a\""}), "at most one of"),
+        ] {
+            let e = fields(body.clone()).parse().unwrap_err();
+            assert!(e.to_string().contains(msg), "{body}: {e}");
+        }
+    }
 
     #[test]
     fn template_kwargs_must_be_an_object() {

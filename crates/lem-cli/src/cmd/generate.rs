@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use lem_engine::{DraftConfig, GenerateRequest, generate};
 use serde_json::json;
 
-use crate::common::{ModelArgs, PromptArgs, SamplingArgs, print_json};
+use crate::common::{GrammarArgs, ModelArgs, PromptArgs, SamplingArgs, print_json};
 
 /// Arguments of `lem generate`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,8 @@ pub struct Args {
     stop: Vec<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    grammar: GrammarArgs,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -65,7 +67,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "--draft and --probe cannot be combined (the probe sees every step, drafts would be rolled back)"
         );
     }
-    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), draft, grammar: None };
+    let grammar = a.grammar.grammar()?;
+    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: params, stop: a.stop.clone(), draft, grammar };
     let mut seq = engine.new_sequence();
     let mut out = std::io::stdout().lock();
     let mut io_err = None;

@@ -272,7 +272,8 @@ impl Parser<'_> {
                 _ => {
                     let c = self.char()?;
                     push_class_char(&mut out, c);
-                    if self.peek() == Some(b'-') && self.src.get(self.pos + 1).is_some_and(|&b| b != b']') {
+                    if self.peek() == Some(b'-') && self.src.get(self.pos + 1).is_some_and(|&b| b != b']' && b != b'\n')
+                    {
                         self.pos += 1;
                         let hi = self.char()?;
                         if hi < c {
@@ -341,7 +342,9 @@ ws ::= | " " | "\n" [ \t]{0,20}
         let lark = gbnf_to_lark(JSON).unwrap();
         assert!(lark.starts_with("start: g_root\n"), "{lark}");
         assert!(lark.contains("g_root: g_object\n"), "{lark}");
-        assert!(lark.contains(r#"g_value: g_object | g_array | g_string | g_number | ("true" | "false" | "null") g_ws"#));
+        assert!(
+            lark.contains(r#"g_value: g_object | g_array | g_string | g_number | ("true" | "false" | "null") g_ws"#)
+        );
         assert!(lark.contains(r#"/[0-9a-fA-F]/{4}"#), "{lark}");
         assert!(lark.contains(r#"g_ws: "" | " " | "\n" /[\x{20}\x{9}]/{0,20}"#), "{lark}");
         assert!(lark.contains(r#"/[^\x{22}\x{5c}\x{7f}\x{0}-\x{1f}]/"#), "{lark}");
