@@ -166,7 +166,9 @@ impl Engine {
         }
         let vocab = self.model().config().vocab;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Input(format!("input {i}: token id {bad} is outside the vocabulary of {vocab}")).into());
+            return Err(
+                ModelError::Input(format!("input {i}: token id {bad} is outside the vocabulary of {vocab}")).into()
+            );
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use lem_tokenizer::Bos;
 
 /// The engines under test: (name, engine).
 fn engines() -> Vec<(String, Arc<Engine>)> {
-    let mut out: Vec<(String, Arc<Engine>)> = common::MODELS.iter().map(|m| (m.to_string(), common::engine(m))).collect();
+    let mut out: Vec<(String, Arc<Engine>)> =
+        common::MODELS.iter().map(|m| (m.to_string(), common::engine(m))).collect();
     let tiny = common::tiny_models_dir().join("llama");
     for source in ["f32.gguf", "hf"] {
         let e = Engine::load(&tiny.join(source), EngineConfig { threads: 2, ctx_size: 1024 }).unwrap();
