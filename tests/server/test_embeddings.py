@@ -42,6 +42,19 @@ def test_batch_equals_one_by_one(oai):
     assert cosine(batch[1], batch[2]) < 0.999
 
 
+def test_paraphrase_is_closer_than_an_unrelated_text(oai):
+    # Mean pooling on SmolLM2: margins of 0.1 to 0.3 on these triples.
+    triples = [
+        ("The cat sat on the mat.", "A cat was sitting on the mat.", "Stock markets fell sharply today."),
+        ("How do I bake bread?", "What is the way to make bread at home?", "The train leaves at noon."),
+        ("The weather is sunny and warm.", "It is a warm, sunny day.", "He plays the violin in an orchestra."),
+        ("I lost my car keys.", "My car keys are missing.", "Photosynthesis converts light into energy."),
+    ]
+    for text, paraphrase, unrelated in triples:
+        _, [a, p, u] = embed(oai, [text, paraphrase, unrelated])
+        assert cosine(a, p) > cosine(a, u) + 0.05, (text, cosine(a, p), cosine(a, u))
+
+
 def test_client_default_base64_and_raw_base64(oai, server):
     # The openai client asks for base64 by default and decodes it itself.
     decoded = oai.embeddings.create(model="smollm2-135m", input="base64 please").data[0].embedding
