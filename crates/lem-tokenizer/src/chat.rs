@@ -94,6 +94,13 @@ impl ChatMessage {
     }
 }
 
+/// Instructions one render may execute: real chat templates use a few thousand per
+/// message; a render past this fails with [`TemplateError::Render`].
+const RENDER_FUEL: u64 = 5_000_000;
+
+/// Deepest nesting (macro calls, includes, nested blocks) one render may reach.
+const RENDER_RECURSION: usize = 64;
+
 /// Name under which the template source is registered in the environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
@@ -184,6 +191,10 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // Templates come with model files from anywhere: bound every render's work and
+        // nesting so a hostile template fails with an error instead of running forever.
+        env.set_fuel(Some(RENDER_FUEL));
+        env.set_recursion_limit(RENDER_RECURSION);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -361,7 +372,7 @@ fn describe(e: &Error) -> String {
 fn tojson(value: &Value, indent: Option<Value>, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = match kwargs.get::<Option<usize>>("indent")? {
         Some(n) => Some(n),
-        None => indent.map(|v| usize::try_from(v)).transpose()?,
+        None => indent.map(usize::try_from).transpose()?,
     };
     // transformers accepts `separators` and `sort_keys` too; only their defaults are
     // supported here.
