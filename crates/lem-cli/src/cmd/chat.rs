@@ -10,7 +10,7 @@ use lem_tokenizer::{Bos, ChatMessage};
 
 use crate::cmd::kv::PrefixCacheArgs;
 use crate::cmd::session::StoreArgs;
-use crate::common::{ModelArgs, SamplingArgs};
+use crate::common::{GrammarArgs, ModelArgs, SamplingArgs};
 
 /// Arguments of `lem chat`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,9 @@ pub struct Args {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Every reply is constrained by the grammar.
+    #[command(flatten)]
+    grammar: GrammarArgs,
     /// Named session: wake its KV state and transcript at start, sleep after each turn.
     #[arg(long, value_name = "NAME")]
     session: Option<String>,
@@ -48,6 +51,7 @@ fn sync_prefix(engine: &Engine, seq: &mut Sequence, ids: &[u32]) -> usize {
 
 /// Runs `lem chat`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let grammar = a.grammar.grammar()?;
     let engine = a.model.load()?;
     let interactive = std::io::stdin().is_terminal();
     let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
@@ -109,6 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             max_tokens: a.max_tokens,
             sampling: a.sampling.params(),
             stop: Vec::new(),
+            grammar: grammar.clone(),
             ..Default::default()
         };
         let mut out = std::io::stdout().lock();
