@@ -352,6 +352,37 @@ ws ::= | " " | "\n" [ \t]{0,20}
         assert_eq!(lark.lines().count(), 8, "{lark}");
     }
 
+    /// Whether llguidance, given the translation of `gbnf` over a one-byte-per-token
+    /// vocabulary, accepts exactly `text`.
+    fn accepts(gbnf: &str, text: &str) -> bool {
+        use llguidance::api::TopLevelGrammar;
+        use llguidance::toktrie::ApproximateTokEnv;
+        let mut factory = llguidance::ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).unwrap();
+        factory.quiet();
+        let lark = gbnf_to_lark(gbnf).unwrap();
+        let parser =
+            factory.create_parser(TopLevelGrammar::from_lark(lark.clone())).unwrap_or_else(|e| panic!("{e}\n{lark}"));
+        let mut m = llguidance::Matcher::new(Ok(parser));
+        text.bytes().all(|b| m.consume_token(u32::from(b)).is_ok()) && m.is_accepting().unwrap_or(false)
+    }
+
+    #[test]
+    fn translations_accept_what_the_gbnf_accepts() {
+        for ok in [r#"{"a": [1, -2.5, "x\n\u00e9"], "b": {"c": null}}"#, "{}", "{\"k\":true}"] {
+            assert!(accepts(JSON, ok), "{ok}");
+        }
+        for bad in [r#"{"a" 1}"#, "[1, 2]", r#"{"a": 01}"#, r#"{"a": "unterminated}"#] {
+            assert!(!accepts(JSON, bad), "{bad}");
+        }
+        let list = "root ::= item{1,3}\nitem ::= \"- \" [a-z]+ \"\\n\"";
+        assert!(accepts(list, "- tea\n- milk\n"));
+        assert!(!accepts(list, "- a\n- b\n- c\n- d\n"));
+        assert!(!accepts(list, "- Tea\n"));
+        let arith = "root ::= expr\nexpr ::= term ((\"+\" | \"-\") term)*\nterm ::= [0-9]+ | \"(\" expr \")\"";
+        assert!(accepts(arith, "(1+2)-30"));
+        assert!(!accepts(arith, "(1+2"));
+    }
+
     #[test]
     fn names_dashes_and_case() {
         let lark = gbnf_to_lark("root ::= my-rule Other\nmy-rule ::= \"a\"\nOther ::= [b]?").unwrap();
