@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lem_engine::FinishReason;
-use lem_tokenizer::ChatMessage;
+use lem_tokenizer::{ChatMessage, Role, ToolCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -18,7 +18,9 @@ use crate::extract::{ApiJson, session_header};
 use crate::generation::start;
 use crate::middleware::RequestId;
 use crate::params::{self, Content, GenSpec, PromptSpec, SamplingFields};
+use crate::reasoning::{self, ReasoningMode};
 use crate::state::AppState;
+use crate::tools::{self, FunctionDef, Piece, ToolChoice, ToolFormat, ToolRequest};
 use crate::worker::{Done, Event};
 
 /// One message.
@@ -26,8 +28,9 @@ use crate::worker::{Done, Event};
 pub struct MessageIn {
     /// `user` or `assistant`.
     pub role: String,
-    /// Text or text blocks.
-    pub content: Content,
+    /// Text, or content blocks: `text`, `tool_use` (assistant), `tool_result` (user);
+    /// `thinking` blocks of earlier turns are dropped.
+    pub content: Value,
 }
 
 /// `POST /v1/messages` body.
@@ -53,6 +56,13 @@ pub struct MessagesRequest {
     pub stream: Option<bool>,
     /// A lem session to continue.
     pub session: Option<String>,
+    /// Tools the model may use: `{name, description, input_schema}`.
+    pub tools: Option<Vec<Value>>,
+    /// `{type: auto | any | tool | none, name, disable_parallel_tool_use}`.
+    pub tool_choice: Option<Value>,
+    /// `{type: enabled | disabled}`: thinking returned as `thinking` blocks, or not at all
+    /// (and `enable_thinking` false for the template); default: the server's `--reasoning`.
+    pub thinking: Option<Value>,
 }
 
 fn stop_reason(done: &Done) -> &'static str {
@@ -74,6 +84,134 @@ fn usage(done: &Done) -> Value {
 
 fn event(name: &str, data: Value) -> Result<SseEvent, Infallible> {
     Ok(SseEvent::default().event(name).data(data.to_string()))
+}
+
+/// A request message's content blocks as chat messages: text (joined), `tool_use` blocks
+/// as the assistant's calls, each `tool_result` as a tool message (before the user's
+/// text, as the results answer the previous turn).
+fn blocks_in(role: Role, content: Value, out: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    let blocks = match content {
+        Value::String(s) => {
+            out.push(ChatMessage::new(role, s));
+            return Ok(());
+        }
+        Value::Array(blocks) => blocks,
+        _ => return Err(ApiError::invalid("messages", "message content must be a string or a list of blocks")),
+    };
+    let (mut text, mut calls) = (String::new(), Vec::new());
+    for b in blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("thinking" | "redacted_thinking") => {}
+            Some("tool_use") if role == Role::Assistant => calls.push(ToolCall {
+                id: b.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                name: b.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                arguments: tools::arguments_in(b.get("input").cloned().unwrap_or(Value::Null))?,
+            }),
+            Some("tool_result") if role == Role::User => {
+                let result = match b.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => {
+                        let parts: Content = serde_json::from_value(v.clone())
+                            .map_err(|e| ApiError::invalid("messages", format!("bad tool_result content: {e}")))?;
+                        Content::into_text(Some(parts), "messages")?
+                    }
+                };
+                let id = b.get("tool_use_id").and_then(Value::as_str).map(str::to_owned);
+                out.push(ChatMessage::tool_result(result, id, None));
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!(
+                        "content blocks of type `{}` are not supported in {} messages",
+                        other.unwrap_or("(none)"),
+                        role.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    if !calls.is_empty() {
+        out.push(ChatMessage::assistant_calls(text, calls));
+    } else if !text.is_empty() || out.last().is_none_or(|m| m.role != Role::Tool) {
+        out.push(ChatMessage::new(role, text));
+    }
+    Ok(())
+}
+
+/// The content blocks of a streamed reply: opened as pieces of a new kind arrive,
+/// closed when the kind changes.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// Index of the open block and whether it is text (`Some(true)`), thinking (`Some(false)`).
+    open: Option<(usize, bool)>,
+    next: usize,
+    calls: usize,
+}
+
+impl Blocks {
+    fn close(&mut self, at_end: bool) -> Vec<Result<SseEvent, Infallible>> {
+        let mut out = Vec::new();
+        if at_end && self.next == 0 {
+            // An empty reply still has its (empty) text block.
+            out.extend(self.open_block(json!({"type": "text", "text": ""}), true));
+        }
+        if let Some((index, _)) = self.open.take() {
+            out.push(event("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        }
+        out
+    }
+
+    fn open_block(&mut self, block: Value, text: bool) -> Vec<Result<SseEvent, Infallible>> {
+        let index = self.next;
+        self.next += 1;
+        self.open = Some((index, text));
+        vec![event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )]
+    }
+
+    fn delta(&self, delta: Value) -> Result<SseEvent, Infallible> {
+        let index = self.open.map_or(0, |(i, _)| i);
+        event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": delta}))
+    }
+
+    fn events(&mut self, pieces: Vec<Piece>, format: ToolFormat) -> Vec<Result<SseEvent, Infallible>> {
+        let mut out = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Content(t) => {
+                    if self.open.map(|(_, text)| text) != Some(true) {
+                        out.extend(self.close(false));
+                        out.extend(self.open_block(json!({"type": "text", "text": ""}), true));
+                    }
+                    out.push(self.delta(json!({"type": "text_delta", "text": t})));
+                }
+                Piece::Reasoning(t) => {
+                    if self.open.map(|(_, text)| text) != Some(false) {
+                        out.extend(self.close(false));
+                        out.extend(
+                            self.open_block(json!({"type": "thinking", "thinking": "", "signature": ""}), false),
+                        );
+                    }
+                    out.push(self.delta(json!({"type": "thinking_delta", "thinking": t})));
+                }
+                Piece::Call(c) => {
+                    out.extend(self.close(false));
+                    let block =
+                        json!({"type": "tool_use", "id": format.call_id("toolu_"), "name": c.name, "input": {}});
+                    out.extend(self.open_block(block, false));
+                    out.push(self.delta(json!({"type": "input_json_delta", "partial_json": c.arguments.to_string()})));
+                    out.extend(self.close(false));
+                    self.calls += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `POST /v1/messages`.
@@ -103,34 +241,73 @@ pub async fn messages(
                 ));
             }
         };
-        messages.push(ChatMessage::new(role, Content::into_text(Some(m.content), "messages")?));
+        blocks_in(role, m.content, &mut messages)?;
     }
+    let defs = req.tools.unwrap_or_default().iter().map(FunctionDef::from_anthropic).collect::<Result<Vec<_>, _>>()?;
+    let (choice, parallel) = ToolChoice::from_anthropic(req.tool_choice.as_ref())?;
+    let tool_req = ToolRequest::new(defs, choice, parallel)?;
+    let mut template_kwargs = serde_json::Value::Null;
+    let mode = match req.thinking.as_ref().map(|t| t.get("type").and_then(Value::as_str)) {
+        None => state.reasoning,
+        Some(Some("enabled" | "adaptive")) => {
+            reasoning::default_kwarg(&mut template_kwargs, "enable_thinking", Value::Bool(true));
+            ReasoningMode::Capture
+        }
+        Some(Some("disabled")) => {
+            reasoning::default_kwarg(&mut template_kwargs, "enable_thinking", Value::Bool(false));
+            ReasoningMode::Hide
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "thinking",
+                "thinking must be {\"type\": \"enabled\"} or {\"type\": \"disabled\"}",
+            ));
+        }
+    };
     let stop = req.stop_sequences.unwrap_or_default();
     let fields =
         SamplingFields { temperature: req.temperature, top_p: req.top_p, top_k: req.top_k, ..Default::default() };
-    let spec = GenSpec {
+    let mut spec = GenSpec {
         prompt: PromptSpec::Chat(messages),
         max_tokens: params::max_tokens(Some(req.max_tokens), "max_tokens", state.engine.ctx_size())?,
         sampling: fields.params(&params::ANTHROPIC)?,
         stop: params::StopField::into_vec(Some(params::StopField::Many(stop.clone())))?,
         top_logprobs: None,
         session: params::session_name(req.session.or_else(|| session_header(&headers)))?,
-        template_kwargs: serde_json::Value::Null,
+        template_kwargs,
         grammar: None,
+        tools: Vec::new(),
     };
     let id = format!("msg_{}", rid.0.replace('-', "_"));
     let model = state.names.primary.clone();
+    tools::apply(&state, &tool_req, &mut spec)?;
     let running = start(&state, spec, rid.0.clone(), received).await?;
+    let mut parser = tools::reply_parser(&state, &tool_req, mode, running.starts_thinking);
+    let format = state.tool_format;
     let stop_sequence = move |done: &Done| done.stopped_by.and_then(|i| stop.get(i).cloned());
     if !req.stream.unwrap_or(false) {
         let done = running.collect().await?.done;
+        let reply = parser.parse(&done.text);
+        let mut content = Vec::new();
+        if let Some(r) = reply.reasoning {
+            content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        }
+        if !reply.content.is_empty() || reply.calls.is_empty() {
+            content.push(json!({"type": "text", "text": reply.content}));
+        }
+        for c in &reply.calls {
+            content.push(
+                json!({"type": "tool_use", "id": format.call_id("toolu_"), "name": c.name, "input": c.arguments}),
+            );
+        }
+        let stop = if reply.calls.is_empty() { stop_reason(&done) } else { "tool_use" };
         return Ok(axum::Json(json!({
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": done.text}],
-            "stop_reason": stop_reason(&done),
+            "content": content,
+            "stop_reason": stop,
             "stop_sequence": stop_sequence(&done),
             "usage": usage(&done),
         }))
@@ -145,28 +322,25 @@ pub async fn messages(
                 "usage": {"input_tokens": running.prompt_tokens, "output_tokens": 0},
             }}),
         ),
-        event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
         event("ping", json!({"type": "ping"})),
     ];
+    let mut blocks = Blocks::default();
     let stream = running.into_stream(move |ev| match ev {
         Event::Token { text, .. } if text.is_empty() => vec![],
-        Event::Token { text, .. } => vec![event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-        )],
-        Event::Done(done) => vec![
-            event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-            event(
+        Event::Token { text, .. } => blocks.events(parser.push(&text), format),
+        Event::Done(done) => {
+            let mut out = blocks.events(parser.finish(), format);
+            out.extend(blocks.close(true));
+            let stop = if blocks.calls > 0 { "tool_use" } else { stop_reason(&done) };
+            out.push(event(
                 "message_delta",
                 json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(&done), "stop_sequence": stop_sequence(&done)},
+                    "delta": {"stop_reason": stop, "stop_sequence": stop_sequence(&done)},
                     "usage": usage(&done)}),
-            ),
-            event("message_stop", json!({"type": "message_stop"})),
-        ],
+            ));
+            out.push(event("message_stop", json!({"type": "message_stop"})));
+            out
+        }
         Event::Failed(e) => vec![event("error", e.body())],
     });
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter(start_events), stream);

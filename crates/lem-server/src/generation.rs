@@ -46,6 +46,8 @@ struct PendingSave {
 pub struct Running {
     /// Prompt tokens (after the session's history, when there is one).
     pub prompt_tokens: usize,
+    /// The rendered chat prompt leaves `<think>` open: the reply starts in reasoning.
+    pub starts_thinking: bool,
     /// When the request arrived.
     pub received: Instant,
     rx: UnboundedReceiver<Event>,
@@ -85,7 +87,7 @@ pub async fn start(
             prompt
         }
     };
-    let ids = tokenize(state, &prompt, &kwargs)?;
+    let (ids, starts_thinking) = tokenize(state, &prompt, &spec.tools, &kwargs)?;
     let ctx = engine.ctx_size();
     if ids.len() >= ctx {
         return Err(ApiError::ContextLengthExceeded { tokens: ids.len(), ctx });
@@ -109,7 +111,7 @@ pub async fn start(
         request_id,
         events: tx,
     })?;
-    Ok(Running { prompt_tokens, received, rx, save, state: state.clone(), ended: false })
+    Ok(Running { prompt_tokens, starts_thinking, received, rx, save, state: state.clone(), ended: false })
 }
 
 /// Session `name`'s sequence and transcript (none yet: an empty transcript).
@@ -165,20 +167,27 @@ fn merge(name: &str, prompt: PromptSpec, transcript: &Transcript) -> Result<(Pro
     }
 }
 
-/// The prompt's token ids (a chat rendered with the template and `kwargs`, an object or
-/// null).
-fn tokenize(state: &AppState, prompt: &PromptSpec, kwargs: &serde_json::Value) -> Result<Vec<u32>, ApiError> {
+/// The prompt's token ids (a chat rendered with the template, its `tools` and `kwargs`,
+/// an object or null), and whether the rendered chat leaves `<think>` open.
+fn tokenize(
+    state: &AppState,
+    prompt: &PromptSpec,
+    tools: &[serde_json::Value],
+    kwargs: &serde_json::Value,
+) -> Result<(Vec<u32>, bool), ApiError> {
     let engine = &state.engine;
     let tok = engine.tokenizer();
+    let mut starts_thinking = false;
     let ids = match prompt {
         PromptSpec::Chat(msgs) => {
             if msgs.is_empty() {
                 return Err(ApiError::invalid("messages", "messages must not be empty"));
             }
-            let text = engine
+            let text = state
                 .template()
-                .render_with_kwargs(msgs, true, kwargs)
+                .render_chat(msgs, tools, true, kwargs)
                 .map_err(|e| ApiError::from(lem_engine::EngineError::from(e)))?;
+            starts_thinking = crate::reasoning::opens_thinking(&text);
             tok.encode(&text, Bos::ModelDefault).map_err(|e| ApiError::invalid("messages", e.to_string()))?
         }
         PromptSpec::Text(text) => {
@@ -197,7 +206,7 @@ fn tokenize(state: &AppState, prompt: &PromptSpec, kwargs: &serde_json::Value) -
     if ids.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
-    Ok(ids)
+    Ok((ids, starts_thinking))
 }
 
 impl Running {

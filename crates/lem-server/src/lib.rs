@@ -31,8 +31,10 @@ pub mod middleware;
 pub mod ollama;
 pub mod openai;
 pub mod params;
+pub mod reasoning;
 pub mod sessions;
 pub mod state;
+pub mod tools;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -85,6 +87,10 @@ pub struct ServerConfig {
     pub recent_bytes: usize,
     /// On SIGTERM/SIGINT, how long running generations may take to finish.
     pub shutdown_grace: Duration,
+    /// A Jinja chat template replacing the model's (`--chat-template-file`).
+    pub chat_template: Option<String>,
+    /// What happens to `<think>` reasoning unless a request says otherwise (`--reasoning`).
+    pub reasoning: reasoning::ReasoningMode,
     /// How embeddings pool the final hidden states of an input's tokens.
     pub pooling: lem_engine::Pooling,
 }
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             recent_sequences: 8,
             recent_bytes: 256 << 20,
             shutdown_grace: Duration::from_secs(10),
+            chat_template: None,
+            reasoning: reasoning::ReasoningMode::Capture,
             pooling: lem_engine::Pooling::Mean,
         }
     }
@@ -116,6 +124,13 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
     // The fingerprint names the KV state on disk; computing it now keeps it off the
     // first request.
     engine.model_fingerprint()?;
+    let template = match &config.chat_template {
+        Some(src) => {
+            let (bos, eos) = engine.tokenizer().template_special_texts();
+            Some(lem_tokenizer::ChatTemplate::from_source(src, bos, eos).map_err(lem_engine::EngineError::from)?)
+        }
+        None => None,
+    };
     let engine = Arc::new(engine);
     let names = ModelNames::for_model(engine.path(), model_arg);
     let metrics = Arc::new(Metrics::default());
@@ -150,7 +165,8 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
         sessions,
         config.api_key.clone(),
         config.max_body_bytes,
-    )))
+    )
+    .with_chat(template, config.reasoning)))
 }
 
 /// Every route, with the middleware.

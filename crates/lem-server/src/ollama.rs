@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use lem_engine::FinishReason;
-use lem_tokenizer::ChatMessage;
+use lem_tokenizer::{ChatMessage, Role, ToolCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,7 +19,9 @@ use crate::extract::{ApiJson, session_header};
 use crate::generation::start;
 use crate::middleware::RequestId;
 use crate::params::{self, GenSpec, PromptSpec, SamplingFields, StopField};
+use crate::reasoning::{self, ReasoningMode};
 use crate::state::{AppState, ServerState};
+use crate::tools::{self, FunctionDef, Piece, Reply, ToolChoice, ToolRequest};
 use crate::worker::{Done, Event};
 
 /// `options`.
@@ -38,11 +40,34 @@ pub struct Options {
 /// One chat message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MessageIn {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text.
     #[serde(default)]
     pub content: String,
+    /// The calls an assistant message made: `[{function: {name, arguments}}]`.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// For a `tool` message: the function that produced it.
+    #[serde(default)]
+    pub tool_name: Option<String>,
+}
+
+/// A call in an assistant message of a request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The function and its arguments (an object).
+    pub function: FunctionIn,
+}
+
+/// The function of a [`ToolCallIn`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionIn {
+    /// The function's name.
+    pub name: String,
+    /// The arguments (an object; a JSON string of one is accepted).
+    #[serde(default)]
+    pub arguments: Value,
 }
 
 /// `POST /api/chat` body.
@@ -61,6 +86,11 @@ pub struct ChatRequest {
     pub session: Option<String>,
     /// Structured output: `"json"` or a JSON schema object.
     pub format: Option<Value>,
+    /// Function tools the model may call (OpenAI-shaped definitions).
+    pub tools: Option<Vec<Value>>,
+    /// Thinking: `true` returns it as `message.thinking`, `false` drops it (and sets
+    /// `enable_thinking` false for the template); default: the server's `--reasoning`.
+    pub think: Option<Value>,
 }
 
 /// `POST /api/generate` body.
@@ -83,6 +113,82 @@ pub struct GenerateRequest {
     pub session: Option<String>,
     /// Structured output: `"json"` or a JSON schema object.
     pub format: Option<Value>,
+    /// Thinking, as for `/api/chat`.
+    pub think: Option<Value>,
+}
+
+/// The reasoning mode of Ollama's `think` (absent: the server's), setting
+/// `enable_thinking` for the template when it is given.
+fn think_mode(state: &ServerState, think: Option<&Value>, kwargs: &mut Value) -> Result<ReasoningMode, ApiError> {
+    let on = match think {
+        None | Some(Value::Null) => return Ok(state.reasoning),
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => {
+            reasoning::default_kwarg(kwargs, "reasoning_effort", Value::String(s.clone()));
+            true
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("think", "think must be true, false, \"low\", \"medium\" or \"high\""));
+        }
+    };
+    reasoning::default_kwarg(kwargs, "enable_thinking", Value::Bool(on));
+    Ok(if on { ReasoningMode::Capture } else { ReasoningMode::Hide })
+}
+
+/// A request message as a chat message.
+fn message_in(m: MessageIn) -> Result<ChatMessage, ApiError> {
+    let role = params::role(&m.role)?;
+    let mut calls = Vec::new();
+    for c in m.tool_calls.unwrap_or_default() {
+        calls.push(ToolCall {
+            id: String::new(),
+            name: c.function.name,
+            arguments: tools::arguments_in(c.function.arguments)?,
+        });
+    }
+    Ok(match role {
+        Role::Tool => ChatMessage::tool_result(m.content, None, m.tool_name),
+        Role::Assistant if !calls.is_empty() => ChatMessage::assistant_calls(m.content, calls),
+        _ => ChatMessage::new(role, m.content),
+    })
+}
+
+/// Which Ollama reply shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `/api/chat`: `message`.
+    Chat,
+    /// `/api/generate`: `response`.
+    Generate,
+}
+
+/// Writes parsed pieces into a reply object: `message` {role, content, thinking,
+/// tool_calls} for chat, `response` and `thinking` for generate.
+fn put_pieces(obj: &mut Value, shape: Shape, pieces: Vec<Piece>) {
+    let reply = Reply::collect(pieces);
+    let thinking = reply.reasoning.filter(|r| !r.is_empty());
+    match shape {
+        Shape::Chat => {
+            let mut message = json!({"role": "assistant", "content": reply.content});
+            if let Some(t) = thinking {
+                message["thinking"] = Value::String(t);
+            }
+            if !reply.calls.is_empty() {
+                message["tool_calls"] = reply
+                    .calls
+                    .iter()
+                    .map(|c| json!({"function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+            }
+            obj["message"] = message;
+        }
+        Shape::Generate => {
+            obj["response"] = Value::String(reply.content);
+            if let Some(t) = thinking {
+                obj["thinking"] = Value::String(t);
+            }
+        }
+    }
 }
 
 impl Options {
@@ -101,6 +207,7 @@ impl Options {
             session: params::session_name(session)?,
             template_kwargs: serde_json::Value::Null,
             grammar: None,
+            tools: Vec::new(),
         })
     }
 }
@@ -138,23 +245,27 @@ where
     resp
 }
 
-/// Runs a spec and answers in Ollama's shape; `piece(text)` is the per-chunk payload
-/// (`message` for chat, `response` for generate).
+/// Runs a spec and answers in Ollama's `shape`, the reply parsed for `tool_req`'s calls
+/// and reasoning in `mode`.
 async fn respond(
     state: &AppState,
     spec: GenSpec,
     rid: &RequestId,
     stream: bool,
-    piece: fn(&str) -> (&'static str, Value),
+    shape: Shape,
+    tool_req: &ToolRequest,
+    mode: ReasoningMode,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let model = state.names.primary.clone();
     let running = start(state, spec, rid.0.clone(), received).await?;
+    let mut parser = tools::reply_parser(state, tool_req, mode, running.starts_thinking);
     if !stream {
         let done = running.collect().await?.done;
-        let (key, value) = piece(&done.text);
         let mut obj = json!({"model": model, "created_at": rfc3339_now(), "done": true});
-        obj[key] = value;
+        let mut pieces = parser.push(&done.text);
+        pieces.extend(parser.finish());
+        put_pieces(&mut obj, shape, pieces);
         done_fields(&mut obj, &done, received);
         return Ok(axum::Json(obj).into_response());
     }
@@ -162,17 +273,27 @@ async fn respond(
     let stream = running.into_stream(move |ev| match ev {
         Event::Token { text, .. } if text.is_empty() => vec![],
         Event::Token { text, .. } => {
-            let (key, value) = piece(&text);
+            let pieces = parser.push(&text);
+            if pieces.is_empty() {
+                return vec![];
+            }
             let mut obj = json!({"model": model, "created_at": rfc3339_now(), "done": false});
-            obj[key] = value;
+            put_pieces(&mut obj, shape, pieces);
             vec![line(obj)]
         }
         Event::Done(done) => {
-            let (key, value) = piece("");
+            let mut out = Vec::new();
+            let pieces = parser.finish();
+            if !pieces.is_empty() {
+                let mut obj = json!({"model": model, "created_at": rfc3339_now(), "done": false});
+                put_pieces(&mut obj, shape, pieces);
+                out.push(line(obj));
+            }
             let mut obj = json!({"model": model, "created_at": rfc3339_now(), "done": true});
-            obj[key] = value;
+            put_pieces(&mut obj, shape, Vec::new());
             done_fields(&mut obj, &done, received);
-            vec![line(obj)]
+            out.push(line(obj));
+            out
         }
         Event::Failed(e) => vec![line(json!({"error": e.to_string()}))],
     });
@@ -189,16 +310,19 @@ pub async fn chat(
     state.names.check(req.model.as_deref())?;
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in req.messages {
-        messages.push(ChatMessage::new(params::role(&m.role)?, m.content));
+        messages.push(message_in(m)?);
     }
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
+    let defs = req.tools.unwrap_or_default().iter().map(FunctionDef::from_openai).collect::<Result<Vec<_>, _>>()?;
+    let tool_req = ToolRequest::new(defs, ToolChoice::Auto, true)?;
     let mut spec =
         req.options.spec(&state, PromptSpec::Chat(messages), req.session.or_else(|| session_header(&headers)))?;
     spec.grammar = params::ollama_format(req.format.as_ref(), &state.engine)?;
-    respond(&state, spec, &rid, req.stream.unwrap_or(true), |t| ("message", json!({"role": "assistant", "content": t})))
-        .await
+    let mode = think_mode(&state, req.think.as_ref(), &mut spec.template_kwargs)?;
+    tools::apply(&state, &tool_req, &mut spec)?;
+    respond(&state, spec, &rid, req.stream.unwrap_or(true), Shape::Chat, &tool_req, mode).await
 }
 
 /// `POST /api/generate`.
@@ -221,7 +345,9 @@ pub async fn generate(
     };
     let mut spec = req.options.spec(&state, prompt, req.session.or_else(|| session_header(&headers)))?;
     spec.grammar = params::ollama_format(req.format.as_ref(), &state.engine)?;
-    respond(&state, spec, &rid, req.stream.unwrap_or(true), |t| ("response", json!(t))).await
+    let mode = think_mode(&state, req.think.as_ref(), &mut spec.template_kwargs)?;
+    let no_tools = ToolRequest::new(Vec::new(), ToolChoice::None, false)?;
+    respond(&state, spec, &rid, req.stream.unwrap_or(true), Shape::Generate, &no_tools, mode).await
 }
 
 /// `GET /api/tags`.

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lem_engine::FinishReason;
-use lem_tokenizer::ChatMessage;
+use lem_tokenizer::{ChatMessage, Role, ToolCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,7 +19,9 @@ use crate::extract::{ApiJson, session_header};
 use crate::generation::{Collected, start};
 use crate::middleware::RequestId;
 use crate::params::{self, Content, GenSpec, PromptSpec, SamplingFields, StopField};
+use crate::reasoning::{self, ReasoningMode};
 use crate::state::{AppState, ServerState};
+use crate::tools::{self, FunctionDef, Piece, ToolChoice, ToolRequest};
 use crate::worker::{Done, Event, TokenLogprob};
 
 /// `stream_options`.
@@ -33,11 +35,40 @@ pub struct StreamOptions {
 /// One message of a chat request.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MessageIn {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     /// Text or text parts.
     #[serde(default)]
     pub content: Option<Content>,
+    /// The calls an assistant message made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// For a `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the function's name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A call in an assistant message of a request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The call's id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The function and its arguments.
+    pub function: FunctionCallIn,
+}
+
+/// The function of a [`ToolCallIn`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    /// The function's name.
+    pub name: String,
+    /// The arguments: a JSON string (as OpenAI sends them) or an object.
+    #[serde(default)]
+    pub arguments: Value,
 }
 
 /// Fields of both chat and text completions.
@@ -78,8 +109,17 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// Alternatives per token (0 to 20).
     pub top_logprobs: Option<i64>,
-    /// Tools (not supported when non-empty).
+    /// Function tools the model may call.
     pub tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required` or `{"type": "function", "function": {"name": ...}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether one reply may make several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// Reasoning for this request: `show`, `hide` or `capture` (llama-server's `none` and
+    /// `deepseek` too); default: the server's `--reasoning`.
+    pub reasoning_format: Option<String>,
+    /// Passed to the chat template as `reasoning_effort`.
+    pub reasoning_effort: Option<String>,
     /// Extra chat-template variables (an object, as vLLM and llama-server take it; e.g.
     /// `{"enable_thinking": false}` for Qwen 3).
     pub chat_template_kwargs: Option<Value>,
@@ -136,6 +176,7 @@ impl CommonFields {
             session: params::session_name(self.session.clone().or_else(|| session_header(headers)))?,
             template_kwargs: Value::Null,
             grammar: self.structured.grammar(&state.engine)?,
+            tools: Vec::new(),
         })
     }
 
@@ -146,6 +187,25 @@ impl CommonFields {
     fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
+}
+
+/// A request message as a chat message (with its calls or the call it answers).
+fn message_in(m: MessageIn) -> Result<ChatMessage, ApiError> {
+    let role = params::role(&m.role)?;
+    let content = Content::into_text(m.content, "messages")?;
+    let mut calls = Vec::new();
+    for c in m.tool_calls.unwrap_or_default() {
+        calls.push(ToolCall {
+            id: c.id.unwrap_or_default(),
+            name: c.function.name,
+            arguments: tools::arguments_in(c.function.arguments)?,
+        });
+    }
+    Ok(match role {
+        Role::Tool => ChatMessage::tool_result(content, m.tool_call_id, m.name),
+        Role::Assistant if !calls.is_empty() => ChatMessage::assistant_calls(content, calls),
+        _ => ChatMessage::new(role, content),
+    })
 }
 
 /// OpenAI's name of a finish reason.
@@ -198,20 +258,31 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid("tools", "tools are not supported"));
-    }
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in req.messages {
-        messages.push(ChatMessage::new(params::role(&m.role)?, Content::into_text(m.content, "messages")?));
+        messages.push(message_in(m)?);
     }
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let template_kwargs = params::template_kwargs(req.chat_template_kwargs)?;
+    let defs = req.tools.unwrap_or_default().iter().map(FunctionDef::from_openai).collect::<Result<Vec<_>, _>>()?;
+    let tool_req = ToolRequest::new(
+        defs,
+        ToolChoice::from_openai(req.tool_choice.as_ref())?,
+        req.parallel_tool_calls.unwrap_or(true),
+    )?;
+    let mode = match &req.reasoning_format {
+        Some(f) => ReasoningMode::parse(f, "reasoning_format")?,
+        None => state.reasoning,
+    };
+    let mut template_kwargs = params::template_kwargs(req.chat_template_kwargs)?;
+    if let Some(effort) = req.reasoning_effort {
+        reasoning::default_kwarg(&mut template_kwargs, "reasoning_effort", Value::String(effort));
+    }
     let max = req.max_completion_tokens.or(req.common.max_tokens);
     let mut spec = req.common.spec(&state, PromptSpec::Chat(messages), max, &headers)?;
     spec.template_kwargs = template_kwargs;
+    tools::apply(&state, &tool_req, &mut spec)?;
     if req.logprobs.unwrap_or(false) {
         spec.top_logprobs = Some(params::top_logprobs(req.top_logprobs, "top_logprobs", 20)?);
     }
@@ -220,6 +291,8 @@ pub async fn chat(
     let model = state.names.primary.clone();
     let created = ServerState::now_unix();
     let running = start(&state, spec, rid.0.clone(), received).await?;
+    let mut parser = tools::reply_parser(&state, &tool_req, mode, running.starts_thinking);
+    let format = state.tool_format;
     if !req.common.stream() {
         let Collected { logprobs: lps, done } = running.collect().await?;
         let lp = if logprobs {
@@ -227,6 +300,27 @@ pub async fn chat(
         } else {
             Value::Null
         };
+        let reply = parser.parse(&done.text);
+        let mut message = json!({"role": "assistant", "content": reply.content, "refusal": null});
+        let finish = if reply.calls.is_empty() {
+            finish_reason(done.finish)
+        } else {
+            if reply.content.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = reply
+                .calls
+                .iter()
+                .map(|c| {
+                    json!({"id": format.call_id("call_"), "type": "function",
+                           "function": {"name": c.name, "arguments": c.arguments.to_string()}})
+                })
+                .collect();
+            "tool_calls"
+        };
+        if let Some(r) = reply.reasoning {
+            message["reasoning_content"] = Value::String(r);
+        }
         return Ok(axum::Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -234,16 +328,16 @@ pub async fn chat(
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": done.text, "refusal": null},
+                "message": message,
                 "logprobs": lp,
-                "finish_reason": finish_reason(done.finish),
+                "finish_reason": finish,
             }],
             "usage": usage(&done),
         }))
         .into_response());
     }
     let include_usage = req.common.include_usage();
-    let chunk = move |delta: Value, lp: Value, finish: Value| {
+    let chunk = std::sync::Arc::new(move |delta: Value, lp: Value, finish: Value| {
         let mut c = json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -255,18 +349,47 @@ pub async fn chat(
             c["usage"] = Value::Null;
         }
         c
-    };
+    });
     let first = sse(&chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null));
+    // Calls streamed so far (read again when the stream ends, for the finish reason).
+    let calls_made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls_made.clone();
+    let delta_chunk = chunk.clone();
+    let deltas = move |pieces: Vec<Piece>, mut lp: Value| -> Vec<Value> {
+        let mut out = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Content(t) => out.push(json!({"content": t})),
+                Piece::Reasoning(t) => out.push(json!({"reasoning_content": t})),
+                Piece::Call(c) => {
+                    let calls = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let id = format.call_id("call_");
+                    out.push(json!({"tool_calls": [{"index": calls, "id": id, "type": "function",
+                                                     "function": {"name": c.name, "arguments": ""}}]}));
+                    out.push(
+                        json!({"tool_calls": [{"index": calls, "function": {"arguments": c.arguments.to_string()}}]}),
+                    );
+                }
+            }
+        }
+        if out.is_empty() && !lp.is_null() {
+            out.push(json!({"content": ""}));
+        }
+        out.into_iter().map(|d| delta_chunk(d, std::mem::take(&mut lp), Value::Null)).collect()
+    };
     let stream = running.into_stream(move |ev| match ev {
         Event::Token { text, logprob } => {
             if text.is_empty() && logprob.is_none() {
                 return vec![];
             }
             let lp = logprob.map_or(Value::Null, |l| json!({"content": [chat_logprob(&l)], "refusal": null}));
-            vec![sse(&chunk(json!({"content": text}), lp, Value::Null))]
+            deltas(parser.push(&text), lp).iter().map(sse).collect()
         }
         Event::Done(done) => {
-            let mut out = vec![sse(&chunk(json!({}), Value::Null, json!(finish_reason(done.finish))))];
+            let mut out: Vec<_> = deltas(parser.finish(), Value::Null).iter().map(sse).collect();
+            let calls = calls_made.load(std::sync::atomic::Ordering::Relaxed);
+            let finish = if calls > 0 { "tool_calls" } else { finish_reason(done.finish) };
+            out.push(sse(&chunk(json!({}), Value::Null, json!(finish))));
             if include_usage {
                 let mut u = chunk(json!({}), Value::Null, Value::Null);
                 u["choices"] = json!([]);

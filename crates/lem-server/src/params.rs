@@ -45,6 +45,9 @@ pub struct GenSpec {
     /// Constrained decoding (`response_format`, `grammar`, `regex`, Ollama `format`),
     /// already checked to compile.
     pub grammar: Option<lem_engine::Grammar>,
+    /// Tool definitions for the chat template's `tools` variable (OpenAI function
+    /// objects; empty: none). See [`crate::tools::render_inputs`].
+    pub tools: Vec<serde_json::Value>,
 }
 
 /// Checks `chat_template_kwargs`: absent or null means none; otherwise it must be a JSON
@@ -114,7 +117,10 @@ impl GrammarFields {
             let names: Vec<&str> = found.iter().map(|(_, n)| *n).collect();
             return Err(ApiError::invalid(
                 names[1],
-                format!("give at most one of response_format, grammar, json_schema and regex (got {})", names.join(", ")),
+                format!(
+                    "give at most one of response_format, grammar, json_schema and regex (got {})",
+                    names.join(", ")
+                ),
             ));
         }
         Ok(found.pop())
@@ -274,9 +280,10 @@ pub fn role(name: &str) -> Result<Role, ApiError> {
         "system" | "developer" => Ok(Role::System),
         "user" => Ok(Role::User),
         "assistant" => Ok(Role::Assistant),
+        "tool" => Ok(Role::Tool),
         other => Err(ApiError::invalid(
             "messages",
-            format!("unsupported message role `{other}` (use system, user or assistant)"),
+            format!("unsupported message role `{other}` (use system, user, assistant or tool)"),
         )),
     }
 }
@@ -589,7 +596,8 @@ mod tests {
         assert_eq!(Content::into_text(None, "messages").unwrap(), "");
 
         assert_eq!(role("developer").unwrap(), Role::System);
-        assert!(role("tool").is_err());
+        assert_eq!(role("tool").unwrap(), Role::Tool);
+        assert!(role("function").is_err());
         assert_eq!(top_logprobs(Some(20), "top_logprobs", 20), Ok(20));
         assert!(top_logprobs(Some(21), "top_logprobs", 20).is_err());
         assert!(top_logprobs(Some(-1), "top_logprobs", 20).is_err());

@@ -9,8 +9,12 @@ use lem_engine::Engine;
 use lem_state::{PrefixCache, SessionStore};
 use tokio::sync::Notify;
 
+use lem_tokenizer::ChatTemplate;
+
 use crate::metrics::Metrics;
 use crate::params::ModelNames;
+use crate::reasoning::ReasoningMode;
+use crate::tools::ToolFormat;
 use crate::worker::WorkerHandle;
 
 /// The shared server state (cheap to clone).
@@ -43,6 +47,12 @@ pub struct ServerState {
     pub max_body_bytes: usize,
     /// When the server started.
     pub started: SystemTime,
+    /// The chat template given with `--chat-template-file` (otherwise the engine's).
+    chat_template: Option<ChatTemplate>,
+    /// The tool-call format of the chat template in use.
+    pub tool_format: ToolFormat,
+    /// What happens to reasoning (`--reasoning`) unless a request says otherwise.
+    pub reasoning: ReasoningMode,
     next_request: AtomicU64,
 }
 
@@ -60,7 +70,6 @@ impl ServerState {
         max_body_bytes: usize,
     ) -> ServerState {
         ServerState {
-            engine,
             names,
             worker,
             metrics,
@@ -71,8 +80,29 @@ impl ServerState {
             api_key,
             max_body_bytes,
             started: SystemTime::now(),
+            tool_format: ToolFormat::detect(engine.template().source(), &engine.model().config().architecture),
+            engine,
+            chat_template: None,
+            reasoning: ReasoningMode::default(),
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// The same state with a chat template replacing the model's (`--chat-template-file`)
+    /// and a default reasoning mode (`--reasoning`).
+    #[must_use]
+    pub fn with_chat(mut self, template: Option<ChatTemplate>, reasoning: ReasoningMode) -> ServerState {
+        if let Some(t) = template {
+            self.tool_format = ToolFormat::detect(t.source(), &self.engine.model().config().architecture);
+            self.chat_template = Some(t);
+        }
+        self.reasoning = reasoning;
+        self
+    }
+
+    /// The chat template requests are rendered with.
+    pub fn template(&self) -> &ChatTemplate {
+        self.chat_template.as_ref().unwrap_or_else(|| self.engine.template())
     }
 
     /// A new request id (`req-<n>`).

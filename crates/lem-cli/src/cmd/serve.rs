@@ -46,6 +46,13 @@ pub struct Args {
     /// Seconds running generations get to finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// A Jinja chat template (Hugging Face conventions) used instead of the model's.
+    #[arg(long, value_name = "FILE")]
+    chat_template_file: Option<PathBuf>,
+    /// `<think>` reasoning: show (inline in the content), hide (dropped) or capture
+    /// (returned apart: reasoning_content, thinking blocks, message.thinking).
+    #[arg(long, default_value = "capture")]
+    reasoning: lem_server::reasoning::ReasoningMode,
     /// How /v1/embeddings and /api/embed pool the final hidden states: mean, last or first.
     #[arg(long, default_value = "mean")]
     pooling: lem_engine::Pooling,
@@ -54,6 +61,10 @@ pub struct Args {
 /// Runs `lem serve`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     lem_server::init_logging();
+    let chat_template = match &a.chat_template_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
     let engine = a.model.load()?;
     let config = ServerConfig {
         host: a.host,
@@ -67,6 +78,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         prefix_cache_dir: a.prefix_cache_dir,
         prefix_cache_memory: a.prefix_cache_mib << 20,
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        chat_template,
+        reasoning: a.reasoning,
         pooling: a.pooling,
         ..ServerConfig::default()
     };
