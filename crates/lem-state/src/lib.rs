@@ -27,7 +27,9 @@
 //!   first and stores new blocks; or, step by step, [`PrefixCache::restore`] into an
 //!   empty sequence before feeding a prompt and [`PrefixCache::store`] after (which
 //!   stores the blocks every layer still holds; [`prefill_cached`] stores blocks as it
-//!   goes, which matters for prompts longer than a sliding window plus one batch).
+//!   goes, which matters for prompts longer than a sliding window plus one batch; a
+//!   `lem_engine::Batcher` job does the same by calling `store` from its sink's
+//!   `TokenSink::prefilled`, as `lem serve` does).
 //! - [`PrefixCache::stats`]: hits, misses, reused tokens, bytes per tier.
 //!
 //! # Sessions (for servers: one `SessionStore` shared by all handlers)
