@@ -88,6 +88,8 @@ pub struct ChatRequest {
     pub format: Option<Value>,
     /// Function tools the model may call (OpenAI-shaped definitions).
     pub tools: Option<Vec<Value>>,
+    /// lem's extension: OpenAI's `tool_choice` (`auto`, `none`, `required`, a function).
+    pub tool_choice: Option<Value>,
     /// Thinking: `true` returns it as `message.thinking`, `false` drops it (and sets
     /// `enable_thinking` false for the template); default: the server's `--reasoning`.
     pub think: Option<Value>,
@@ -316,7 +318,7 @@ pub async fn chat(
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let defs = req.tools.unwrap_or_default().iter().map(FunctionDef::from_openai).collect::<Result<Vec<_>, _>>()?;
-    let tool_req = ToolRequest::new(defs, ToolChoice::Auto, true)?;
+    let tool_req = ToolRequest::new(defs, ToolChoice::from_openai(req.tool_choice.as_ref())?, true)?;
     let mut spec =
         req.options.spec(&state, PromptSpec::Chat(messages), req.session.or_else(|| session_header(&headers)))?;
     spec.grammar = params::ollama_format(req.format.as_ref(), &state.engine)?;

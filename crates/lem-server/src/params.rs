@@ -186,7 +186,7 @@ pub fn ollama_format(v: Option<&serde_json::Value>, engine: &Engine) -> Result<O
 }
 
 /// `g` if it compiles against `engine`'s vocabulary; otherwise a 400 naming `param`.
-fn checked(engine: &Engine, g: Grammar, param: &str) -> Result<Grammar, ApiError> {
+pub(crate) fn checked(engine: &Engine, g: Grammar, param: &str) -> Result<Grammar, ApiError> {
     let compiled = engine.constraint_factory().and_then(|f| f.compile(&g));
     match compiled {
         Ok(_) => Ok(g),

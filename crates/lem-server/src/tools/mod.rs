@@ -315,12 +315,7 @@ pub fn apply(state: &ServerState, request: &ToolRequest, spec: &mut GenSpec) -> 
                 "a required or named tool_choice cannot be combined with response_format or a grammar",
             ));
         }
-        let grammar = lem_engine::Grammar::Lark(lark);
-        let factory = state.engine.constraint_factory().map_err(|e| ApiError::Internal(e.to_string()))?;
-        factory
-            .compile(&grammar)
-            .map_err(|e| ApiError::invalid("tools", format!("the tools' parameter schemas cannot be enforced: {e}")))?;
-        spec.grammar = Some(grammar);
+        spec.grammar = Some(crate::params::checked(&state.engine, lem_engine::Grammar::Lark(lark), "tools")?);
     }
     Ok(())
 }
