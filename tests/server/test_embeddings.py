@@ -148,3 +148,26 @@ def test_embeddings_while_generating(oai, server):
     _, [w] = embed(oai, "during generation")
     assert v == w
     assert len("".join(pieces)) > 0
+
+
+def test_pooling_flag(workdir, server):
+    import subprocess
+
+    from conftest import LEM, Server
+
+    # `first` pooling: a causal model's first token sees only itself, so texts that start
+    # with the same token get the same vector, and differ from mean pooling.
+    s = Server(workdir, "pool-first", "--pooling", "first").start()
+    try:
+        texts = ["Hello world, how are you?", "Hello there, nice weather."]
+        ids = [s.post("/tokenize", {"content": t, "add_special": True}).json()["tokens"] for t in texts]
+        assert ids[0][0] == ids[1][0] and ids[0] != ids[1]
+        first = s.post("/v1/embeddings", {"input": texts}).json()["data"]
+        assert first[0]["embedding"] == first[1]["embedding"]
+        mean = server.post("/v1/embeddings", {"input": texts}).json()["data"]
+        assert mean[0]["embedding"] != mean[1]["embedding"]
+        assert cosine(first[0]["embedding"], mean[0]["embedding"]) < 0.999
+    finally:
+        assert s.stop() == 0, s.tail()
+    bad = subprocess.run([LEM, "serve", "--pooling", "max"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "max" in bad.stderr
