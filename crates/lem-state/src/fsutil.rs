@@ -62,6 +62,7 @@ pub fn atomic_write_with(
 ) -> Result<(), StateError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(StateError::io(dir))?;
+    sweep_stale_temps(path);
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -87,48 +88,69 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     atomic_write_with(path, |w| w.write_all(bytes))
 }
 
-/// A lock held through an exclusively created file; removed on drop. Locks older than
-/// `STALE` are taken over (their holder died).
+/// An exclusive lock between processes: an advisory lock (`flock`) on a lock file, which
+/// the operating system releases when its holder exits, however it exits, so a holder
+/// killed with `kill -9` never leaves a stale lock behind. The file itself stays.
 pub(crate) struct LockFile {
-    path: PathBuf,
+    _file: File,
 }
 
-const STALE: Duration = Duration::from_secs(30);
+/// How long [`LockFile::acquire`] waits for another holder.
 const WAIT: Duration = Duration::from_secs(20);
 
 impl LockFile {
-    /// Takes the lock at `path`, waiting for another holder up to a limit.
+    /// Takes the lock at `path` (creating the file), waiting for another holder up to a
+    /// limit.
     pub(crate) fn acquire(path: &Path) -> Result<LockFile, StateError> {
+        let io = |e| StateError::Io { path: path.to_owned(), source: e };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         let start = std::time::Instant::now();
         loop {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
-                    return Ok(LockFile { path: path.to_owned() });
+            match file.try_lock() {
+                Ok(()) => return Ok(LockFile { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < WAIT => {
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok());
-                    if age.is_some_and(|a| a > STALE) {
-                        let _ = std::fs::remove_file(path);
-                        continue;
-                    }
-                    if start.elapsed() > WAIT {
-                        return Err(StateError::LockTimeout(path.to_owned()));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(StateError::Io { path: path.to_owned(), source: e }),
+                Err(std::fs::TryLockError::WouldBlock) => return Err(StateError::LockTimeout(path.to_owned())),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
         }
     }
 }
 
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// Whether process `pid` is running, where the system can tell (Linux: `/proc`).
+fn pid_alive(pid: u32) -> Option<bool> {
+    if cfg!(target_os = "linux") { Some(Path::new("/proc").join(pid.to_string()).exists()) } else { None }
+}
+
+/// Temporary files older than this are removed even where liveness cannot be checked.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// Removes the temporary siblings of `path` that writers which died mid-write left
+/// behind (`.{name}.{pid}.*.tmp` of a process that no longer runs, or older than an
+/// hour), so crashes do not accumulate garbage. Best effort: errors are ignored.
+pub(crate) fn sweep_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let file = file.to_string_lossy();
+        let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if pid_alive(pid) == Some(false) || old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -157,6 +179,40 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
         atomic_write(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_lock_excludes_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.lock");
+        let held = LockFile::acquire(&p).unwrap();
+        // Another open file description of the same file cannot take it meanwhile.
+        let other = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        drop(held);
+        other.try_lock().unwrap();
+        other.unlock().unwrap();
+        drop(LockFile::acquire(&p).unwrap());
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.lemkv");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_tmp = dir.path().join(format!(".s.lemkv.{dead}.1f.0.tmp"));
+        let live_tmp = dir.path().join(format!(".s.lemkv.{}.2f.0.tmp", std::process::id()));
+        let other_file = dir.path().join(format!(".t.lemkv.{dead}.1f.0.tmp"));
+        for f in [&dead_tmp, &live_tmp, &other_file] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        atomic_write(&p, b"new").unwrap();
+        assert_eq!(pid_alive(dead) == Some(false), !dead_tmp.exists(), "a dead writer's temporary is removed");
+        assert!(live_tmp.exists(), "a running writer's temporary is kept");
+        assert!(other_file.exists(), "another file's temporaries are not touched");
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
     }
 }
