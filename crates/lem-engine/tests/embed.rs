@@ -149,3 +149,37 @@ fn bad_input_is_a_clear_error() {
     assert!(matches!(e.hidden_states(&[]), Err(EngineError::EmptyPrompt)));
     assert!(e.embed(&[], Pooling::Mean).unwrap().is_empty());
 }
+
+/// Embedding throughput on SmolLM2, batched and one by one (prints numbers; asserts
+/// nothing about speed): `cargo test --release -p lem-engine --test embed embed_bench --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn embed_bench() {
+    let e = common::engine("smollm2-135m");
+    let inputs: Vec<Vec<u32>> =
+        (0..64).map(|i| encode(&e, &format!("Sentence number {i} about a topic that is fairly ordinary."))).collect();
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    e.embed(&inputs[..2], Pooling::Mean).unwrap();
+    let t = std::time::Instant::now();
+    let batch = e.embed(&inputs, Pooling::Mean).unwrap();
+    let batched = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let alone: Vec<Vec<f32>> =
+        inputs.iter().map(|i| e.embed(std::slice::from_ref(i), Pooling::Mean).unwrap().remove(0)).collect();
+    let single = t.elapsed().as_secs_f64();
+    assert_eq!(batch, alone);
+    let long = encode(&e, &"word ".repeat(2000));
+    let t = std::time::Instant::now();
+    e.embed(std::slice::from_ref(&long), Pooling::Mean).unwrap();
+    let one_long = t.elapsed().as_secs_f64();
+    println!(
+        "embed_bench smollm2-135m, {} threads: 64 inputs / {tokens} tokens batched {:.0} tok/s, one by one {:.0} tok/s; \
+         one input of {} tokens {:.0} tok/s",
+        e.threads().count(),
+        tokens as f64 / batched,
+        tokens as f64 / single,
+        long.len(),
+        long.len() as f64 / one_long
+    );
+}
