@@ -21,8 +21,8 @@ mod sequence;
 pub mod stop;
 
 pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
-pub use constraint::{Constraint, ConstraintFactory, Grammar};
 pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes};
+pub use constraint::{Constraint, ConstraintFactory, Grammar};
 pub use decode::{DecodeEvent, Decoded, Decoder, SpeculationStats, StepOutcome};
 pub use draft::{DraftConfig, DraftLength, DraftMethod, Drafter, NGramDrafter};
 pub use embed::Pooling;
