@@ -11,12 +11,17 @@ fn one_shot(format: ToolFormat, text: &str) -> Reply {
     ReplyParser::new(ReasoningMode::Show, false, Some(format)).parse(text)
 }
 
-/// Streams `text` char by char and at every two-piece split; each must give `one_shot`'s
-/// reply, and no content delta may carry part of a marker.
 fn check_streaming(format: ToolFormat, text: &str) -> Reply {
-    let whole = one_shot(format, text);
+    check_streaming_in(ReasoningMode::Show, false, format, text)
+}
+
+/// Streams `text` char by char and at every two-piece split; each must give the one-shot
+/// reply, and no content delta may carry part of a marker.
+fn check_streaming_in(mode: ReasoningMode, thinking: bool, format: ToolFormat, text: &str) -> Reply {
+    let parser = || ReplyParser::new(mode, thinking, Some(format));
+    let whole = parser().parse(text);
     let chars: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-    let mut p = ReplyParser::new(ReasoningMode::Show, false, Some(format));
+    let mut p = parser();
     let mut pieces = Vec::new();
     for (k, &i) in chars.iter().enumerate() {
         let end = chars.get(k + 1).copied().unwrap_or(text.len());
@@ -34,7 +39,7 @@ fn check_streaming(format: ToolFormat, text: &str) -> Reply {
     }
     assert_eq!(Reply::collect(pieces), whole, "{text:?} char by char");
     for &i in &chars {
-        let mut p = ReplyParser::new(ReasoningMode::Show, false, Some(format));
+        let mut p = parser();
         let mut pieces = p.push(&text[..i]);
         pieces.extend(p.push(&text[i..]));
         pieces.extend(p.finish());
@@ -101,6 +106,25 @@ fn gemma_fenced_blocks() {
     assert_eq!(r.calls, vec![call("f", json!({"n": 2})), call("g", json!({}))]);
     let r = check_streaming(ToolFormat::Gemma, "Code:\n```python\nprint(1)\n```");
     assert_eq!((r.content.as_str(), r.calls.len()), ("Code:\n```python\nprint(1)\n```", 0));
+}
+
+#[test]
+fn reasoning_then_calls_streaming() {
+    let r = check_streaming_in(
+        ReasoningMode::Capture,
+        false,
+        ToolFormat::Hermes,
+        "<think>look up</think>\n\nOK <tool_call>\n{\"name\": \"w\", \"arguments\": {\"c\": 1}}\n</tool_call>",
+    );
+    assert_eq!((r.reasoning.as_deref(), r.content.as_str()), (Some("look up"), "OK"));
+    assert_eq!(r.calls, vec![call("w", json!({"c": 1}))]);
+    let r = check_streaming_in(
+        ReasoningMode::Capture,
+        true,
+        ToolFormat::Llama3,
+        "hmm</think>{\"name\": \"w\", \"parameters\": {}}",
+    );
+    assert_eq!((r.reasoning.as_deref(), r.content.as_str(), r.calls.len()), (Some("hmm"), "", 1));
 }
 
 #[test]
