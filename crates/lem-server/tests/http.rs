@@ -114,7 +114,7 @@ async fn bad_input_gets_typed_errors() {
     let (st, b) = call(&s, "POST", "/v1/messages", Some(r#"{"messages":[{"role":"user","content":"x"}]}"#), &[]).await;
     assert_error(st, &b, 400, None);
     assert!(b.contains("max_tokens"), "{b}");
-    let (st, b) = call(&s, "POST", "/api/chat", Some(r#"{"messages":[{"role":"tool","content":"x"}]}"#), &[]).await;
+    let (st, b) = call(&s, "POST", "/api/chat", Some(r#"{"messages":[{"role":"function","content":"x"}]}"#), &[]).await;
     assert_error(st, &b, 400, None);
     let (st, b) =
         call(&s, "POST", chat, Some(r#"{"messages":[{"role":"user","content":"x"}],"session":"../x"}"#), &[]).await;
