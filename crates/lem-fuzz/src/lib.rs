@@ -7,6 +7,7 @@
 //! seeded number of inputs (deterministic: CI runs it) or runs for a time budget
 //! (`scripts/fuzz.sh`); a panic is a crash, kept with the input that caused it.
 
+mod http;
 pub mod mutate;
 pub mod targets;
 

@@ -31,6 +31,8 @@ pub enum Mutation {
     Json,
     /// Template text: byte-level plus splices of hostile Jinja snippets.
     Template,
+    /// `METHOD PATH` and a JSON body: the body mutated as JSON or bytes, or the route.
+    Http,
 }
 
 /// One fuzz target.
@@ -83,6 +85,7 @@ impl Target {
             Mutation::Json => mutate_json(rng, data, other),
             Mutation::Safetensors => mutate_safetensors(rng, data, other),
             Mutation::Template => mutate_template(rng, data, other),
+            Mutation::Http => crate::http::mutate(rng, data, other),
         }
     }
 }
@@ -131,6 +134,11 @@ impl Fixtures {
         std::env::var_os("LEM_TINY_MODELS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tiny-models"))
+    }
+
+    /// A file of the tiny-models directory, which must exist.
+    pub(crate) fn tiny_file(&self, rel: &str) -> Result<PathBuf, FuzzError> {
+        self.file(rel)
     }
 
     fn file(&self, rel: &str) -> Result<PathBuf, FuzzError> {
@@ -230,6 +238,13 @@ pub const TARGETS: &[Target] = &[
             ])
         },
         run: run_session_index,
+    },
+    Target {
+        name: "http",
+        about: "request bodies of every endpoint through the real router, middleware and worker",
+        mutation: Mutation::Http,
+        seeds: crate::http::seeds,
+        run: crate::http::run,
     },
 ];
 
