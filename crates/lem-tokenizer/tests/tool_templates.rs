@@ -3,6 +3,8 @@
 //! with tool definitions, an assistant tool call and its result; the renders are
 //! snapshots (update with `UPDATE_EXPECT=1`) and their tool-specific parts are checked.
 
+mod common;
+
 use expect_test::{ExpectFile, expect_file};
 use lem_tokenizer::{ChatMessage, ChatTemplate, Role, ToolCall};
 use serde_json::json;
@@ -134,5 +136,21 @@ fn builtin_formats_render_tool_turns() {
     assert_eq!(
         ChatTemplate::chatml().render(&msgs, true).unwrap(),
         "<|im_start|>user\nu<|im_end|>\n<|im_start|>tool\nr<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn smollm2_template_does_not_render_tools_but_renders_tool_turns() {
+    // SmolLM2's GGUF template is plain ChatML with a default system prompt: it ignores
+    // `tools` (so the server puts them in the system prompt) and writes any role as is.
+    let tok = common::tokenizer(common::SMOLLM2);
+    let tmpl = ChatTemplate::for_model(&tok, tok.architecture()).unwrap();
+    assert!(!tmpl.renders_tools());
+    let with = tmpl.render_chat(&conversation("c1"), &tools(), false, &serde_json::Value::Null).unwrap();
+    let without = tmpl.render(&conversation("c1"), false).unwrap();
+    assert_eq!(with, without);
+    assert!(
+        with.ends_with("<|im_start|>assistant\n<|im_end|>\n<|im_start|>tool\n{\"temp\": 21}<|im_end|>\n"),
+        "{with}"
     );
 }
