@@ -156,3 +156,19 @@ def test_reasoning_refusals(servers):
     assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_format"
     r = servers["capture"].post("/v1/messages", {"messages": ASK, "max_tokens": 2, "thinking": {"type": "sometimes"}})
     assert r.status_code == 400 and "thinking" in r.text
+
+
+def test_reasoning_effort_reaches_the_template(servers):
+    def prompt_tokens(**extra):
+        r = servers["capture"].post("/v1/chat/completions", {"messages": ASK, "max_tokens": 1, **extra})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    base = prompt_tokens()
+    high = prompt_tokens(reasoning_effort="high")
+    assert high > base
+    # chat_template_kwargs set by the request win over reasoning_effort.
+    assert prompt_tokens(reasoning_effort="high", chat_template_kwargs={"reasoning_effort": "a very long effort"}) > high
+    # Ollama's think level is the same variable.
+    r = servers["capture"].post("/api/chat", {"messages": ASK, "think": "high", "stream": False, "options": {"num_predict": 1}})
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] == high
