@@ -156,7 +156,7 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
             pooling: config.pooling,
         },
     )?;
-    Ok(Arc::new(ServerState::new(
+    let state = ServerState::new(
         engine,
         names,
         worker,
@@ -165,8 +165,8 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
         sessions,
         config.api_key.clone(),
         config.max_body_bytes,
-    )
-    .with_chat(template, config.reasoning)))
+    );
+    Ok(Arc::new(state.with_chat(template, config.reasoning)))
 }
 
 /// Every route, with the middleware.
