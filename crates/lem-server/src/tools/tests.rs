@@ -229,3 +229,25 @@ fn templates_without_tools_get_them_in_the_system_prompt() {
     );
     assert_eq!(out.len(), 4);
 }
+
+#[test]
+fn formats_of_the_template_fixtures() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lem-tokenizer/tests/fixtures/templates");
+    for (file, want) in [
+        ("qwen2.5-hermes.jinja", ToolFormat::Hermes),
+        ("llama3.1.jinja", ToolFormat::Llama3),
+        ("mistral-v3.jinja", ToolFormat::Mistral),
+    ] {
+        let src = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(ToolFormat::detect(Some(&src), "llama"), want, "{file}");
+        // What the format writes for a past call, its parser reads back.
+        let written = want.write_call("get_weather", &json!({"city": "Paris"}));
+        let r = check_streaming(want, &written);
+        assert_eq!((r.content.as_str(), r.calls), ("", vec![call("get_weather", json!({"city": "Paris"}))]), "{file}");
+    }
+    let hermes = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/server/fixtures/hermes-tools.jinja"),
+    )
+    .unwrap();
+    assert_eq!(ToolFormat::detect(Some(&hermes), "llama"), ToolFormat::Hermes);
+}
