@@ -67,6 +67,16 @@ def test_named_call_validates_for_each_function(oai):
         assert r.choices[0].message.tool_calls[0].function.name == name
 
 
+def test_parallel_forced_calls_are_bounded(oai):
+    # SmolLM2 repeats its call; the grammar allows at most 8, then only the end.
+    r = oai.chat.completions.create(model="default", messages=ASK, tools=TOOLS, tool_choice="required",
+                                    temperature=0, seed=7, max_tokens=1000)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and 1 <= len(choice.message.tool_calls) <= 8
+    check_calls(choice.message)
+    assert r.usage.completion_tokens < 1000, "the grammar ended the reply, not the budget"
+
+
 def test_streamed_deltas_assemble_to_the_same_call(oai):
     kw = dict(model="default", messages=ASK, tools=TOOLS, tool_choice="required", **GREEDY)
     whole = oai.chat.completions.create(**kw).choices[0].message

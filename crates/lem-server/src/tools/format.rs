@@ -153,8 +153,10 @@ impl ToolFormat {
         };
         let start = match (self, parallel) {
             (_, false) => format!("start: {one}"),
-            (ToolFormat::Mistral, true) => "start: \"[\" call (\", \" call)* \"]\"".to_string(),
-            (_, true) => format!("start: one ({sep} one)*\none: {one}"),
+            (ToolFormat::Mistral, true) => {
+                format!("start: \"[\" {}\"]\"", at_most("call", "\", \"", MAX_PARALLEL_CALLS))
+            }
+            (_, true) => format!("start: {}\none: {one}", at_most("one", sep, MAX_PARALLEL_CALLS)),
         };
         format!("{start}\ncall: %json {call}\n")
     }
@@ -168,6 +170,20 @@ impl ToolFormat {
             _ => format!("{prefix}{}", random_alnum(24)),
         }
     }
+}
+
+/// Most calls a forced reply may make when parallel calls are allowed: a small model
+/// that repeats its call would otherwise fill the context with copies.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+/// `item`, then up to `n - 1` more after `sep`, as nested optionals (Lark has no bounded
+/// repetition llguidance is sure to take): `item (sep item (sep item)?)?`.
+fn at_most(item: &str, sep: &str, n: usize) -> String {
+    let mut rule = String::new();
+    for _ in 1..n {
+        rule = format!("({sep} {item} {rule})?");
+    }
+    format!("{item} {rule}")
 }
 
 /// The JSON schema of one call object: `name` (that function's, exactly) then the
