@@ -85,11 +85,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     lem_server::run(engine, &a.model.model, &config, |addr, state| {
         eprintln!(
-            "lem: serving {} on http://{addr} (OpenAI /v1, Anthropic /v1/messages, Ollama /api; ctx {}, batch {}, sessions in {})",
+            "lem: serving {} on http://{addr} (OpenAI /v1, Anthropic /v1/messages, Ollama /api; ctx {}, batch {}, sessions in {}; tool calls: {}, reasoning: {})",
             state.names.primary,
             state.engine.ctx_size(),
             config.max_concurrent,
-            state.sessions.dir().display()
+            state.sessions.dir().display(),
+            state.tool_format.name(),
+            state.reasoning.name()
         );
     })
     .context("serving")
