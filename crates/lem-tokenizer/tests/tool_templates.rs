@@ -154,3 +154,19 @@ fn smollm2_template_does_not_render_tools_but_renders_tool_turns() {
         "{with}"
     );
 }
+
+#[test]
+fn qwen3_thinking_switch_and_past_reasoning() {
+    let tmpl = template("qwen3.jinja");
+    let mut msgs = conversation("call_1");
+    // A past answer's reasoning is dropped from the history, as Qwen 3's template does.
+    msgs.insert(2, ChatMessage::assistant("<think>\nhmm\n</think>\n\nLet me look."));
+    msgs.insert(3, ChatMessage::user("Please do."));
+    let on = tmpl.render_chat(&msgs, &tools(), true, &serde_json::Value::Null).unwrap();
+    let off = tmpl.render_chat(&msgs, &tools(), true, &json!({"enable_thinking": false})).unwrap();
+    expect_file!["fixtures/templates/qwen3.txt"].assert_eq(&off);
+    assert!(on.contains("<|im_start|>assistant\nLet me look.<|im_end|>") && !on.contains("hmm"), "{on}");
+    assert!(on.ends_with("</tool_response><|im_end|>\n<|im_start|>assistant\n"), "{on}");
+    assert_eq!(off, format!("{on}<think>\n\n</think>\n\n"));
+    assert!(on.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"), "{on}");
+}
