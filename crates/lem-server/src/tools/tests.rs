@@ -237,6 +237,7 @@ fn formats_of_the_template_fixtures() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lem-tokenizer/tests/fixtures/templates");
     for (file, want) in [
         ("qwen2.5-hermes.jinja", ToolFormat::Hermes),
+        ("qwen3.jinja", ToolFormat::Hermes),
         ("llama3.1.jinja", ToolFormat::Llama3),
         ("mistral-v3.jinja", ToolFormat::Mistral),
     ] {
