@@ -145,6 +145,10 @@ def test_ollama_thinking(servers):
     assert shown["content"] == thought and "thinking" not in shown
     hidden = ollama(servers["hide"])
     assert hidden["content"] == "" and "thinking" not in hidden
+    # /api/generate: the same prompt through the template, `thinking` beside `response`.
+    g = servers["capture"].post("/api/generate", {"prompt": ASK[0]["content"], "stream": False,
+                                                  "options": {"temperature": 0, "num_predict": 12}}).json()
+    assert (g["thinking"], g["response"]) == (thought, "")
     off = ollama(servers["capture"], think=False)
     assert off["content"] and "thinking" not in off
     r = servers["capture"].post("/api/chat", {"messages": ASK, "think": "very", "stream": False})
