@@ -146,8 +146,14 @@ fn merge(name: &str, prompt: PromptSpec, transcript: &Transcript) -> Result<(Pro
                     format!("session `{name}` holds plain text; continue it with a completion"),
                 ));
             }
-            let stored = transcript.to_chat();
-            let full = if msgs.starts_with(&stored) { msgs } else { stored.into_iter().chain(msgs).collect() };
+            // Transcripts keep role and text only, so the whole conversation sent again
+            // (with its tool calls and results) is recognised by those.
+            let resent = msgs.len() >= transcript.messages.len()
+                && msgs
+                    .iter()
+                    .zip(&transcript.messages)
+                    .all(|(m, t)| m.role.as_str() == t.role && m.content == t.content);
+            let full = if resent { msgs } else { transcript.to_chat().into_iter().chain(msgs).collect() };
             Ok((PromptSpec::Chat(full.clone()), Base::Chat(full)))
         }
         PromptSpec::Text(text) => {
@@ -316,6 +322,21 @@ mod tests {
         let (p, _) = merge("s", PromptSpec::Chat(vec![ChatMessage::user("x")]), &Transcript::default()).unwrap();
         assert_eq!(p, PromptSpec::Chat(vec![ChatMessage::user("x")]));
         assert!(merge("s", PromptSpec::Text("x".into()), &t).is_err());
+        // A conversation with a tool call and its result, sent again whole, keeps its
+        // tool fields (the transcript has role and text only).
+        let call = lem_tokenizer::ToolCall { id: "c".into(), name: "f".into(), arguments: serde_json::json!({}) };
+        let tools = vec![
+            ChatMessage::user("hi"),
+            ChatMessage::assistant_calls("", vec![call]),
+            ChatMessage::tool_result("42", Some("c".into()), None),
+        ];
+        let (p, _) = merge(
+            "s",
+            PromptSpec::Chat([tools.clone(), vec![ChatMessage::user("more")]].concat()),
+            &transcript(&tools),
+        )
+        .unwrap();
+        assert_eq!(p, PromptSpec::Chat([tools, vec![ChatMessage::user("more")]].concat()));
         assert!(merge("s", PromptSpec::Tokens(vec![1]), &Transcript::default()).is_err());
     }
 
