@@ -63,6 +63,22 @@ impl Sequence {
         self.cache.bytes_used()
     }
 
+    /// Bytes the sequence holds in memory: its KV cache as allocated (reserved room
+    /// included) and its token ids. Forward buffers are not counted; [`Sequence::compact`]
+    /// frees them.
+    pub fn resident_bytes(&self) -> usize {
+        self.cache.bytes_allocated() + self.tokens.capacity() * 4
+    }
+
+    /// Frees everything a sequence that is only kept (for reuse, not fed now) does not
+    /// need: room reserved beyond its tokens and the forward buffers. Feeding it again
+    /// reallocates them.
+    pub fn compact(&mut self) {
+        self.cache.shrink_to_fit();
+        self.tokens.shrink_to_fit();
+        self.ws = Workspace::default();
+    }
+
     /// Makes room for `total` tokens so that feeding up to there does not allocate.
     pub fn reserve(&mut self, total: usize) {
         self.tokens.reserve(total.saturating_sub(self.tokens.len()));

@@ -82,6 +82,15 @@ impl<E: Elem> Cells<E> {
         self.v.reserve(elems);
     }
 
+    fn shrink_to_fit(&mut self) {
+        self.k.shrink_to_fit();
+        self.v.shrink_to_fit();
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.capacity() + self.v.capacity()
+    }
+
     fn push(&mut self, k: &[f32], v: &[f32]) {
         self.k.extend(k.iter().map(|&x| E::from_f32(x)));
         self.v.extend(v.iter().map(|&x| E::from_f32(x)));
@@ -241,6 +250,20 @@ impl LayerCache {
     /// Bytes of K/V in live cells.
     pub fn bytes_used(&self) -> usize {
         self.live * self.row() * 2 * self.dtype.size()
+    }
+
+    /// Bytes the layer has allocated for K/V and positions (at least [`bytes_used`]).
+    ///
+    /// [`bytes_used`]: LayerCache::bytes_used
+    pub fn bytes_allocated(&self) -> usize {
+        with_cells!(&self.store, c => c.capacity()) * self.dtype.size() + self.pos.capacity() * 4
+    }
+
+    /// Returns memory reserved beyond the cells held (a sequence kept for later reuse
+    /// should cost what it holds).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        with_cells!(&mut self.store, c => c.shrink_to_fit());
+        self.pos.shrink_to_fit();
     }
 
     pub(crate) fn reserve(&mut self, total: usize) {

@@ -192,6 +192,18 @@ impl SeqCache {
         }
     }
 
+    /// Frees what [`SeqCache::reserve`] and growth set aside beyond the cells held.
+    pub fn shrink_to_fit(&mut self) {
+        for l in &mut self.layers {
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Bytes allocated by every layer (at least [`SeqCache::bytes_used`]).
+    pub fn bytes_allocated(&self) -> usize {
+        self.layers.iter().map(LayerCache::bytes_allocated).sum()
+    }
+
     /// Layer `i`'s cache.
     pub fn layer(&self, i: usize) -> &LayerCache {
         &self.layers[i]

@@ -235,6 +235,8 @@ enum Op {
     Reimport { s: usize },
     /// Export positions a..b (fractions of the length) and check them against the reference.
     Range { s: usize, a: u32, b: u32 },
+    /// Reserve room for `extra` more positions, then give back what is not held.
+    Compact { s: usize, extra: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -244,6 +246,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4usize).prop_map(|s| Op::Fork { s }),
         1 => (0..4usize).prop_map(|s| Op::Reimport { s }),
         1 => (0..4usize, 0..17u32, 0..17u32).prop_map(|(s, a, b)| Op::Range { s, a, b }),
+        1 => (0..4usize, 0..64usize).prop_map(|(s, extra)| Op::Compact { s, extra }),
     ]
 }
 
@@ -280,6 +283,19 @@ fn run(dtype: KvDtype, ops: &[Op]) {
                 let mut fresh = SeqCache::new(&layout);
                 fresh.import_raw(&c.export_raw(), c.len()).unwrap();
                 *c = fresh;
+            }
+            Op::Compact { s, extra } => {
+                let (c, r) = &mut pool[s % pool_len];
+                let before = c.bytes_allocated();
+                c.reserve(r.len as usize + extra);
+                c.shrink_to_fit();
+                // Whatever was reserved (now or by growth) is given back; what is held stays.
+                assert!(
+                    c.bytes_allocated() <= before,
+                    "{what}: {} bytes after shrinking, {before} before",
+                    c.bytes_allocated()
+                );
+                assert!(c.bytes_allocated() >= c.bytes_used(), "{what}: allocated below used");
             }
             Op::Range { s, a, b } => {
                 let (c, r) = &pool[s % pool_len];

@@ -307,10 +307,12 @@ impl Recent {
 
     /// Keeps `seq` (newest first), dropping kept sequences it extends and the oldest
     /// beyond the count and byte budgets.
-    fn keep(&mut self, seq: Sequence) {
+    fn keep(&mut self, mut seq: Sequence) {
         if seq.is_empty() || self.max == 0 {
             return;
         }
+        // A kept sequence costs what it holds: no reserved room, no forward buffers.
+        seq.compact();
         self.seqs.retain(|s| seq.common_prefix(s.tokens()) < s.len());
         self.seqs.push_front(seq);
         while self.seqs.len() > self.max || (!self.seqs.is_empty() && self.bytes() > self.budget) {
@@ -319,7 +321,7 @@ impl Recent {
     }
 
     fn bytes(&self) -> usize {
-        self.seqs.iter().map(Sequence::kv_bytes).sum()
+        self.seqs.iter().map(Sequence::resident_bytes).sum()
     }
 }
 
