@@ -51,6 +51,9 @@ class Soak:
         self.headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         self.model = args.model
         self.sessions = args.sessions
+        self.only = set(args.only.split(",")) if args.only else None
+        self.max_turns = args.max_turns
+        self.turns = Counter()
         self.deadline = time.monotonic() + args.minutes * 60
         self.counts = Counter()
         self.problems = []
@@ -173,6 +176,17 @@ class Soak:
 
     def session_turn(self, rng):
         name = f"soak-{rng.randrange(self.sessions)}"
+        with self.lock:
+            self.turns[name] += 1
+            restart = self.max_turns and self.turns[name] > self.max_turns
+            if restart:
+                self.turns[name] = 1
+        if restart:
+            # Conversations end: a session past --max-turns starts over, so the traffic
+            # reaches a steady state instead of every session growing to the context.
+            r = requests.delete(f"{self.url}/v1/sessions/{name}", headers=self.headers, timeout=60)
+            if r.status_code not in (200, 204):
+                self.check_error("session_delete", r, {404, 409})
         body = {
             "model": self.model,
             "session": name,
@@ -222,6 +236,8 @@ class Soak:
             (self.session_turn, 4), (self.session_admin, 1), (self.malformed, 1), (self.oversized, 0.2),
             (self.unknown_model, 0.5),
         ]
+        if self.only:
+            kinds = [(f, w) for f, w in kinds if getattr(f, "__name__", "") in self.only]
         fns, weights = zip(*kinds)
         while time.monotonic() < self.deadline:
             fn = rng.choices(fns, weights)[0]
@@ -239,8 +255,10 @@ def main():
     ap.add_argument("--minutes", type=float, default=1.0)
     ap.add_argument("--clients", type=int, default=24)
     ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--max-turns", type=int, default=8, help="turns after which a session starts over (0: never)")
     ap.add_argument("--pid", type=int, help="the server's pid, to sample its resident memory")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", help="comma-separated request kinds (method names: chat, completion, session_turn, ...)")
     ap.add_argument("--json", help="write the report to this file")
     args = ap.parse_args()
 

@@ -20,8 +20,9 @@ fn hostile_templates_fail_cleanly() {
 
 #[test]
 fn real_templates_render_long_conversations_within_the_budget() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates/qwen2.5-hermes.jinja"))
-        .unwrap();
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates/qwen2.5-hermes.jinja"))
+            .unwrap();
     let t = ChatTemplate::from_source(&src, "<s>", "</s>").unwrap();
     let msgs: Vec<ChatMessage> = (0..2000)
         .map(|i| if i % 2 == 0 { ChatMessage::user(format!("q{i}")) } else { ChatMessage::assistant(format!("a{i}")) })

@@ -60,6 +60,7 @@ pub struct Args {
 
 /// Runs `lem serve`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     lem_server::init_logging();
     let chat_template = match &a.chat_template_file {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
@@ -95,4 +96,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     })
     .context("serving")
+}
+
+/// glibc gives every thread that allocates its own heap arena (up to 8 per core) and
+/// rarely returns their free memory, so a server whose requests allocate on tokio's
+/// worker and blocking threads (session wakes read and decode whole KV files) grows
+/// resident memory with traffic that holds nothing: measured with `bench/soak.py --only
+/// session_turn`, 16 clients over 100 sessions for 2 minutes, resident memory crept from
+/// 340 to 410 MiB with the default arenas and stayed flat at 265-280 MiB with two
+/// (docs/decisions.md, "Allocator arenas in the server"). `MALLOC_ARENA_MAX` in the
+/// environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator tuning; called before the server starts
+        // its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
