@@ -63,7 +63,7 @@ impl Grammar {
                 if !schema.is_object() && !schema.is_boolean() {
                     return Err(EngineError::Grammar(format!(
                         "a JSON schema must be an object or a boolean, got {}",
-                        kind(schema)
+                        json_kind(schema)
                     )));
                 }
                 TopLevelGrammar::from_json_schema(with_compact_json(schema))
@@ -79,8 +79,9 @@ impl Grammar {
     }
 }
 
-/// The JSON type of `v`, for messages.
-fn kind(v: &serde_json::Value) -> &'static str {
+/// The JSON type of `v` as error messages name it ("an object", "a string", ...).
+#[must_use]
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

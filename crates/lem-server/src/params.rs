@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use lem_engine::constraint::json_kind;
 use lem_engine::sampling::SamplingParams;
 use lem_engine::{Engine, Grammar};
 use lem_tokenizer::{ChatMessage, Role};
@@ -60,18 +61,6 @@ pub fn template_kwargs(v: Option<serde_json::Value>) -> Result<serde_json::Value
             "chat_template_kwargs",
             format!("chat_template_kwargs must be a JSON object, got {}", json_kind(&other)),
         )),
-    }
-}
-
-/// The JSON type of a value, as messages name it.
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 
