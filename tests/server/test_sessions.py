@@ -106,3 +106,29 @@ def test_session_survives_graceful_restart(server, oai):
     m = server.metrics()
     assert m["lem_session_wakes_total"] >= 1
     assert info["name"] == s
+
+
+def test_session_limits(workdir):
+    """--max-sessions: a request that would create one more session gets 507 with a clear
+    message; existing sessions go on; deleting one makes room."""
+    from conftest import Server
+
+    s = Server(workdir, "limits", "--max-sessions", "2").start()
+    try:
+        def turn(session):
+            return s.post("/v1/chat/completions", {
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "session": session})
+
+        for n in ["a", "b"]:
+            assert turn(n).status_code == 200
+            wait_saved(s, n, 2)
+        r = turn("c")
+        assert r.status_code == 507, r.text
+        err = r.json()["error"]
+        assert err["code"] == "session_limit" and "--max-sessions" in err["message"], err
+        assert turn("a").status_code == 200, "an existing session must go on"
+        assert s.get("/v1/sessions/c").status_code == 404
+        assert requests.delete(s.url + "/v1/sessions/b", headers=s.headers, timeout=60).status_code in (200, 204)
+        assert turn("c").status_code == 200
+    finally:
+        assert s.stop() == 0, s.tail()

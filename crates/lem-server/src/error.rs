@@ -63,6 +63,9 @@ pub enum ApiError {
     /// A session of that name exists already.
     #[error("a session named `{0}` exists already")]
     SessionExists(String),
+    /// Creating one more session would pass the store's limits.
+    #[error("{0}; delete sessions (DELETE /v1/sessions/NAME) or raise the limit")]
+    SessionLimit(String),
     /// Too many requests are waiting.
     #[error("the server is busy: {queued} requests are waiting; retry later")]
     QueueFull {
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SessionExists(_) => StatusCode::CONFLICT,
+            ApiError::SessionLimit(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,6 +133,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::SessionNotFound(_) => "session_not_found",
             ApiError::SessionExists(_) => "session_exists",
+            ApiError::SessionLimit(_) => "session_limit",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::InvalidRequest { .. } | ApiError::Internal(_) => return None,
@@ -253,6 +258,7 @@ mod tests {
             (ApiError::Unauthorized, 401, "authentication_error", Some("invalid_api_key")),
             (ApiError::QueueFull { queued: 3 }, 429, "rate_limit_error", Some("queue_full")),
             (ApiError::ShuttingDown, 503, "overloaded_error", Some("shutting_down")),
+            (ApiError::SessionLimit("2 sessions".into()), 507, "invalid_request_error", Some("session_limit")),
             (ApiError::Internal("boom".into()), 500, "server_error", None),
         ];
         for (e, status, kind, code) in cases {

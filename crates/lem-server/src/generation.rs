@@ -125,8 +125,34 @@ async fn wake(state: &AppState, name: &str) -> Result<(Option<Sequence>, Transcr
             state.metrics.session_wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             (Some(seq), transcript)
         }
-        None => (None, Transcript::default()),
+        None => {
+            check_session_limits(state).await?;
+            (None, Transcript::default())
+        }
     })
+}
+
+/// Refuses to create a session when the store is at `--max-sessions` or
+/// `--sessions-max-mib`.
+async fn check_session_limits(state: &AppState) -> Result<(), ApiError> {
+    let (store, limits) = (state.sessions.clone(), state.session_limits);
+    let all =
+        tokio::task::spawn_blocking(move || store.list()).await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    let bytes: u64 = all.iter().map(|s| s.bytes).sum();
+    if all.len() >= limits.max_sessions {
+        return Err(ApiError::SessionLimit(format!(
+            "the server holds {} sessions, its limit (--max-sessions)",
+            all.len()
+        )));
+    }
+    if bytes >= limits.max_bytes {
+        return Err(ApiError::SessionLimit(format!(
+            "sessions take {} MiB on disk, the limit is {} MiB (--sessions-max-mib)",
+            bytes >> 20,
+            limits.max_bytes >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// The full prompt of a request on a session with `transcript`.

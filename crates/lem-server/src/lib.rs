@@ -52,7 +52,7 @@ use lem_state::{PrefixCache, PrefixCacheConfig, SessionStore};
 use serde_json::json;
 
 pub use error::{ApiError, ServerError};
-pub use state::{AppState, ServerState};
+pub use state::{AppState, ServerState, SessionLimits};
 
 use crate::metrics::Metrics;
 use crate::params::ModelNames;
@@ -93,6 +93,8 @@ pub struct ServerConfig {
     pub reasoning: reasoning::ReasoningMode,
     /// How embeddings pool the final hidden states of an input's tokens.
     pub pooling: lem_engine::Pooling,
+    /// Limits on the session store.
+    pub session_limits: SessionLimits,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +116,7 @@ impl Default for ServerConfig {
             chat_template: None,
             reasoning: reasoning::ReasoningMode::Capture,
             pooling: lem_engine::Pooling::Mean,
+            session_limits: SessionLimits::default(),
         }
     }
 }
@@ -166,7 +169,7 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
         config.api_key.clone(),
         config.max_body_bytes,
     );
-    Ok(Arc::new(state.with_chat(template, config.reasoning)))
+    Ok(Arc::new(state.with_chat(template, config.reasoning).with_session_limits(config.session_limits)))
 }
 
 /// Every route, with the middleware.

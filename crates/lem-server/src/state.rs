@@ -53,6 +53,8 @@ pub struct ServerState {
     pub tool_format: ToolFormat,
     /// What happens to reasoning (`--reasoning`) unless a request says otherwise.
     pub reasoning: ReasoningMode,
+    /// Limits on the session store, checked when a request creates a session.
+    pub session_limits: SessionLimits,
     next_request: AtomicU64,
 }
 
@@ -76,6 +78,7 @@ impl ServerState {
             prefix,
             sessions,
             session_locks: Mutex::new(HashMap::new()),
+            session_limits: SessionLimits::default(),
             background: Arc::default(),
             api_key,
             max_body_bytes,
@@ -97,6 +100,14 @@ impl ServerState {
             self.chat_template = Some(t);
         }
         self.reasoning = reasoning;
+        self
+    }
+
+    /// The same state with limits on the session store (`--max-sessions`,
+    /// `--sessions-max-mib`).
+    #[must_use]
+    pub fn with_session_limits(mut self, limits: SessionLimits) -> ServerState {
+        self.session_limits = limits;
         self
     }
 
@@ -154,5 +165,21 @@ impl Background {
                 return self.running.load(Ordering::SeqCst) == 0;
             }
         }
+    }
+}
+
+/// How many sessions the store may hold, and how many bytes on disk, before a request
+/// that would create another is refused (existing sessions keep working).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most sessions.
+    pub max_sessions: usize,
+    /// Most bytes of session files.
+    pub max_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { max_sessions: 10_000, max_bytes: 10 << 30 }
     }
 }

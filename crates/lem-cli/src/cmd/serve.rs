@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use lem_server::ServerConfig;
+use lem_server::{ServerConfig, SessionLimits};
 
 use crate::common::ModelArgs;
 
@@ -56,6 +56,19 @@ pub struct Args {
     /// How /v1/embeddings and /api/embed pool the final hidden states: mean, last or first.
     #[arg(long, default_value = "mean")]
     pooling: lem_engine::Pooling,
+    /// Finished sequences kept in memory for token-exact reuse by the next request.
+    #[arg(long, default_value_t = 8)]
+    kept_sequences: usize,
+    /// Memory budget of the kept sequences in MiB (least recently used dropped first;
+    /// /metrics reports lem_recent_kv_bytes).
+    #[arg(long, default_value_t = 256)]
+    kept_mib: usize,
+    /// Most named sessions; a request creating one more gets 507 (existing ones go on).
+    #[arg(long, default_value_t = 10_000)]
+    max_sessions: usize,
+    /// Most MiB of session files on disk; past it, creating a session gets 507.
+    #[arg(long, default_value_t = 10_240)]
+    sessions_max_mib: u64,
 }
 
 /// Runs `lem serve`.
@@ -82,6 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         chat_template,
         reasoning: a.reasoning,
         pooling: a.pooling,
+        recent_sequences: a.kept_sequences,
+        recent_bytes: a.kept_mib << 20,
+        session_limits: SessionLimits { max_sessions: a.max_sessions, max_bytes: a.sessions_max_mib << 20 },
         ..ServerConfig::default()
     };
     lem_server::run(engine, &a.model.model, &config, |addr, state| {
