@@ -98,7 +98,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         recent_sequences: a.kept_sequences,
         recent_bytes: a.kept_mib << 20,
         session_limits: SessionLimits { max_sessions: a.max_sessions, max_bytes: a.sessions_max_mib << 20 },
-        ..ServerConfig::default()
     };
     lem_server::run(engine, &a.model.model, &config, |addr, state| {
         eprintln!(
