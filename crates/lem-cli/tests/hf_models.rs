@@ -290,3 +290,34 @@ fn every_model_command_takes_dtype() {
         }
     }
 }
+
+/// `lem models inspect` flags a chat template that cannot serve a conversation: one that
+/// loops past the render budget, one that recurses without end, one that raises.
+#[test]
+fn inspect_flags_hostile_chat_templates() {
+    let good = inspect(&tiny("qwen3", "hf"), &[]);
+    assert_eq!(good["chat_template"], true);
+    assert!(good["chat_template_error"].is_null(), "{}", good["chat_template_error"]);
+    let hostile = [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "fuel"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+        ("{{ raise_exception('no system messages') }}", "no system messages"),
+    ];
+    for (template, want) in hostile {
+        let dir = tempfile::tempdir().unwrap();
+        let src = tiny("qwen3", "hf");
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        let config_path = dir.path().join("tokenizer_config.json");
+        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        config["chat_template"] = Value::from(template);
+        std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+        let v = inspect(dir.path(), &[]);
+        let err = v["chat_template_error"].as_str().unwrap_or_else(|| panic!("{template}: not flagged: {v}"));
+        assert!(err.contains(want), "{template}: {err}");
+        let (text, _) = succeeds(&["models", "inspect", s(dir.path())]);
+        assert!(text.contains("chat template  FAILS: "), "{text}");
+    }
+}

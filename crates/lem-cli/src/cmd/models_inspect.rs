@@ -100,7 +100,7 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
         "yarn_original_context": s.yarn.map(|y| y.orig_ctx),
         "frequency_factors": s.factors.is_some(),
     });
-    let (tokenizer, tokenizer_error, chat_template) = match load_tokenizer(path) {
+    let (tokenizer, tokenizer_error, chat_template, template_error) = match load_tokenizer(path) {
         Ok(t) => {
             let kind = if t.tokenizer_model() == "llama" { "SPM" } else { "BPE" };
             let info = json!({
@@ -112,9 +112,10 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
                 "bos": t.bos_id(),
                 "eos": t.eos_id(),
             });
-            (info, Value::Null, t.chat_template_source().is_some())
+            let template_error = template_problem(&t, &cfg.architecture).map_or(Value::Null, Value::from);
+            (info, Value::Null, t.chat_template_source().is_some(), template_error)
         }
-        Err(e) => (Value::Null, json!(format!("{e:#}")), false),
+        Err(e) => (Value::Null, json!(format!("{e:#}")), false, Value::Null),
     };
     let model_type = if hf { hf_model_type(path) } else { None };
     Ok(json!({
@@ -145,7 +146,26 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
         "tokenizer": tokenizer,
         "tokenizer_error": tokenizer_error,
         "chat_template": chat_template,
+        "chat_template_error": template_error,
     }))
+}
+
+/// Why the model's chat template cannot serve a conversation (it does not compile, or a
+/// render of a short conversation fails: a template error, `raise_exception`, or a loop
+/// or recursion past lem's limits), if it cannot.
+fn template_problem(tok: &lem_tokenizer::Tokenizer, architecture: &str) -> Option<String> {
+    use lem_tokenizer::{ChatMessage, ChatTemplate};
+    let template = match ChatTemplate::for_model(tok, architecture) {
+        Ok(t) => t,
+        Err(e) => return Some(e.to_string()),
+    };
+    let conversation = [
+        ChatMessage::system("Be brief."),
+        ChatMessage::user("Hello"),
+        ChatMessage::assistant("Hi."),
+        ChatMessage::user("Bye"),
+    ];
+    template.render(&conversation, true).err().map(|e| e.to_string())
 }
 
 /// An f32 as the f64 with the same shortest decimal form (`1e-6`, not
@@ -366,7 +386,12 @@ fn print_table(r: &Value) -> anyhow::Result<()> {
         format!("{}{pre}, {} tokens, from {}", text(&t["type"]), t["vocab_size"], text(&t["source"]))
     };
     rows.push(("tokenizer", tok));
-    rows.push(("chat template", if r["chat_template"] == true { "yes".into() } else { "no (built-in)".into() }));
+    let template = match (&r["chat_template"], &r["chat_template_error"]) {
+        (_, Value::String(e)) => format!("FAILS: {e}"),
+        (Value::Bool(true), _) => "yes".into(),
+        _ => "no (built-in)".into(),
+    };
+    rows.push(("chat template", template));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for (k, v) in &rows {
