@@ -132,3 +132,44 @@ def test_session_limits(workdir):
         assert turn("c").status_code == 200
     finally:
         assert s.stop() == 0, s.tail()
+
+
+def test_broken_session_store_and_files(workdir):
+    """A damaged session file gets 409 session_unusable; a session store that cannot be
+    read or written (here its directory replaced by a file) gets 503
+    session_store_unavailable; either way the server goes on serving."""
+    import pathlib
+    import shutil
+
+    from conftest import Server
+
+    s = Server(workdir, "broken").start()
+    try:
+        def turn(session=None):
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            if session:
+                body["session"] = session
+            return s.post("/v1/chat/completions", body)
+
+        assert turn("ok").status_code == 200
+        wait_saved(s, "ok", 2)
+        files = [p for p in pathlib.Path(s.sessions).rglob("ok.lemkv")]
+        assert len(files) == 1, list(pathlib.Path(s.sessions).rglob("*"))
+        data = bytearray(files[0].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        files[0].write_bytes(bytes(data))
+        r = turn("ok")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "session_unusable", r.text
+
+        shutil.rmtree(s.sessions)
+        pathlib.Path(s.sessions).write_text("not a directory")
+        r = turn("other")
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "session_store_unavailable" and "unavailable" in err["message"], err
+        assert turn().status_code == 200, "the server must go on serving"
+        assert s.get("/health").status_code == 200
+    finally:
+        s.stop()
+        pathlib.Path(s.sessions).unlink(missing_ok=True)

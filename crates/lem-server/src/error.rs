@@ -63,6 +63,14 @@ pub enum ApiError {
     /// A session of that name exists already.
     #[error("a session named `{0}` exists already")]
     SessionExists(String),
+    /// The session store cannot be read or written (a full disk, a missing or unwritable
+    /// directory, a lock held too long); the server goes on serving everything else.
+    #[error("the session store is unavailable: {0}")]
+    SessionStore(String),
+    /// A stored session cannot be woken: its file is damaged, or was written by another
+    /// model, tokenizer or cache layout.
+    #[error("session cannot be woken: {0}")]
+    SessionUnusable(String),
     /// Creating one more session would pass the store's limits.
     #[error("{0}; delete sessions (DELETE /v1/sessions/NAME) or raise the limit")]
     SessionLimit(String),
@@ -100,6 +108,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SessionExists(_) => StatusCode::CONFLICT,
             ApiError::SessionLimit(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::SessionStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SessionUnusable(_) => StatusCode::CONFLICT,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +126,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::QueueFull { .. } => "rate_limit_error",
             ApiError::ShuttingDown => "overloaded_error",
+            ApiError::SessionStore(_) => "server_error",
             ApiError::Internal(_) => "server_error",
             _ => "invalid_request_error",
         }
@@ -134,6 +145,8 @@ impl ApiError {
             ApiError::SessionNotFound(_) => "session_not_found",
             ApiError::SessionExists(_) => "session_exists",
             ApiError::SessionLimit(_) => "session_limit",
+            ApiError::SessionStore(_) => "session_store_unavailable",
+            ApiError::SessionUnusable(_) => "session_unusable",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::InvalidRequest { .. } | ApiError::Internal(_) => return None,
@@ -203,6 +216,15 @@ impl From<StateError> for ApiError {
             StateError::SessionExists(name) => ApiError::SessionExists(name),
             StateError::InvalidName(_) => ApiError::invalid("session", e.to_string()),
             StateError::Engine(e) => e.into(),
+            StateError::Io { .. } | StateError::LockTimeout(_) => ApiError::SessionStore(e.to_string()),
+            StateError::Truncated { .. }
+            | StateError::Malformed { .. }
+            | StateError::WrongFormat { .. }
+            | StateError::UnsupportedVersion { .. }
+            | StateError::Checksum { .. }
+            | StateError::ModelMismatch { .. }
+            | StateError::TokenizerMismatch { .. }
+            | StateError::LayoutMismatch { .. } => ApiError::SessionUnusable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -259,6 +281,8 @@ mod tests {
             (ApiError::QueueFull { queued: 3 }, 429, "rate_limit_error", Some("queue_full")),
             (ApiError::ShuttingDown, 503, "overloaded_error", Some("shutting_down")),
             (ApiError::SessionLimit("2 sessions".into()), 507, "invalid_request_error", Some("session_limit")),
+            (ApiError::SessionStore("disk full".into()), 503, "server_error", Some("session_store_unavailable")),
+            (ApiError::SessionUnusable("bad checksum".into()), 409, "invalid_request_error", Some("session_unusable")),
             (ApiError::Internal("boom".into()), 500, "server_error", None),
         ];
         for (e, status, kind, code) in cases {
