@@ -225,7 +225,7 @@ impl SessionStore {
         let meta = container::read_header(&path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION)?;
         let extra: BTreeMap<String, String> =
             meta.iter().filter_map(|(k, v)| Some((k.strip_prefix("extra.")?.to_owned(), v.clone()))).collect();
-        let mut info = info_from_file(name, &path)?;
+        let mut info = info_from_header(name, &path, &meta)?;
         if let Some(known) = self.read_index().sessions.get(name) {
             info.last_used_unix_ms = info.last_used_unix_ms.max(known.last_used_unix_ms);
         }
@@ -336,6 +336,16 @@ fn transcript_of(path: &Path, extra: &BTreeMap<String, String>) -> Result<Transc
 /// A session's entry from its file's header.
 fn info_from_file(name: &str, path: &Path) -> Result<SessionInfo, StateError> {
     let meta = container::read_header(path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION)?;
+    info_from_header(name, path, &meta)
+}
+
+/// The entry described by a session file's header `meta` (read once, so that a file
+/// replaced meanwhile by a newer turn cannot mix two turns' fields).
+fn info_from_header(
+    name: &str,
+    path: &Path,
+    meta: &std::collections::HashMap<String, String>,
+) -> Result<SessionInfo, StateError> {
     let fs_meta = std::fs::metadata(path).map_err(StateError::io(path))?;
     let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
     let messages = meta
