@@ -15,7 +15,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{packaged, s};
 use serde_json::Value;
@@ -95,7 +95,6 @@ enum Kill {
 /// then after `delay` kills the child with SIGKILL.
 fn kill_during_write(child: &mut Child, dir: &Path, delay: Duration) -> Kill {
     let pid = child.id();
-    let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
             return Kill::Finished;
@@ -106,7 +105,6 @@ fn kill_during_write(child: &mut Child, dir: &Path, delay: Duration) -> Kill {
             let status = child.wait().unwrap();
             return if status.success() { Kill::Finished } else { Kill::MidWrite };
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "the child neither wrote nor finished");
         std::thread::sleep(Duration::from_micros(200));
     }
 }
@@ -189,11 +187,13 @@ fn kill_during_session_sleep_leaves_a_wakeable_session() {
     }
     eprintln!("session sleep: {mid_write} of {} kills landed mid-write", DELAYS_MS.len());
     assert!(mid_write > 0, "no kill landed during a sleep; the test did not test anything");
-    let start = Instant::now();
+    // No lock outlives the killed writers: the index lock is free right away.
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(sessions.join("index.lock")).unwrap();
+    lock.try_lock().expect("a killed writer left the session index locked");
+    drop(lock);
     let woke = chat("and then?\n").wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&woke.stderr);
     assert!(woke.status.success() && stderr.contains("woke session s"), "{stderr}");
-    assert!(start.elapsed() < Duration::from_secs(60), "waking waited on a dead process's lock");
 }
 
 #[test]
