@@ -89,13 +89,16 @@ class Soak:
             return
         self.record(kind, f"refused {r.status_code}")
 
-    def ok_json(self, kind, r, check):
+    def answered(self, kind, r):
+        """True for a 200; records anything else (429, a full queue, is documented)."""
         if r.status_code == 429:
-            # The queue is full: documented, and the client may retry.
             self.check_error(kind, r, {429})
-            return
-        if r.status_code != 200:
+        elif r.status_code != 200:
             self.record(kind, f"status {r.status_code}", r.text[:200])
+        return r.status_code == 200
+
+    def ok_json(self, kind, r, check):
+        if not self.answered(kind, r):
             return
         try:
             v = r.json()
@@ -105,11 +108,7 @@ class Soak:
         self.record(kind, "ok" if not problem else "bad", problem)
 
     def sse(self, kind, r, end, drop_after=None):
-        if r.status_code == 429:
-            self.check_error(kind, r, {429})
-            return
-        if r.status_code != 200:
-            self.record(kind, f"status {r.status_code}", r.text[:200])
+        if not self.answered(kind, r):
             return
         chunks, ended = 0, False
         for line in r.iter_lines():

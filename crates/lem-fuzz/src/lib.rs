@@ -58,6 +58,22 @@ pub struct Report {
     pub elapsed_s: f64,
 }
 
+impl std::fmt::Display for Report {
+    /// One line: target, inputs, accepted, crashes, slowest input, elapsed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<18} inputs {:>8}  accepted {:>8}  crashes {:>3}  slowest {:>7.3} s  elapsed {:>7.1} s",
+            self.target,
+            self.inputs,
+            self.accepted,
+            self.crashes.len(),
+            self.slowest_s,
+            self.elapsed_s
+        )
+    }
+}
+
 /// Runs `target` from its seeds: each seed once, then mutated inputs (1 to 4 stacked
 /// mutations of a random seed or of an earlier input kept because it was accepted past
 /// the first check, up to `budget`). Crashing inputs are written to `crash_dir`.

@@ -58,15 +58,7 @@ fn main() {
     for t in chosen {
         match fuzz(t, &fixtures, seed, budget, &crash_dir) {
             Ok(r) => {
-                println!(
-                    "{:<18} inputs {:>8}  accepted {:>8}  crashes {:>3}  slowest {:>7.3} s  elapsed {:>7.1} s",
-                    r.target,
-                    r.inputs,
-                    r.accepted,
-                    r.crashes.len(),
-                    r.slowest_s,
-                    r.elapsed_s
-                );
+                println!("{r}");
                 for c in &r.crashes {
                     println!("  crash: {} ({})", c.message, c.input.display());
                 }

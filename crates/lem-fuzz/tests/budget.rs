@@ -16,15 +16,7 @@ fn every_target_survives_its_budget() {
     for t in TARGETS {
         let r = fuzz(t, &fixtures, 20261202, Budget::Inputs(inputs()), &crash_dir)
             .unwrap_or_else(|e| panic!("{}: {e}", t.name));
-        eprintln!(
-            "{:<18} inputs {:>6}  accepted {:>6}  crashes {}  slowest {:.3} s  elapsed {:.1} s",
-            r.target,
-            r.inputs,
-            r.accepted,
-            r.crashes.len(),
-            r.slowest_s,
-            r.elapsed_s
-        );
+        eprintln!("{r}");
         assert!(r.inputs > inputs(), "{}: ran {} inputs", t.name, r.inputs);
         assert_eq!(r.refused_seeds, 0, "{}: its seeds are refused, so the target tests nothing", t.name);
         for c in r.crashes {
