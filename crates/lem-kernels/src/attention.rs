@@ -20,6 +20,10 @@ use half::f16;
 use crate::simd;
 use crate::threads::{SharedMut, Threads};
 
+mod side;
+use side::Side;
+pub use side::KvRows;
+
 /// Element types a KV cache may store; attention reads them through this trait.
 pub trait KvElem: simd::Element {
     /// Rounds a query element the way GGML rounds the right-hand side of a dot product
@@ -75,6 +79,13 @@ pub enum KvData<'a> {
         k: &'a [f16],
         /// Values, same layout.
         v: &'a [f16],
+    },
+    /// Keys and values each in its own storage (either may be GGML blocks).
+    Split {
+        /// Keys.
+        k: KvRows<'a>,
+        /// Values.
+        v: KvRows<'a>,
     },
 }
 
@@ -159,9 +170,31 @@ pub fn attention(
     probs: Option<&mut [f32]>,
     threads: &Threads,
 ) {
+    attention_with_sinks(q, q_pos, kv, shape, None, out, probs, threads)
+}
+
+/// [`attention`] with learned per-head sink logits (`sinks[h]`, gpt-oss): each row's
+/// softmax denominator also holds `exp(sinks[h])`, as if every query saw one more cell
+/// whose value is zero. `None` is plain [`attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with_sinks(
+    q: &[f32],
+    q_pos: &[u32],
+    kv: KvView<'_>,
+    shape: &AttnShape,
+    sinks: Option<&[f32]>,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+    threads: &Threads,
+) {
+    if let Some(s) = sinks {
+        assert_eq!(s.len(), shape.n_head, "one sink per query head");
+    }
+    let probs = (probs, sinks);
     match kv.data {
         KvData::F32 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
         KvData::F16 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
+        KvData::Split { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
     }
 }
 
@@ -176,14 +209,14 @@ struct Item {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_impl<E: KvElem>(
+fn attention_impl<K: Side, V: Side>(
     q: &[f32],
     q_pos: &[u32],
-    (k, v): (&[E], &[E]),
+    (k, v): (K, V),
     pos: &[u32],
     shape: &AttnShape,
     out: &mut [f32],
-    probs: Option<&mut [f32]>,
+    (probs, sinks): (Option<&mut [f32]>, Option<&[f32]>),
     threads: &Threads,
 ) {
     let AttnShape { n_head, n_kv, head_dim: hd, .. } = *shape;
@@ -192,8 +225,7 @@ fn attention_impl<E: KvElem>(
     assert!(n_kv > 0 && n_head.is_multiple_of(n_kv), "{n_head} query heads over {n_kv} KV heads");
     assert_eq!(q.len(), n_tok * n_head * hd);
     assert_eq!(out.len(), q.len());
-    assert_eq!(k.len(), cells * n_kv * hd);
-    assert_eq!(v.len(), k.len());
+    assert!(k.holds(cells, n_kv, hd) && v.holds(cells, n_kv, hd), "K/V storage does not hold {cells} cells");
     let group = n_head / n_kv;
     let n_threads = threads.count();
     // Few tokens (decode): one token per item, and heads on their own if that is what
@@ -208,7 +240,7 @@ fn attention_impl<E: KvElem>(
         assert_eq!(p.len(), n_tok * n_head * cells);
         SharedMut(p.as_mut_ptr())
     });
-    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr };
+    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr, sinks };
     threads.for_ranges(items, 1, |range| {
         SCRATCH.with(|s| {
             let sc = &mut *s.borrow_mut();
@@ -224,26 +256,27 @@ fn attention_impl<E: KvElem>(
 }
 
 /// Everything a work item reads, and where it writes.
-struct Ctx<'a, E> {
+struct Ctx<'a, K, V> {
     q: &'a [f32],
     q_pos: &'a [u32],
-    k: &'a [E],
-    v: &'a [E],
+    k: K,
+    v: V,
     pos: &'a [u32],
     shape: &'a AttnShape,
     out: SharedMut<f32>,
     probs: Option<SharedMut<f32>>,
+    /// Per-head sink logits.
+    sinks: Option<&'a [f32]>,
 }
 
 // SAFETY: the raw pointers are only written at the disjoint rows each item owns.
-unsafe impl<E: Sync> Sync for Ctx<'_, E> {}
+unsafe impl<K: Sync, V: Sync> Sync for Ctx<'_, K, V> {}
 
-impl<E: KvElem> Ctx<'_, E> {
+impl<K: Side, V: Side> Ctx<'_, K, V> {
     fn run(&self, it: Item, sc: &mut Scratch) {
         let AttnShape { n_head, n_kv, head_dim: hd, scale, softcap, mask } = *self.shape;
         let (nt, nh) = (it.t1 - it.t0, it.h1 - it.h0);
         let rows = nt * nh;
-        let stride = n_kv * hd;
         let cells = self.pos.len();
         let qp = &self.q_pos[it.t0..it.t1];
         // The span of cells some query of the block sees.
@@ -267,11 +300,10 @@ impl<E: KvElem> Ctx<'_, E> {
             let src = ((it.t0 + ti) * n_head + it.h0) * hd;
             qbuf[ti * nh * hd..(ti + 1) * nh * hd].copy_from_slice(&self.q[src..src + nh * hd]);
         }
-        E::round_slice(qbuf);
+        self.k.round_query(qbuf);
         scores.clear();
         scores.resize(rows * ld, f32::NEG_INFINITY);
-        let krows = simd::Rows { data: self.k, stride, offset: it.g * hd, len: hd };
-        simd::qk(qbuf, krows, lo..hi, scale, scores, ld);
+        self.k.qk(qbuf, n_kv, hd, it.g, lo..hi, scale, scores, ld);
         // Mask and soft-cap.
         for (ti, &t) in qp.iter().enumerate() {
             let block = &mut scores[ti * nh * ld..(ti + 1) * nh * ld];
@@ -289,13 +321,15 @@ impl<E: KvElem> Ctx<'_, E> {
             }
         }
         // Softmax per row; a sliding window may leave a row of the block with no cell.
-        for s in scores.chunks_exact_mut(ld) {
+        for (r, s) in scores.chunks_exact_mut(ld).enumerate() {
             let m = simd::max(s);
             if m == f32::NEG_INFINITY {
                 s.fill(0.0);
                 continue;
             }
-            let sum = simd::exp_sub_sum(s, m);
+            let sink = self.sinks.map(|k| k[it.h0 + r % nh]);
+            let m = sink.map_or(m, |k| m.max(k));
+            let sum = simd::exp_sub_sum(s, m) + sink.map_or(0.0, |k| (k - m).exp());
             simd::scale(s, 1.0 / sum);
         }
         if let Some(pp) = self.probs {
@@ -309,11 +343,10 @@ impl<E: KvElem> Ctx<'_, E> {
             }
         }
         // Weighted sum of values.
-        E::round_slice(scores);
+        self.v.round_weight(scores);
         out.clear();
         out.resize(rows * hd, 0.0);
-        let vrows = simd::Rows { data: self.v, stride, offset: it.g * hd, len: hd };
-        simd::pv(scores, ld, vrows, lo..hi, out);
+        self.v.pv(scores, ld, n_kv, hd, it.g, lo..hi, out);
         for ti in 0..nt {
             let dst = ((it.t0 + ti) * n_head + it.h0) * hd;
             // SAFETY: rows (t, h0..h1) of `out` are contiguous and belong to this item alone.

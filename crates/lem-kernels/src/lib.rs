@@ -11,6 +11,7 @@
 
 mod attention;
 mod dot;
+pub mod kvq;
 mod qmatrix;
 mod quant_act;
 pub mod simd;
