@@ -21,8 +21,8 @@ use crate::simd;
 use crate::threads::{SharedMut, Threads};
 
 mod side;
-use side::Side;
 pub use side::KvRows;
+use side::Side;
 
 /// Element types a KV cache may store; attention reads them through this trait.
 pub trait KvElem: simd::Element {
