@@ -102,10 +102,15 @@ fn one_row_at_a_time_equals_a_batch() {
     // rows it was computed with, bit for bit.
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for &dtype in TYPES {
-        // 800 columns leave a tail after the 4-block groups of the 32-element types.
-        let cols_list: &[usize] = if dtype.block_size() == 32 { &[768, 800] } else { &[768] };
+        // 800 columns leave a tail after the 4-block groups of the 32-element types; for
+        // the K-quants, one super-block, three, and a feed-forward's 2048 columns.
+        let cols_list: &[usize] = if dtype.block_size() == 32 { &[768, 800] } else { &[256, 768, 2048] };
         for &cols in cols_list {
-            for n in [6, 9, 21] {
+            // Around the tiled kernels' threshold (8 rows) and tiles (2 x 3 and 4 x 4),
+            // with tail groups of activation rows.
+            for n in [6, 8, 9, 13, 21] {
+                // Weight rows: tail rows after the kernels' row groups; 19 rows of 256 or
+                // 768 columns span more than one unpacked tile of the K-quants.
                 let rows = 19;
                 let m = QMatrix::quantize(dtype, rows, cols, &random(&mut rng, rows * cols)).unwrap();
                 let x = random(&mut rng, n * cols);
@@ -171,4 +176,27 @@ fn matmul_many_equals_separate_products() {
             }
         }
     }
+}
+
+/// The same at the AVX2 level on a CPU with AVX-512: the test above again in a child
+/// process with `LEM_KERNELS_ISA=avx2` (the level is chosen once per process), so that
+/// both levels' tiled and row kernels are checked against each other's shapes.
+#[test]
+fn one_row_at_a_time_equals_a_batch_at_avx2() {
+    if std::env::var_os("LEM_KERNELS_ISA").is_some() {
+        return; // Already capped (this is the child, or the caller chose a level).
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512vnni") || !std::arch::is_x86_feature_detected!("avx2") {
+        return; // One SIMD level at most: the test above covers it.
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "one_row_at_a_time_equals_a_batch", "--test-threads", "1"])
+        .env("LEM_KERNELS_ISA", "avx2")
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "AVX2 run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 passed"), "the AVX2 run did not run the test:\n{stdout}");
 }

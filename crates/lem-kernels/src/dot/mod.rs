@@ -25,6 +25,8 @@ mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod panel;
 #[cfg(target_arch = "x86_64")]
+mod panel_k;
+#[cfg(target_arch = "x86_64")]
 mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -1,5 +1,5 @@
 //! Register-tiled products for prompt processing on the 32-element block types (Q4_0,
-//! Q4_1, Q5_0, Q5_1, Q8_0).
+//! Q4_1, Q5_0, Q5_1, Q8_0), and the dispatch to the K-quants' ([`super::panel_k`]).
 //!
 //! The row kernels in [`super::x86`] unpack one weight row (nibbles, fifth bits, half
 //! scales) for every group of up to four activation rows; with hundreds of prompt rows
@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use candle_core::quantized::GgmlDType;
 
 use super::blocks::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::panel_k::{KFns, kfns};
 use super::x86::{Act32, Avx2, Avx512, Block32, Simd, Weight32, hsum8};
 
 /// Weight rows per kernel call.
@@ -65,14 +66,24 @@ pub(crate) struct Tile {
     pub xh: [*const f32; TN],
 }
 
-/// The tiled product for one weight type at one ISA level.
+/// The tiled product for one weight type at one ISA level: a 32-element type's (here)
+/// or a K-quant's ([`super::panel_k`]).
 #[derive(Clone, Copy)]
-pub(crate) struct PanelFns {
+pub(crate) enum PanelFns {
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+    Block32(Fns32),
+    /// Q4_K, Q5_K, Q6_K.
+    KQuant(KFns),
+}
+
+/// The tiled product for one 32-element weight type at one ISA level.
+#[derive(Clone, Copy)]
+pub(crate) struct Fns32 {
     repack: RepackFn,
     tile: TileFn,
 }
 
-impl PanelFns {
+impl Fns32 {
     /// See [`RepackFn`].
     ///
     /// # Safety
@@ -247,7 +258,7 @@ avx512! {
 
 macro_rules! fns {
     ($repack:ident, $tile:ident) => {
-        PanelFns { repack: $repack, tile: $tile }
+        PanelFns::Block32(Fns32 { repack: $repack, tile: $tile })
     };
 }
 
@@ -265,7 +276,7 @@ pub(crate) fn panel_fns(dtype: GgmlDType, isa: super::Isa) -> Option<PanelFns> {
         (Isa::Avx512, GgmlDType::Q5_0) => fns!(rp_q5_0_avx512, tl_q5_0_avx512),
         (Isa::Avx512, GgmlDType::Q5_1) => fns!(rp_q5_1_avx512, tl_q5_1_avx512),
         (Isa::Avx512, GgmlDType::Q8_0) => fns!(rp_q8_0_avx512, tl_q8_0_avx512),
-        _ => return None,
+        _ => return kfns(dtype, isa).map(PanelFns::KQuant),
     })
 }
 
@@ -301,6 +312,32 @@ thread_local! {
 }
 
 impl PanelFns {
+    /// `store(r, t, dot(W[r], x[t]))` for the `rows` weight rows at `w` (`nb` blocks each,
+    /// of `w_block` bytes) and the `n` activation rows at `x` (`nb` blocks each, of
+    /// `x_block` bytes), whose headers `act_headers` wrote to `xh` (`hw` floats per
+    /// block; none for the K-quants' Q8_K).
+    ///
+    /// # Safety
+    /// The ISA is supported; `w` and `x` hold that many blocks of this product's types.
+    pub(crate) unsafe fn run(
+        &self,
+        nb: usize,
+        w: (*const u8, usize, usize),
+        (x, x_block, n): (*const u8, usize, usize),
+        xh: (&[f32], usize),
+        store: impl FnMut(usize, usize, f32),
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self {
+                PanelFns::Block32(f) => f.run(nb, w, (x, x_block, n), xh, store),
+                PanelFns::KQuant(f) => f.run(nb, w, (x, n), store),
+            }
+        }
+    }
+}
+
+impl Fns32 {
     /// `store(r, t, dot(W[r], x[t]))` for the `rows` weight rows at `w` (`nb` blocks each,
     /// of `w_block` bytes) and the `n` activation rows at `x` (`nb` blocks each, of
     /// `x_block` bytes), whose headers `act_headers` wrote to `xh` (`hw` floats per

@@ -333,18 +333,38 @@ fn matmul_breakdown() {
     }
 }
 
+/// Random activation blocks for [`check_panel`]: as [`raw`], except that Q8_K's f32
+/// scale (the first four bytes) is set to a finite value of moderate size.
+fn raw_act<V: GgmlType>(rng: &mut ChaCha8Rng, n: usize, half_offsets: &[usize]) -> Vec<V> {
+    let mut v: Vec<V> = raw(rng, n, half_offsets);
+    if V::DTYPE == candle_core::quantized::GgmlDType::Q8K {
+        let size = std::mem::size_of::<V>();
+        for block in bytes_mut(&mut v).chunks_exact_mut(size) {
+            block[..4].copy_from_slice(&rng.random_range(-0.05f32..0.05).to_le_bytes());
+        }
+    }
+    v
+}
+
 /// The register-tiled product equals the row kernel bit for bit, for every shape around
-/// its tile sizes and block grouping, on random bytes (any quants, scales of both signs).
-fn check_panel<T: GgmlType>(seed: u64, half_offsets: &[usize], act_half_offsets: &[usize]) {
+/// its tile sizes and block grouping, on random bytes (any quants, scales of both signs),
+/// at every ISA level this CPU has. `shapes` are (weight rows, activation rows).
+fn check_panel<T: GgmlType>(
+    seed: u64,
+    half_offsets: &[usize],
+    act_half_offsets: &[usize],
+    block_counts: &[usize],
+    shapes: &[(usize, usize)],
+) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for isa in levels() {
-        for nb in [1, 2, 3, 4, 5, 7, 8, 9, 13, 20] {
+        for &nb in block_counts {
             let cols = nb * T::BLCK_SIZE;
-            let Some(panel) = Panel::<T>::with_isa(isa, cols) else { continue };
+            let panel = Panel::<T>::with_isa(isa, cols).expect("a tiled kernel at every SIMD level");
             let row = RowDot::<T>::with_isa(isa, cols);
-            for (rows, n) in [(1, 1), (2, 4), (3, 5), (5, 9), (6, 8), (7, 13)] {
+            for &(rows, n) in shapes {
                 let w: Vec<T> = raw(&mut rng, rows * cols, half_offsets);
-                let x: Vec<T::VecDotType> = raw(&mut rng, n * cols, act_half_offsets);
+                let x: Vec<T::VecDotType> = raw_act(&mut rng, n * cols, act_half_offsets);
                 let mut xh = vec![0f32; header_floats::<T::VecDotType>() * x.len()];
                 act_headers(&x, &mut xh);
                 let mut got = vec![f32::NAN; rows * n];
@@ -368,23 +388,79 @@ fn check_panel<T: GgmlType>(seed: u64, half_offsets: &[usize], act_half_offsets:
     }
 }
 
+/// Shapes (weight rows, activation rows) of the 32-element types' tests, around their
+/// 2 x 3 tile.
+const SHAPES_32: &[(usize, usize)] = &[(1, 1), (2, 4), (3, 5), (5, 9), (6, 8), (7, 13)];
+
+/// Shapes of the K-quants' tests: every row count around the AVX2 (2 x 3) and AVX-512
+/// (4 x 4) tiles, with tail rows on both sides, and 45 weight rows of one super-block,
+/// more than one unpacked tile holds (42 rows).
+const SHAPES_K: &[(usize, usize)] =
+    &[(1, 1), (1, 8), (2, 3), (2, 4), (3, 5), (4, 4), (4, 9), (5, 7), (6, 8), (7, 13), (8, 12), (9, 17), (45, 5)];
+
 #[test]
 fn panel_matches_the_row_kernels_bit_for_bit() {
-    check_panel::<BlockQ4_0>(41, &[0], &[0]);
-    check_panel::<BlockQ4_1>(42, &[0, 2], &[0, 2]);
-    check_panel::<BlockQ5_0>(43, &[0], &[0]);
-    check_panel::<BlockQ5_1>(44, &[0, 2], &[0, 2]);
-    check_panel::<BlockQ8_0>(45, &[0], &[0]);
+    let nb = [1, 2, 3, 4, 5, 7, 8, 9, 13, 20];
+    check_panel::<BlockQ4_0>(41, &[0], &[0], &nb, SHAPES_32);
+    check_panel::<BlockQ4_1>(42, &[0, 2], &[0, 2], &nb, SHAPES_32);
+    check_panel::<BlockQ5_0>(43, &[0], &[0], &nb, SHAPES_32);
+    check_panel::<BlockQ5_1>(44, &[0, 2], &[0, 2], &nb, SHAPES_32);
+    check_panel::<BlockQ8_0>(45, &[0], &[0], &nb, SHAPES_32);
 }
 
 #[test]
-fn panel_exists_for_the_32_element_types() {
+fn k_quant_panel_matches_the_row_kernels_bit_for_bit() {
+    // Super-blocks per row: one, a few, 2048 and 8192 columns (20 rows of 8192 columns
+    // leave two rows per unpacked tile).
+    let nb = [1, 2, 3, 5, 8, 32];
+    check_panel::<BlockQ4K>(46, &[0, 2], &[], &nb, SHAPES_K);
+    check_panel::<BlockQ5K>(47, &[0, 2], &[], &nb, SHAPES_K);
+    check_panel::<BlockQ6K>(48, &[208], &[], &nb, SHAPES_K);
+}
+
+/// On quantized (not random) operands too: real scale and minimum patterns, activation
+/// sums that match their quants. (The row kernels themselves are checked against
+/// candle's scalar products above.)
+#[test]
+fn k_quant_panel_matches_the_row_kernels_on_quantized_data() {
+    fn check<T: GgmlType>(seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for isa in levels() {
+            for nb in [1, 3, 8] {
+                let cols = nb * T::BLCK_SIZE;
+                let panel = Panel::<T>::with_isa(isa, cols).expect("tiled kernel");
+                let row = RowDot::<T>::with_isa(isa, cols);
+                let (rows, n) = (7, 11);
+                let w: Vec<T> = quantized(&mut rng, rows * cols);
+                let x: Vec<T::VecDotType> = quantized(&mut rng, n * cols);
+                let mut got = vec![f32::NAN; rows * n];
+                panel.run(&w, rows, &x, n, &[], |r, t, v| got[t * rows + r] = v);
+                for r in 0..rows {
+                    let mut want = vec![0f32; n];
+                    row.run(&w[r * nb..(r + 1) * nb], &x, &[], &mut want);
+                    for t in 0..n {
+                        assert_eq!(got[t * rows + r].to_bits(), want[t].to_bits(), "{:?} {isa:?} ({r}, {t})", T::DTYPE);
+                    }
+                }
+            }
+        }
+    }
+    check::<BlockQ4K>(49);
+    check::<BlockQ5K>(50);
+    check::<BlockQ6K>(51);
+}
+
+#[test]
+fn panel_exists_for_the_32_element_types_and_the_k_quants() {
     for isa in levels() {
         assert!(Panel::<BlockQ4_0>::with_isa(isa, 64).is_some(), "Q4_0 {isa:?}");
         assert!(Panel::<BlockQ4_1>::with_isa(isa, 64).is_some(), "Q4_1 {isa:?}");
         assert!(Panel::<BlockQ5_0>::with_isa(isa, 64).is_some(), "Q5_0 {isa:?}");
         assert!(Panel::<BlockQ5_1>::with_isa(isa, 64).is_some(), "Q5_1 {isa:?}");
         assert!(Panel::<BlockQ8_0>::with_isa(isa, 64).is_some(), "Q8_0 {isa:?}");
-        assert!(Panel::<BlockQ4K>::with_isa(isa, 256).is_none(), "Q4_K has no tiled kernel yet");
+        assert!(Panel::<BlockQ4K>::with_isa(isa, 256).is_some(), "Q4_K {isa:?}");
+        assert!(Panel::<BlockQ5K>::with_isa(isa, 256).is_some(), "Q5_K {isa:?}");
+        assert!(Panel::<BlockQ6K>::with_isa(isa, 256).is_some(), "Q6_K {isa:?}");
     }
+    assert!(Panel::<BlockQ4_0>::with_isa(Isa::Portable, 64).is_none(), "no tiled kernel without SIMD");
 }

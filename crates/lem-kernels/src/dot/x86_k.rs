@@ -44,14 +44,14 @@ unsafe fn act_run(x: *const Q8K, j: usize) -> __m256i {
 
 /// The single half at `bits` as a float.
 #[inline(always)]
-unsafe fn half(bits: u16) -> f32 {
+pub(super) unsafe fn half(bits: u16) -> f32 {
     unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
 }
 
 /// Unpacks the 12 bytes of 6-bit scales and mins of Q4_K/Q5_K into sixteen 16-bit lanes:
 /// the eight scales, then the eight mins.
 #[inline(always)]
-unsafe fn scales_and_mins(scales: &[u8; 12]) -> __m256i {
+pub(super) unsafe fn scales_and_mins(scales: &[u8; 12]) -> __m256i {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
@@ -68,7 +68,7 @@ unsafe fn scales_and_mins(scales: &[u8; 12]) -> __m256i {
 /// Sixteen lanes of the 16-bit scale in lane `j` (0..8) of `scales` (both halves of
 /// `scales` holding the same eight scales).
 #[inline(always)]
-unsafe fn splat_scale(scales: __m256i, j: usize) -> __m256i {
+pub(super) unsafe fn splat_scale(scales: __m256i, j: usize) -> __m256i {
     let lo = (2 * j) as i16;
     unsafe { _mm256_shuffle_epi8(scales, _mm256_set1_epi16(((lo + 1) << 8) | lo)) }
 }

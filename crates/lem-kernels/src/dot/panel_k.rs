@@ -1,0 +1,453 @@
+//! Register-tiled products for prompt processing on the K-quants (Q4_K, Q5_K, Q6_K
+//! against Q8_K activations).
+//!
+//! The row kernels in [`super::x86_k`] unpack a weight super-block (nibbles, fifth or
+//! sixth bits, 6-bit scales and mins) for every group of up to four activation rows.
+//! Here a tile of weight rows is unpacked once into [`Unpacked`] super-blocks (256
+//! unsigned quant bytes in element order, the 16-bit scale operand of every 32-byte run
+//! ready for `madd`, the minimums or the `-32` offsets, the float scales), and a kernel
+//! dots `TM` of those rows with `TN` activation rows at a time: every quant load serves
+//! `TN` products, every activation load `TM`.
+//!
+//! **Bit-identical to the row kernels.** A K-quant product has two parts:
+//!
+//! - per super-block, eight 32-bit integer lanes: lane `l` is the sum over the eight
+//!   32-byte runs `j` of `scale_j * (q y)` over bytes `4l..4l+4` of the run (the row
+//!   kernel's `madd(scale, maddubs(q, y))`), plus for Q6_K `-32 * madd(scales, bsums)`.
+//!   Integer sums are exact (the quants are below 64, so `maddubs` never saturates, and
+//!   `vpdpwssd` wraps exactly as `madd` + `add`), so any grouping gives the same lanes:
+//!   the AVX-512 kernels run two runs per 512-bit register and add the halves at the
+//!   end of the super-block;
+//! - the float part, done exactly as the row kernel does it: `acc = fma(d_w * d_x,
+//!   float(lanes), acc)` once per super-block in block order (and for Q4_K/Q5_K `accm =
+//!   fma(dmin_w * d_x, float(madd(mins, pair sums of bsums)), accm)` in four lanes),
+//!   then `hsum8(acc)` (minus `hsum4(accm)`).
+//!
+//! Which kernel serves a product therefore never changes a result (tested in
+//! `dot::tests::panel_*` and `tests/dot.rs`).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use candle_core::quantized::GgmlDType;
+
+use super::blocks::{Q4K, Q5K, Q6K, Q8K};
+use super::x86::{hsum4, hsum8};
+use super::x86_k::{half, scales_and_mins, splat_scale};
+
+/// The most activation rows one kernel call takes.
+const MAX_TN: usize = 8;
+/// The most products one kernel call computes.
+const MAX_TILE: usize = 32;
+
+/// One weight super-block unpacked for the tiled kernels.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct Unpacked {
+    /// The 256 quants as unsigned bytes in element order (run `j` of 32 bytes holds
+    /// elements `32j..32j+32`, the ones activation bytes `32j..32j+32` meet).
+    q: [u8; 256],
+    /// The 16-bit scale operand of each run's `madd`, 16 lanes per run.
+    sc: [i16; 128],
+    /// Q4_K/Q5_K: the eight minimums (lanes 0..8, the rest zero); Q6_K: `-32` times
+    /// each of the sixteen sub-block scales.
+    bias: [i16; 16],
+    /// The super-block scale as f32.
+    d: f32,
+    /// The scale of the minimums as f32 (Q4_K/Q5_K).
+    dmin: f32,
+}
+
+const ZERO: Unpacked = Unpacked { q: [0; 256], sc: [0; 128], bias: [0; 16], d: 0.0, dmin: 0.0 };
+
+/// A K-quant weight block type that can be unpacked into [`Unpacked`].
+trait KWeight {
+    /// Unpacks the block at `b` into `u`.
+    unsafe fn unpack(b: *const Self, u: *mut Unpacked);
+}
+
+/// Unpacks the 6-bit scales and minimums of Q4_K/Q5_K into `u` (`sc` and `bias`).
+#[inline(always)]
+unsafe fn unpack_scales_mins(scales: &[u8; 12], u: *mut Unpacked) {
+    unsafe {
+        let sm = scales_and_mins(scales);
+        let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+        for j in 0..8 {
+            _mm256_storeu_si256((*u).sc.as_mut_ptr().add(16 * j).cast(), splat_scale(sc, j));
+        }
+        let mins = _mm256_extracti128_si256::<1>(sm);
+        _mm256_storeu_si256((*u).bias.as_mut_ptr().cast(), _mm256_zextsi128_si256(mins));
+    }
+}
+
+impl KWeight for Q4K {
+    #[inline(always)]
+    unsafe fn unpack(b: *const Self, u: *mut Unpacked) {
+        unsafe {
+            let b = &*b;
+            let m4 = _mm256_set1_epi8(0x0F);
+            for j in 0..4 {
+                let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j).cast());
+                let q = (*u).q.as_mut_ptr().add(64 * j);
+                _mm256_storeu_si256(q.cast(), _mm256_and_si256(bits, m4));
+                _mm256_storeu_si256(q.add(32).cast(), _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4));
+            }
+            unpack_scales_mins(&b.scales, u);
+            (*u).d = half(b.d);
+            (*u).dmin = half(b.dmin);
+        }
+    }
+}
+
+impl KWeight for Q5K {
+    #[inline(always)]
+    unsafe fn unpack(b: *const Self, u: *mut Unpacked) {
+        unsafe {
+            let b = &*b;
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m1 = _mm256_set1_epi8(0x01);
+            let hbits = _mm256_loadu_si256(b.qh.as_ptr().cast());
+            for j in 0..4 {
+                let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j).cast());
+                let h = _mm256_srl_epi16(hbits, _mm_cvtsi32_si128((2 * j) as i32));
+                let hl = _mm256_slli_epi16::<4>(_mm256_and_si256(h, m1));
+                let hh = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(h), m1));
+                let q = (*u).q.as_mut_ptr().add(64 * j);
+                _mm256_storeu_si256(q.cast(), _mm256_or_si256(_mm256_and_si256(bits, m4), hl));
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4), hh);
+                _mm256_storeu_si256(q.add(32).cast(), hi);
+            }
+            unpack_scales_mins(&b.scales, u);
+            (*u).d = half(b.d);
+            (*u).dmin = half(b.dmin);
+        }
+    }
+}
+
+impl KWeight for Q6K {
+    #[inline(always)]
+    unsafe fn unpack(b: *const Self, u: *mut Unpacked) {
+        unsafe {
+            let b = &*b;
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m3 = _mm256_set1_epi8(0x03);
+            let sc8 = _mm_loadu_si128(b.scales.as_ptr().cast());
+            for h in 0..2 {
+                let b1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h).cast());
+                let b2 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32).cast());
+                let hb = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h).cast());
+                for m in 0..4 {
+                    let lo = match m {
+                        0 => _mm256_and_si256(b1, m4),
+                        1 => _mm256_and_si256(b2, m4),
+                        2 => _mm256_and_si256(_mm256_srli_epi16::<4>(b1), m4),
+                        _ => _mm256_and_si256(_mm256_srli_epi16::<4>(b2), m4),
+                    };
+                    let hi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * m as i32)), m3);
+                    let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                    let run = 4 * h + m;
+                    _mm256_storeu_si256((*u).q.as_mut_ptr().add(32 * run).cast(), q);
+                    // Sub-blocks 2 run and 2 run + 1 (16 elements each).
+                    let a = (2 * run) as u64;
+                    let pick =
+                        _mm_set_epi64x(((a + 1) * 0x0101_0101_0101_0101) as i64, (a * 0x0101_0101_0101_0101) as i64);
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+                    _mm256_storeu_si256((*u).sc.as_mut_ptr().add(16 * run).cast(), scale);
+                }
+            }
+            // The -32 offset of every quant, met by the activations' sums of 16.
+            let minus32 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_set1_epi16(-32));
+            _mm256_storeu_si256((*u).bias.as_mut_ptr().cast(), minus32);
+            (*u).d = half(b.d);
+            (*u).dmin = 0.0;
+        }
+    }
+}
+
+/// Integer vectors of one or two 32-byte runs: 256-bit (AVX2) or 512-bit (AVX-512).
+trait Wide {
+    /// The vector.
+    type V: Copy;
+    /// 32-byte runs per vector.
+    const RUNS: usize;
+    /// All zero.
+    unsafe fn zero() -> Self::V;
+    /// `32 * RUNS` bytes at `p`.
+    unsafe fn load(p: *const u8) -> Self::V;
+    /// `acc + madd(scale, maddubs(q, y))`, lane by lane.
+    unsafe fn dot(acc: Self::V, scale: Self::V, q: Self::V, y: Self::V) -> Self::V;
+    /// The eight 32-bit lanes summed over the runs.
+    unsafe fn fold(v: Self::V) -> __m256i;
+}
+
+/// 256-bit AVX2 vectors.
+struct Ymm;
+/// 512-bit AVX-512 vectors (`vpdpwssd` for the scale products).
+struct Zmm;
+
+impl Wide for Ymm {
+    type V = __m256i;
+    const RUNS: usize = 1;
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, scale: __m256i, q: __m256i, y: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, y))) }
+    }
+    #[inline(always)]
+    unsafe fn fold(v: __m256i) -> __m256i {
+        v
+    }
+}
+
+impl Wide for Zmm {
+    type V = __m512i;
+    const RUNS: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, scale: __m512i, q: __m512i, y: __m512i) -> __m512i {
+        unsafe { _mm512_dpwssd_epi32(acc, scale, _mm512_maddubs_epi16(q, y)) }
+    }
+    #[inline(always)]
+    unsafe fn fold(v: __m512i) -> __m256i {
+        unsafe { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)) }
+    }
+}
+
+/// The operands of one kernel call.
+pub(crate) struct TileK {
+    /// Super-blocks per row.
+    pub nb: usize,
+    /// The first of the kernel's weight rows, unpacked (row `r` at `w + r * nb`).
+    pub w: *const Unpacked,
+    /// The activation rows (`nb` blocks each).
+    pub x: [*const Q8K; MAX_TN],
+}
+
+/// Unpacks `rows` weight rows of `nb` super-blocks at `w` into `u`.
+///
+/// # Safety
+/// The ISA is supported; `w` holds `rows * nb` blocks of the function's type; `u` has
+/// room for as many.
+type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, u: *mut Unpacked);
+
+/// Dots the tile's weight rows with its activation rows into `out` (`tm x tn`,
+/// row-major).
+///
+/// # Safety
+/// The ISA is supported; `op` is as [`TileK`] describes, with `tm` weight rows and `tn`
+/// activation rows.
+type TileFn = unsafe fn(op: &TileK, out: &mut [f32; MAX_TILE]);
+
+/// `out[r][c]` for `TM` unpacked weight rows and `TN` activation rows.
+#[inline(always)]
+unsafe fn tile_impl<L: Wide, const MINS: bool, const TM: usize, const TN: usize>(
+    op: &TileK,
+    out: &mut [f32; MAX_TILE],
+) {
+    unsafe {
+        let nb = op.nb;
+        let mut acc = [[_mm256_setzero_ps(); TN]; TM];
+        let mut accm = [[_mm_setzero_ps(); TN]; TM];
+        for i in 0..nb {
+            let w: [*const Unpacked; TM] = std::array::from_fn(|r| op.w.add(r * nb + i));
+            let x: [*const Q8K; TN] = std::array::from_fn(|c| op.x[c].add(i));
+            let mut s = [[L::zero(); TN]; TM];
+            for v in 0..8 / L::RUNS {
+                let off = 32 * L::RUNS * v;
+                let y: [L::V; TN] = std::array::from_fn(|c| L::load((*x[c]).qs.as_ptr().add(off).cast()));
+                for (r, s_r) in s.iter_mut().enumerate() {
+                    let q = L::load((*w[r]).q.as_ptr().add(off));
+                    let sc = L::load((*w[r]).sc.as_ptr().add(off / 2).cast());
+                    for (a, &yc) in s_r.iter_mut().zip(&y) {
+                        *a = L::dot(*a, sc, q, yc);
+                    }
+                }
+            }
+            for c in 0..TN {
+                let yd = _mm256_broadcast_ss(&(*x[c]).d);
+                let bsums = _mm256_loadu_si256((*x[c]).bsums.as_ptr().cast());
+                let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
+                for r in 0..TM {
+                    let wr = &*w[r];
+                    let mut sumi = L::fold(s[r][c]);
+                    if !MINS {
+                        let bias = _mm256_loadu_si256(wr.bias.as_ptr().cast());
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(bias, bsums));
+                    }
+                    let dd = _mm256_mul_ps(_mm256_broadcast_ss(&wr.d), yd);
+                    acc[r][c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc[r][c]);
+                    if MINS {
+                        let mins = _mm_loadu_si128(wr.bias.as_ptr().cast());
+                        let m = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
+                        let dm = _mm_mul_ps(_mm_broadcast_ss(&wr.dmin), _mm256_castps256_ps128(yd));
+                        accm[r][c] = _mm_fmadd_ps(dm, m, accm[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..TM {
+            for c in 0..TN {
+                let total = hsum8(acc[r][c]);
+                out[r * TN + c] = if MINS { total - hsum4(accm[r][c]) } else { total };
+            }
+        }
+    }
+}
+
+/// The tiled product for one weight type at one ISA level.
+#[derive(Clone, Copy)]
+pub(crate) struct KFns {
+    repack: RepackFn,
+    tile: TileFn,
+    /// Weight rows per kernel call.
+    tm: usize,
+    /// Activation rows per kernel call.
+    tn: usize,
+}
+
+/// Defines the two entry points of one weight type at one ISA level and tile shape.
+macro_rules! kpanel {
+    ($repack:ident, $tile:ident, $w:ty, $mins:literal, $wide:ty, $tm:literal, $tn:literal, $features:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $repack(nb: usize, rows: usize, w: *const u8, u: *mut Unpacked) {
+            // SAFETY: forwarded from the caller (see `RepackFn`).
+            unsafe {
+                let w = w.cast::<$w>();
+                for i in 0..rows * nb {
+                    <$w as KWeight>::unpack(w.add(i), u.add(i));
+                }
+            }
+        }
+        #[target_feature(enable = $features)]
+        unsafe fn $tile(op: &TileK, out: &mut [f32; MAX_TILE]) {
+            // SAFETY: forwarded from the caller (see `TileFn`).
+            unsafe { tile_impl::<$wide, $mins, $tm, $tn>(op, out) }
+        }
+    };
+}
+
+/// AVX2 tile shape: 2 x 3 (six 256-bit accumulators, three activation runs, a quant
+/// run and a scale run in the sixteen registers).
+macro_rules! avx2 {
+    ($($repack:ident, $tile:ident: $w:ty, $mins:literal;)*) => {$(
+        kpanel!($repack, $tile, $w, $mins, Ymm, 2, 3, "avx2,fma,f16c");
+    )*};
+}
+/// AVX-512 tile shape: 4 x 4 (sixteen 512-bit accumulators of the thirty-two
+/// registers).
+macro_rules! avx512 {
+    ($($repack:ident, $tile:ident: $w:ty, $mins:literal;)*) => {$(
+        kpanel!($repack, $tile, $w, $mins, Zmm, 4, 4, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+    )*};
+}
+avx2! {
+    rp_q4k_avx2, tl_q4k_avx2: Q4K, true;
+    rp_q5k_avx2, tl_q5k_avx2: Q5K, true;
+    rp_q6k_avx2, tl_q6k_avx2: Q6K, false;
+}
+avx512! {
+    rp_q4k_avx512, tl_q4k_avx512: Q4K, true;
+    rp_q5k_avx512, tl_q5k_avx512: Q5K, true;
+    rp_q6k_avx512, tl_q6k_avx512: Q6K, false;
+}
+
+/// The tiled K-quant product for weights of `dtype` at `isa`, if there is one.
+pub(crate) fn kfns(dtype: GgmlDType, isa: super::Isa) -> Option<KFns> {
+    use super::Isa;
+    let (repack, tile, tm, tn): (RepackFn, TileFn, usize, usize) = match (isa, dtype) {
+        (Isa::Avx2, GgmlDType::Q4K) => (rp_q4k_avx2, tl_q4k_avx2, 2, 3),
+        (Isa::Avx2, GgmlDType::Q5K) => (rp_q5k_avx2, tl_q5k_avx2, 2, 3),
+        (Isa::Avx2, GgmlDType::Q6K) => (rp_q6k_avx2, tl_q6k_avx2, 2, 3),
+        (Isa::Avx512, GgmlDType::Q4K) => (rp_q4k_avx512, tl_q4k_avx512, 4, 4),
+        (Isa::Avx512, GgmlDType::Q5K) => (rp_q5k_avx512, tl_q5k_avx512, 4, 4),
+        (Isa::Avx512, GgmlDType::Q6K) => (rp_q6k_avx512, tl_q6k_avx512, 4, 4),
+        _ => return None,
+    };
+    Some(KFns { repack, tile, tm, tn })
+}
+
+/// Bytes of unpacked weight rows per tile (they stay in L1 while every activation row
+/// passes over them).
+const TILE_BYTES: usize = 24 * 1024;
+
+thread_local! {
+    /// Each thread's buffer of unpacked weight rows, reused across products.
+    static KPANEL_BUF: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
+}
+
+impl KFns {
+    /// `store(r, t, dot(W[r], x[t]))` for the `rows` weight rows at `w` (`nb` blocks each,
+    /// of `w_block` bytes) and the `n` Q8_K activation rows at `x` (`nb` blocks each).
+    ///
+    /// # Safety
+    /// The ISA is supported; `w` and `x` hold that many blocks of this product's types.
+    pub(crate) unsafe fn run(
+        &self,
+        nb: usize,
+        (w, w_block, rows): (*const u8, usize, usize),
+        (x, n): (*const u8, usize),
+        mut store: impl FnMut(usize, usize, f32),
+    ) {
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let (tm, tn) = (self.tm, self.tn);
+        let x = x.cast::<Q8K>();
+        let tile_rows = (TILE_BYTES / (nb * size_of::<Unpacked>())).clamp(tm, 64) / tm * tm;
+        KPANEL_BUF.with_borrow_mut(|buf| {
+            if buf.len() < tile_rows * nb {
+                buf.resize(tile_rows * nb, ZERO);
+            }
+            let mut out = [0f32; MAX_TILE];
+            let mut r0 = 0;
+            while r0 < rows {
+                let m = (rows - r0).min(tile_rows);
+                // SAFETY: rows r0..r0+m of `w` exist; the buffer holds `tile_rows * nb`
+                // blocks.
+                unsafe { (self.repack)(nb, m, w.add(r0 * nb * w_block), buf.as_mut_ptr()) };
+                let mut t0 = 0;
+                while t0 < n {
+                    let cols = (n - t0).min(tn);
+                    // Missing activation rows of the last group repeat its last row.
+                    let mut op = TileK {
+                        nb,
+                        w: buf.as_ptr(),
+                        // SAFETY: the row index is below n.
+                        x: std::array::from_fn(|c| unsafe { x.add((t0 + c.min(cols - 1)) * nb) }),
+                    };
+                    let mut g = 0;
+                    while g < m {
+                        // Rows past `m` in the last group read stale (but initialised)
+                        // buffer rows, within `tile_rows`; their results are dropped.
+                        // SAFETY: g + tm <= tile_rows.
+                        op.w = unsafe { buf.as_ptr().add(g * nb) };
+                        // SAFETY: the operands are as `TileK` describes.
+                        unsafe { (self.tile)(&op, &mut out) };
+                        for r in 0..(m - g).min(tm) {
+                            for c in 0..cols {
+                                store(r0 + g + r, t0 + c, out[r * tn + c]);
+                            }
+                        }
+                        g += tm;
+                    }
+                    t0 += tn;
+                }
+                r0 += m;
+            }
+        });
+    }
+}
