@@ -121,11 +121,7 @@ pub fn write_capture_file(
         ("captured", json(serde_json::to_string(&kind_names))?),
         (
             "kv_dtype",
-            match meta.kv_dtype {
-                KvDtype::F16 => "f16",
-                KvDtype::F32 => "f32",
-            }
-            .to_owned(),
+            meta.kv_dtype.name().to_owned(),
         ),
     ]
     .into_iter()

@@ -1,179 +1,14 @@
 //! One layer's cells.
 
-use half::f16;
-use lem_kernels::ops::{KvData, KvView};
+use lem_kernels::ops::{KvData, KvRows, KvView};
 
 use crate::raw::RawLayer;
+use crate::store::Store;
 use crate::{KvDtype, LayerKind, LayerSpec};
 
 /// Position recorded for a cell that holds nothing: a hole that truncation or an import
 /// left in a sliding-window ring. No query ever sees it (every mask needs `p <= q`).
 pub const EMPTY_POS: u32 = u32::MAX;
-
-/// An element type cells can be stored in: only `f32` and `f16`, plain data without
-/// padding for which every bit pattern is a valid value (the byte views below rely on it).
-pub(crate) trait Elem: Copy + Default {
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-    /// Appends the little-endian bytes (big-endian targets; little-endian ones copy views).
-    #[cfg_attr(target_endian = "little", allow(dead_code))]
-    fn put_le(self, out: &mut Vec<u8>);
-    /// Reads one element from little-endian bytes.
-    #[cfg_attr(target_endian = "little", allow(dead_code))]
-    fn get_le(b: &[u8]) -> Self;
-}
-
-impl Elem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn get_le(b: &[u8]) -> Self {
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-}
-
-impl Elem for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_bits().to_le_bytes());
-    }
-    fn get_le(b: &[u8]) -> Self {
-        f16::from_bits(u16::from_le_bytes([b[0], b[1]]))
-    }
-}
-
-/// `s` as its little-endian bytes, without copying.
-#[cfg(target_endian = "little")]
-fn le_bytes<E: Elem>(s: &[E]) -> &[u8] {
-    // SAFETY: `E` is f32 or f16 (see `Elem`): no padding, so every byte is initialized;
-    // u8 has alignment 1; the length covers exactly the slice's memory.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-}
-
-/// `s` as its little-endian bytes, writable, without copying.
-#[cfg(target_endian = "little")]
-fn le_bytes_mut<E: Elem>(s: &mut [E]) -> &mut [u8] {
-    // SAFETY: as `le_bytes`, and every bit pattern is a valid f32 or f16, so any bytes
-    // written leave valid values.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-}
-
-/// K and V of every cell, `[cell][n_kv * head_dim]`.
-#[derive(Debug, Clone, Default)]
-struct Cells<E> {
-    k: Vec<E>,
-    v: Vec<E>,
-}
-
-impl<E: Elem> Cells<E> {
-    fn reserve(&mut self, elems: usize) {
-        self.k.reserve(elems);
-        self.v.reserve(elems);
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.k.shrink_to_fit();
-        self.v.shrink_to_fit();
-    }
-
-    fn capacity(&self) -> usize {
-        self.k.capacity() + self.v.capacity()
-    }
-
-    fn push(&mut self, k: &[f32], v: &[f32]) {
-        self.k.extend(k.iter().map(|&x| E::from_f32(x)));
-        self.v.extend(v.iter().map(|&x| E::from_f32(x)));
-    }
-
-    /// Grows or shrinks to `cells` cells (new cells are zero).
-    fn resize(&mut self, cells: usize, row: usize) {
-        self.k.resize(cells * row, E::default());
-        self.v.resize(cells * row, E::default());
-    }
-
-    fn set(&mut self, cell: usize, row: usize, k: &[f32], v: &[f32]) {
-        for (d, &s) in self.k[cell * row..(cell + 1) * row].iter_mut().zip(k) {
-            *d = E::from_f32(s);
-        }
-        for (d, &s) in self.v[cell * row..(cell + 1) * row].iter_mut().zip(v) {
-            *d = E::from_f32(s);
-        }
-    }
-
-    /// Writes cell `c`, head `h` of K and V as f32 into `k` / `v`.
-    fn read_head(&self, c: usize, h: usize, row: usize, hd: usize, k: &mut [f32], v: &mut [f32]) {
-        let src = c * row + h * hd;
-        for (d, s) in k.iter_mut().zip(&self.k[src..src + hd]) {
-            *d = s.to_f32();
-        }
-        for (d, s) in v.iter_mut().zip(&self.v[src..src + hd]) {
-            *d = s.to_f32();
-        }
-    }
-
-    /// Appends cell `c`, head `h` of K and V as little-endian bytes.
-    fn read_head_raw(&self, c: usize, h: usize, row: usize, hd: usize, k: &mut Vec<u8>, v: &mut Vec<u8>) {
-        let src = c * row + h * hd;
-        #[cfg(target_endian = "little")]
-        {
-            k.extend_from_slice(le_bytes(&self.k[src..src + hd]));
-            v.extend_from_slice(le_bytes(&self.v[src..src + hd]));
-        }
-        #[cfg(not(target_endian = "little"))]
-        {
-            self.k[src..src + hd].iter().for_each(|x| x.put_le(k));
-            self.v[src..src + hd].iter().for_each(|x| x.put_le(v));
-        }
-    }
-
-    /// Overwrites cell `c`, head `h` of K and V from little-endian bytes.
-    fn write_head_raw(&mut self, c: usize, h: usize, row: usize, hd: usize, k: &[u8], v: &[u8]) {
-        let dst = c * row + h * hd;
-        #[cfg(target_endian = "little")]
-        {
-            le_bytes_mut(&mut self.k[dst..dst + hd]).copy_from_slice(k);
-            le_bytes_mut(&mut self.v[dst..dst + hd]).copy_from_slice(v);
-        }
-        #[cfg(not(target_endian = "little"))]
-        {
-            let size = std::mem::size_of::<E>();
-            for (d, b) in self.k[dst..dst + hd].iter_mut().zip(k.chunks_exact(size)) {
-                *d = E::get_le(b);
-            }
-            for (d, b) in self.v[dst..dst + hd].iter_mut().zip(v.chunks_exact(size)) {
-                *d = E::get_le(b);
-            }
-        }
-    }
-}
-
-/// Cells in the cache's storage type.
-#[derive(Debug, Clone)]
-enum Store {
-    F32(Cells<f32>),
-    F16(Cells<f16>),
-}
-
-/// Runs `$body` with `$c` bound to the typed cells.
-macro_rules! with_cells {
-    ($store:expr, $c:ident => $body:expr) => {
-        match $store {
-            Store::F32($c) => $body,
-            Store::F16($c) => $body,
-        }
-    };
-}
 
 /// One layer's keys and values, cell-major (`[cell][n_kv][head_dim]`), with the absolute
 /// position of each cell.
@@ -189,8 +24,10 @@ macro_rules! with_cells {
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     spec: LayerSpec,
-    dtype: KvDtype,
-    store: Store,
+    k_type: KvDtype,
+    v_type: KvDtype,
+    k: Store,
+    v: Store,
     pos: Vec<u32>,
     /// Ring capacity in cells (sliding window only).
     ring: Option<usize>,
@@ -199,7 +36,8 @@ pub struct LayerCache {
 }
 
 /// A layer's live K/V in position order, head-major: `k` and `v` are
-/// `[n_kv][positions.len()][head_dim]`, widened to f32 (exact for f16 storage).
+/// `[n_kv][positions.len()][head_dim]`, widened to f32 (exact for f16 storage; the
+/// dequantised values for block storage).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerExport {
     /// Keys, `[n_kv][tokens][head_dim]`.
@@ -211,16 +49,23 @@ pub struct LayerExport {
 }
 
 impl LayerCache {
-    pub(crate) fn new(spec: LayerSpec, dtype: KvDtype, max_batch: usize) -> LayerCache {
+    /// An empty layer. Block types need `head_dim` to be a multiple of 32, which
+    /// [`crate::CacheLayout::check`] ensures for layouts a model declares.
+    pub(crate) fn new(spec: LayerSpec, k_type: KvDtype, v_type: KvDtype, max_batch: usize) -> LayerCache {
         let ring = match spec.kind {
             LayerKind::Full => None,
             LayerKind::SlidingWindow { window } => Some(window as usize + max_batch.max(1)),
         };
-        let store = match dtype {
-            KvDtype::F32 => Store::F32(Cells::default()),
-            KvDtype::F16 => Store::F16(Cells::default()),
-        };
-        LayerCache { spec, dtype, store, pos: Vec::new(), ring, live: 0 }
+        LayerCache {
+            spec,
+            k_type,
+            v_type,
+            k: Store::new(k_type),
+            v: Store::new(v_type),
+            pos: Vec::new(),
+            ring,
+            live: 0,
+        }
     }
 
     /// This layer's spec.
@@ -228,9 +73,14 @@ impl LayerCache {
         self.spec
     }
 
-    /// Storage type of the cells.
-    pub fn dtype(&self) -> KvDtype {
-        self.dtype
+    /// Storage type of the keys.
+    pub fn k_type(&self) -> KvDtype {
+        self.k_type
+    }
+
+    /// Storage type of the values.
+    pub fn v_type(&self) -> KvDtype {
+        self.v_type
     }
 
     /// Cells of the sliding-window ring (`None` for full-attention layers, which grow).
@@ -249,20 +99,26 @@ impl LayerCache {
 
     /// Bytes of K/V in live cells.
     pub fn bytes_used(&self) -> usize {
-        self.live * self.row() * 2 * self.dtype.size()
+        self.live * self.cell_bytes()
     }
 
     /// Bytes the layer has allocated for K/V and positions (at least [`bytes_used`]).
     ///
     /// [`bytes_used`]: LayerCache::bytes_used
     pub fn bytes_allocated(&self) -> usize {
-        with_cells!(&self.store, c => c.capacity()) * self.dtype.size() + self.pos.capacity() * 4
+        self.k.capacity_bytes() + self.v.capacity_bytes() + self.pos.capacity() * 4
     }
 
     /// Returns memory reserved beyond the cells held (a sequence kept for later reuse
     /// should cost what it holds).
+    /// Bytes of K and V of one cell.
+    pub fn cell_bytes(&self) -> usize {
+        self.k.bytes_of(self.row()) + self.v.bytes_of(self.row())
+    }
+
     pub(crate) fn shrink_to_fit(&mut self) {
-        with_cells!(&mut self.store, c => c.shrink_to_fit());
+        self.k.shrink_to_fit();
+        self.v.shrink_to_fit();
         self.pos.shrink_to_fit();
     }
 
@@ -270,7 +126,8 @@ impl LayerCache {
         let cells = self.ring.map_or(total, |r| r.min(total));
         let more = cells.saturating_sub(self.pos.len());
         let row = self.row();
-        with_cells!(&mut self.store, c => c.reserve(more * row));
+        self.k.reserve(more * row);
+        self.v.reserve(more * row);
         self.pos.reserve(more);
     }
 
@@ -302,7 +159,8 @@ impl LayerCache {
         if c >= self.pos.len() {
             let row = self.row();
             self.pos.resize(c + 1, EMPTY_POS);
-            with_cells!(&mut self.store, s => s.resize(c + 1, row));
+            self.k.resize(c + 1, row);
+            self.v.resize(c + 1, row);
         }
     }
 
@@ -318,12 +176,14 @@ impl LayerCache {
                 Some(cap) => {
                     let c = p as usize % cap;
                     if c == self.pos.len() {
-                        with_cells!(&mut self.store, s => s.push(kr, vr));
+                        self.k.push(kr);
+                        self.v.push(vr);
                         self.pos.push(p);
                         self.live += 1;
                     } else {
                         self.grow_to(c);
-                        with_cells!(&mut self.store, s => s.set(c, row, kr, vr));
+                        self.k.set(c, kr);
+                        self.v.set(c, vr);
                         if self.pos[c] == EMPTY_POS {
                             self.live += 1;
                         }
@@ -331,7 +191,8 @@ impl LayerCache {
                     }
                 }
                 None => {
-                    with_cells!(&mut self.store, s => s.push(kr, vr));
+                    self.k.push(kr);
+                    self.v.push(vr);
                     self.pos.push(p);
                     self.live += 1;
                 }
@@ -342,9 +203,10 @@ impl LayerCache {
     /// The cells, for attention: in storage order (not necessarily by position), holes
     /// included with position [`EMPTY_POS`] (never visible).
     pub fn view(&self) -> KvView<'_> {
-        let data = match &self.store {
-            Store::F32(c) => KvData::F32 { k: &c.k, v: &c.v },
-            Store::F16(c) => KvData::F16 { k: &c.k, v: &c.v },
+        let data = match (self.k.rows(), self.v.rows()) {
+            (KvRows::F32(k), KvRows::F32(v)) => KvData::F32 { k, v },
+            (KvRows::F16(k), KvRows::F16(v)) => KvData::F16 { k, v },
+            (k, v) => KvData::Split { k, v },
         };
         KvView { data, pos: &self.pos }
     }
@@ -380,7 +242,8 @@ impl LayerCache {
             None => {
                 let keep = self.pos.partition_point(|&p| p < len);
                 self.pos.truncate(keep);
-                with_cells!(&mut self.store, s => s.resize(keep, row));
+                self.k.resize(keep, row);
+                self.v.resize(keep, row);
                 self.live = keep;
             }
             Some(_) => {
@@ -392,7 +255,8 @@ impl LayerCache {
                 }
                 let keep = self.pos.iter().rposition(|&p| p != EMPTY_POS).map_or(0, |c| c + 1);
                 self.pos.truncate(keep);
-                with_cells!(&mut self.store, s => s.resize(keep, row));
+                self.k.resize(keep, row);
+                self.v.resize(keep, row);
             }
         }
     }
@@ -407,8 +271,8 @@ impl LayerCache {
         for (i, &c) in order.iter().enumerate() {
             for h in 0..n_kv {
                 let dst = (h * t + i) * hd;
-                let (kd, vd) = (&mut k[dst..dst + hd], &mut v[dst..dst + hd]);
-                with_cells!(&self.store, s => s.read_head(c, h, row, hd, kd, vd));
+                self.k.read_head(c, h, row, &mut k[dst..dst + hd]);
+                self.v.read_head(c, h, row, &mut v[dst..dst + hd]);
             }
         }
         let positions = order.iter().map(|&c| self.pos[c]).collect();
@@ -418,15 +282,16 @@ impl LayerCache {
     /// The K/V of `cells` (in that order) in the storage type, head-major.
     fn export_cells(&self, cells: &[usize]) -> RawLayer {
         let (n_kv, hd, row) = (self.spec.n_kv, self.spec.head_dim, self.row());
-        let bytes = cells.len() * row * self.dtype.size();
-        let (mut k, mut v) = (Vec::with_capacity(bytes), Vec::with_capacity(bytes));
+        let mut k = Vec::with_capacity(cells.len() * self.k.bytes_of(row));
+        let mut v = Vec::with_capacity(cells.len() * self.v.bytes_of(row));
         for h in 0..n_kv {
             for &c in cells {
-                with_cells!(&self.store, s => s.read_head_raw(c, h, row, hd, &mut k, &mut v));
+                self.k.read_head_raw(c, h, row, hd, &mut k);
+                self.v.read_head_raw(c, h, row, hd, &mut v);
             }
         }
         let positions = cells.iter().map(|&c| self.pos[c]).collect();
-        RawLayer { dtype: self.dtype, positions, k, v }
+        RawLayer { k_type: self.k_type, v_type: self.v_type, positions, k, v }
     }
 
     /// The live K/V in position order, exactly as stored (see [`RawLayer`]).
@@ -463,14 +328,16 @@ impl LayerCache {
         match self.ring {
             None => {
                 self.pos = positions.to_vec();
-                with_cells!(&mut self.store, s => s.resize(positions.len(), row));
+                self.k.resize(positions.len(), row);
+                self.v.resize(positions.len(), row);
                 (0..positions.len()).collect()
             }
             Some(cap) => {
                 let cells: Vec<usize> = positions.iter().map(|&p| p as usize % cap).collect();
                 let n = cells.iter().max().map_or(0, |&c| c + 1);
                 self.pos = vec![EMPTY_POS; n];
-                with_cells!(&mut self.store, s => s.resize(n, row));
+                self.k.resize(n, row);
+                self.v.resize(n, row);
                 for (&c, &p) in cells.iter().zip(positions) {
                     self.pos[c] = p;
                 }
@@ -499,7 +366,8 @@ impl LayerCache {
                 kc[h * hd..(h + 1) * hd].copy_from_slice(&e.k[src..src + hd]);
                 vc[h * hd..(h + 1) * hd].copy_from_slice(&e.v[src..src + hd]);
             }
-            with_cells!(&mut self.store, s => s.set(c, row, &kc, &vc));
+            self.k.set(c, &kc);
+            self.v.set(c, &vc);
         }
         self.live = t;
         Ok(())
@@ -507,26 +375,31 @@ impl LayerCache {
 
     pub(crate) fn import_raw(&mut self, e: &RawLayer) -> Result<(), String> {
         let (n_kv, hd) = (self.spec.n_kv, self.spec.head_dim);
-        if e.dtype != self.dtype {
-            return Err(format!("K/V stored as {:?}, this cache stores {:?}", e.dtype, self.dtype));
+        if (e.k_type, e.v_type) != (self.k_type, self.v_type) {
+            return Err(format!(
+                "K/V stored as {}/{}, this cache stores {}/{}",
+                e.k_type, e.v_type, self.k_type, self.v_type
+            ));
         }
         let t = e.positions.len();
-        let bytes = n_kv * t * hd * self.dtype.size();
-        if e.k.len() != bytes || e.v.len() != bytes {
+        let (kh, vh) = (self.k.bytes_of(hd), self.v.bytes_of(hd));
+        if e.k.len() != n_kv * t * kh || e.v.len() != n_kv * t * vh {
             return Err(format!(
-                "expected {n_kv} heads x {t} positions x {hd} dims ({bytes} bytes) of K and V, got {} and {} bytes",
+                "expected {n_kv} heads x {t} positions x {hd} dims ({} and {} bytes) of K and V, got {} and {} bytes",
+                n_kv * t * kh,
+                n_kv * t * vh,
                 e.k.len(),
                 e.v.len()
             ));
         }
         self.check_positions(&e.positions)?;
         let cells = self.place(&e.positions);
-        let (row, head) = (n_kv * hd, hd * self.dtype.size());
+        let row = n_kv * hd;
         for (i, &c) in cells.iter().enumerate() {
             for h in 0..n_kv {
-                let src = (h * t + i) * head;
-                let (kb, vb) = (&e.k[src..src + head], &e.v[src..src + head]);
-                with_cells!(&mut self.store, s => s.write_head_raw(c, h, row, hd, kb, vb));
+                let (ks, vs) = ((h * t + i) * kh, (h * t + i) * vh);
+                self.k.write_head_raw(c, h, row, hd, &e.k[ks..ks + kh]);
+                self.v.write_head_raw(c, h, row, hd, &e.v[vs..vs + vh]);
             }
         }
         self.live = t;

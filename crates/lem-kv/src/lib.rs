@@ -9,15 +9,19 @@
 //! [`SeqCache::import_raw`] move K/V in the storage type itself ([`RawLayer`]), so a
 //! snapshot or a prefix-cache block restores a cache bit for bit.
 //!
-//! Storage type is a property of the cache ([`KvDtype`]: f16 by default, or f32); the
-//! one place that converts is [`KvDtype::round_in_place`] / [`LayerCache::append`].
+//! Storage types are a property of the cache, one for the keys and one for the values
+//! ([`KvDtype`]: f16 by default, f32, or one of GGML's 32-value block formats q8_0, q4_0,
+//! q4_1, q5_0, q5_1, quantised per head as each cell is appended); the one place that
+//! converts is [`KvDtype::round_in_place`] / [`LayerCache::append`].
 
 mod layer;
 mod raw;
+mod store;
 
 pub use layer::{EMPTY_POS, LayerCache, LayerExport};
 pub use raw::RawLayer;
 
+use lem_kernels::kvq::KvQuant;
 use serde::{Deserialize, Serialize};
 
 /// How one layer attends, and so how its cache keeps cells.
@@ -52,34 +56,114 @@ impl LayerKind {
     }
 }
 
-/// Element type of stored keys and values.
+/// Storage type of stored keys or values (llama.cpp's `--cache-type-k/-v` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
 pub enum KvDtype {
     /// IEEE half precision: half the memory of f32; llama.cpp's default, so outputs
     /// match it closely.
     #[default]
+    #[serde(rename = "f16")]
     F16,
     /// 32-bit floats: exact.
+    #[serde(rename = "f32")]
     F32,
+    /// GGML `q8_0`: blocks of 32 8-bit values with an f16 scale (8.5 bits per value).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// GGML `q4_0`: blocks of 32 4-bit values with an f16 scale (4.5 bits per value).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// GGML `q4_1`: 4-bit values with an f16 scale and minimum (5 bits per value).
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    /// GGML `q5_0`: 5-bit values with an f16 scale (5.5 bits per value).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// GGML `q5_1`: 5-bit values with an f16 scale and minimum (6 bits per value).
+    #[serde(rename = "q5_1")]
+    Q5_1,
 }
 
 impl KvDtype {
+    /// Every type, in llama.cpp's order.
+    pub const ALL: [KvDtype; 7] =
+        [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0, KvDtype::Q4_0, KvDtype::Q4_1, KvDtype::Q5_0, KvDtype::Q5_1];
+
+    /// llama.cpp's name (`f16`, `q8_0`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+            KvDtype::Q8_0 => "q8_0",
+            KvDtype::Q4_0 => "q4_0",
+            KvDtype::Q4_1 => "q4_1",
+            KvDtype::Q5_0 => "q5_0",
+            KvDtype::Q5_1 => "q5_1",
+        }
+    }
+
+    /// The GGML block format of a block type (`None` for f16 and f32).
+    pub fn quant(self) -> Option<KvQuant> {
+        match self {
+            KvDtype::F16 | KvDtype::F32 => None,
+            KvDtype::Q8_0 => Some(KvQuant::Q8_0),
+            KvDtype::Q4_0 => Some(KvQuant::Q4_0),
+            KvDtype::Q4_1 => Some(KvQuant::Q4_1),
+            KvDtype::Q5_0 => Some(KvQuant::Q5_0),
+            KvDtype::Q5_1 => Some(KvQuant::Q5_1),
+        }
+    }
+
+    /// Values per storage unit: 1 for f16/f32, 32 for the block types (a head's
+    /// `head_dim` must be a multiple of it).
+    pub fn block_len(self) -> usize {
+        if self.quant().is_some() { lem_kernels::kvq::BLOCK } else { 1 }
+    }
+
+    /// Bytes of `n` values (`n` a multiple of [`KvDtype::block_len`]).
+    pub fn row_bytes(self, n: usize) -> usize {
+        match self {
+            KvDtype::F16 => n * 2,
+            KvDtype::F32 => n * 4,
+            q => q.quant().map_or(0, |q| q.row_bytes(n)),
+        }
+    }
+
     /// Rounds values in place to what this type stores, so that what an observer sees
     /// is bit for bit what the cache will hold. The one place K/V precision changes.
+    /// Block types quantise and dequantise each whole block of 32 (rows of heads whose
+    /// size is a multiple of 32, as [`CacheLayout::check`] ensures, so blocks never
+    /// straddle two heads); a trailing partial block is left as it is.
     pub fn round_in_place(self, x: &mut [f32]) {
         match self {
             KvDtype::F32 => {}
             KvDtype::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            q => {
+                let q = q.quant().expect("block type");
+                let mut b = vec![0u8; q.block_bytes()];
+                for block in x.chunks_exact_mut(lem_kernels::kvq::BLOCK) {
+                    q.quantize(block, &mut b);
+                    q.dequantize(&b, block);
+                }
+            }
         }
     }
+}
 
-    /// Bytes per stored element.
-    pub fn size(self) -> usize {
-        match self {
-            KvDtype::F16 => 2,
-            KvDtype::F32 => 4,
-        }
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = KvError;
+
+    fn from_str(s: &str) -> Result<KvDtype, KvError> {
+        KvDtype::ALL
+            .into_iter()
+            .find(|t| t.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| KvError::UnknownType(s.to_owned(), KvDtype::ALL.map(KvDtype::name).join(", ")))
     }
 }
 
@@ -94,15 +178,46 @@ pub struct LayerSpec {
     pub head_dim: usize,
 }
 
-/// The cache layout a model declares: one spec per layer, plus the storage type.
+/// The cache layout a model declares: one spec per layer, plus the storage types.
+///
+/// Serialised with `k_type` and `v_type`; files written before the two were separate
+/// record one `dtype` for both, which still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "LayoutRepr")]
 pub struct CacheLayout {
     /// Per-layer specs, in layer order.
     pub layers: Vec<LayerSpec>,
-    /// Storage type of every layer.
-    pub dtype: KvDtype,
+    /// Storage type of every layer's keys.
+    pub k_type: KvDtype,
+    /// Storage type of every layer's values.
+    pub v_type: KvDtype,
     /// Most tokens one forward call appends (sizes sliding-window rings).
     pub max_batch: usize,
+}
+
+/// What a serialised layout may hold (today's fields, or the earlier single `dtype`).
+#[derive(Deserialize)]
+struct LayoutRepr {
+    layers: Vec<LayerSpec>,
+    #[serde(default)]
+    dtype: Option<KvDtype>,
+    #[serde(default)]
+    k_type: Option<KvDtype>,
+    #[serde(default)]
+    v_type: Option<KvDtype>,
+    max_batch: usize,
+}
+
+impl From<LayoutRepr> for CacheLayout {
+    fn from(r: LayoutRepr) -> CacheLayout {
+        let both = r.dtype.unwrap_or_default();
+        CacheLayout {
+            layers: r.layers,
+            k_type: r.k_type.unwrap_or(both),
+            v_type: r.v_type.unwrap_or(both),
+            max_batch: r.max_batch,
+        }
+    }
 }
 
 impl CacheLayout {
@@ -110,8 +225,11 @@ impl CacheLayout {
     /// caches are interchangeable (same storage type and per-layer specs; `max_batch`
     /// only sizes rings and is not compared).
     pub fn difference(&self, other: &CacheLayout) -> Option<String> {
-        if self.dtype != other.dtype {
-            return Some(format!("K/V storage type {:?} vs {:?}", self.dtype, other.dtype));
+        if self.k_type != other.k_type {
+            return Some(format!("K cache type {} vs {}", self.k_type, other.k_type));
+        }
+        if self.v_type != other.v_type {
+            return Some(format!("V cache type {} vs {}", self.v_type, other.v_type));
         }
         if self.layers.len() != other.layers.len() {
             return Some(format!("{} layers vs {}", self.layers.len(), other.layers.len()));
@@ -128,6 +246,36 @@ impl CacheLayout {
             .enumerate()
             .find(|(_, (a, b))| a != b)
             .map(|(i, (a, b))| format!("layer {i}: {} vs {}", describe(a), describe(b)))
+    }
+
+    /// Whether every layer can store its keys and values in the layout's types: the block
+    /// types quantise each head in whole blocks of 32, so `head_dim` must be a multiple
+    /// of 32.
+    pub fn check(&self) -> Result<(), KvError> {
+        for (side, dtype) in [("K", self.k_type), ("V", self.v_type)] {
+            let block = dtype.block_len();
+            if let Some((layer, spec)) = self.layers.iter().enumerate().find(|(_, s)| !s.head_dim.is_multiple_of(block))
+            {
+                return Err(KvError::BlockMisfit { side, dtype, layer, head_dim: spec.head_dim });
+            }
+        }
+        Ok(())
+    }
+
+    /// This layout with keys stored as `k_type` and values as `v_type`, checked
+    /// ([`CacheLayout::check`]).
+    pub fn with_types(&self, k_type: KvDtype, v_type: KvDtype) -> Result<CacheLayout, KvError> {
+        let l = CacheLayout { k_type, v_type, ..self.clone() };
+        l.check()?;
+        Ok(l)
+    }
+
+    /// Bytes of K and V one position occupies in every layer that holds it.
+    pub fn bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|s| s.n_kv * (self.k_type.row_bytes(s.head_dim) + self.v_type.row_bytes(s.head_dim)))
+            .sum()
     }
 }
 
@@ -153,6 +301,24 @@ pub enum KvError {
         /// What differs.
         what: String,
     },
+    /// A block storage type for a layer whose head size is not a whole number of blocks.
+    #[error(
+        "{side} cache type {dtype} stores each head in blocks of 32 values, but layer {layer} has head_dim \
+         {head_dim} (not a multiple of 32); use f16 or f32 for this model"
+    )]
+    BlockMisfit {
+        /// "K" or "V".
+        side: &'static str,
+        /// The requested type.
+        dtype: KvDtype,
+        /// First layer that does not fit.
+        layer: usize,
+        /// Its head size.
+        head_dim: usize,
+    },
+    /// A cache type name that is not one of llama.cpp's.
+    #[error("unknown KV cache type '{0}' (expected one of: {1})")]
+    UnknownType(String, String),
 }
 
 /// One sequence's KV state: a cache per layer and the number of positions filled.
@@ -164,9 +330,15 @@ pub struct SeqCache {
 }
 
 impl SeqCache {
-    /// An empty cache for `layout`.
+    /// An empty cache for `layout` (which must pass [`CacheLayout::check`], as every
+    /// model's declared layout does; appending to a layer whose head size does not fit its
+    /// block type panics).
     pub fn new(layout: &CacheLayout) -> SeqCache {
-        let layers = layout.layers.iter().map(|spec| LayerCache::new(*spec, layout.dtype, layout.max_batch)).collect();
+        let layers = layout
+            .layers
+            .iter()
+            .map(|spec| LayerCache::new(*spec, layout.k_type, layout.v_type, layout.max_batch))
+            .collect();
         SeqCache { layout: layout.clone(), layers, len: 0 }
     }
 

@@ -9,42 +9,63 @@
 //! sequences; after every step every sequence must match its reference exactly, and a
 //! cache rebuilt from the reference contents must lay its cells out identically (so
 //! attention over either is bit-identical).
+//!
+//! Every storage type runs, keys and values in different types too: the block types
+//! (q8_0, q4_0, q4_1, q5_0, q5_1) with 32-value heads, their reference rows quantised and
+//! dequantised once (as the model's forward rounds them before appending).
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 
+use lem_kernels::ops::{KvData, KvRows, KvView};
 use lem_kv::{CacheLayout, EMPTY_POS, KvDtype, KvError, LayerKind, LayerSpec, RawLayer, SeqCache};
 use proptest::prelude::*;
 
 const N_KV: usize = 2;
-const HD: usize = 3;
-const ROW: usize = N_KV * HD;
 const MAX_BATCH: usize = 4;
 
-fn layout(dtype: KvDtype) -> CacheLayout {
-    let spec = |kind| LayerSpec { kind, n_kv: N_KV, head_dim: HD };
-    CacheLayout {
+/// Head size for a pair of types: 3 for the float types, 32 (one block) for block types.
+fn head_dim(k: KvDtype, v: KvDtype) -> usize {
+    if k.block_len() > 1 || v.block_len() > 1 { 32 } else { 3 }
+}
+
+fn layout_kv(k_type: KvDtype, v_type: KvDtype) -> CacheLayout {
+    let spec = |kind| LayerSpec { kind, n_kv: N_KV, head_dim: head_dim(k_type, v_type) };
+    let layout = CacheLayout {
         layers: vec![
             spec(LayerKind::Full),
             spec(LayerKind::SlidingWindow { window: 3 }),
             spec(LayerKind::SlidingWindow { window: 6 }),
         ],
-        dtype,
+        k_type,
+        v_type,
         max_batch: MAX_BATCH,
-    }
+    };
+    layout.check().expect("test layout");
+    layout
+}
+
+fn layout(dtype: KvDtype) -> CacheLayout {
+    layout_kv(dtype, dtype)
+}
+
+/// Values per cell of `layout`.
+fn row_len(layout: &CacheLayout) -> usize {
+    N_KV * layout.layers[0].head_dim
 }
 
 /// K/V rows of one appended position: deterministic in (seed, position, layer).
-fn row(seed: u64, p: u32, layer: usize, dtype: KvDtype) -> (Vec<f32>, Vec<f32>) {
+fn row(seed: u64, p: u32, layer: usize, layout: &CacheLayout) -> (Vec<f32>, Vec<f32>) {
     let f = |i: usize, kv: u64| {
         let x =
             seed.wrapping_mul(6364136223846793005).wrapping_add(u64::from(p) * 1000 + (layer * 100 + i) as u64 + kv);
         ((x % 20011) as f32 - 10005.0) / 997.0
     };
-    let mut k: Vec<f32> = (0..ROW).map(|i| f(i, 0)).collect();
-    let mut v: Vec<f32> = (0..ROW).map(|i| f(i, 7)).collect();
-    dtype.round_in_place(&mut k);
-    dtype.round_in_place(&mut v);
+    let n = row_len(layout);
+    let mut k: Vec<f32> = (0..n).map(|i| f(i, 0)).collect();
+    let mut v: Vec<f32> = (0..n).map(|i| f(i, 7)).collect();
+    layout.k_type.round_in_place(&mut k);
+    layout.v_type.round_in_place(&mut v);
     (k, v)
 }
 
@@ -70,7 +91,7 @@ impl Reference {
     fn append(&mut self, layout: &CacheLayout, n: u32, seed: u64) {
         for p in self.len..self.len + n {
             for (i, spec) in layout.layers.iter().enumerate() {
-                self.layers[i].insert(p, row(seed, p, i, layout.dtype));
+                self.layers[i].insert(p, row(seed, p, i, layout));
                 if let Some(cap) = Self::capacity(spec.kind)
                     && p >= cap
                 {
@@ -103,17 +124,18 @@ impl Reference {
 
     /// A cache built from scratch out of the reference contents (through the f32 import).
     fn rebuild(&self, layout: &CacheLayout) -> SeqCache {
+        let hd = layout.layers[0].head_dim;
         let exports: Vec<lem_kv::LayerExport> = self
             .layers
             .iter()
             .map(|m| {
                 let t = m.len();
-                let (mut k, mut v) = (vec![0f32; N_KV * t * HD], vec![0f32; N_KV * t * HD]);
+                let (mut k, mut v) = (vec![0f32; N_KV * t * hd], vec![0f32; N_KV * t * hd]);
                 for (i, (kr, vr)) in m.values().enumerate() {
                     for h in 0..N_KV {
-                        let dst = (h * t + i) * HD;
-                        k[dst..dst + HD].copy_from_slice(&kr[h * HD..(h + 1) * HD]);
-                        v[dst..dst + HD].copy_from_slice(&vr[h * HD..(h + 1) * HD]);
+                        let dst = (h * t + i) * hd;
+                        k[dst..dst + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                        v[dst..dst + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
                     }
                 }
                 lem_kv::LayerExport { k, v, positions: m.keys().copied().collect() }
@@ -128,12 +150,12 @@ impl Reference {
 /// Appends `n` positions to a cache the way the model's forward does.
 fn append(cache: &mut SeqCache, n: u32, seed: u64) {
     let start = cache.len();
-    let dtype = cache.layout().dtype;
+    let layout = cache.layout().clone();
     for i in 0..cache.n_layers() {
         let positions: Vec<u32> = (start..start + n).collect();
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for &p in &positions {
-            let (kr, vr) = row(seed, p, i, dtype);
+            let (kr, vr) = row(seed, p, i, &layout);
             k.extend(kr);
             v.extend(vr);
         }
@@ -145,6 +167,7 @@ fn append(cache: &mut SeqCache, n: u32, seed: u64) {
 /// Every observable property of `cache` against `reference`.
 fn check(cache: &SeqCache, reference: &Reference, what: &str) {
     let layout = cache.layout().clone();
+    let hd = layout.layers[0].head_dim;
     assert_eq!(cache.len(), reference.len, "{what}: len");
     let mut bytes = 0;
     for (i, spec) in layout.layers.iter().enumerate() {
@@ -155,13 +178,15 @@ fn check(cache: &SeqCache, reference: &Reference, what: &str) {
         let t = e.positions.len();
         for (j, (kr, vr)) in want.values().enumerate() {
             for h in 0..N_KV {
-                let src = (h * t + j) * HD;
-                assert_eq!(&e.k[src..src + HD], &kr[h * HD..(h + 1) * HD], "{what}: layer {i} K");
-                assert_eq!(&e.v[src..src + HD], &vr[h * HD..(h + 1) * HD], "{what}: layer {i} V");
+                let src = (h * t + j) * hd;
+                assert_eq!(&e.k[src..src + hd], &kr[h * hd..(h + 1) * hd], "{what}: layer {i} K");
+                assert_eq!(&e.v[src..src + hd], &vr[h * hd..(h + 1) * hd], "{what}: layer {i} V");
             }
         }
         assert_eq!(layer.cells(), want.len(), "{what}: layer {i} cells");
-        bytes += want.len() * ROW * 2 * layout.dtype.size();
+        let cell = N_KV * (layout.k_type.row_bytes(hd) + layout.v_type.row_bytes(hd));
+        assert_eq!(layer.cell_bytes(), cell, "{what}: layer {i} bytes per cell");
+        bytes += want.len() * cell;
         // Placement: position p lives in cell p % capacity of a ring.
         let view = layer.view();
         if let Some(cap) = layer.ring_capacity() {
@@ -179,9 +204,13 @@ fn check(cache: &SeqCache, reference: &Reference, what: &str) {
         // The raw export round-trips exactly.
         let raw = layer.export_raw();
         assert_eq!(raw.positions, e.positions);
-        assert_eq!(raw.k.len(), t * ROW * layout.dtype.size());
+        assert_eq!(raw.k.len(), t * N_KV * layout.k_type.row_bytes(hd));
+        assert_eq!(raw.v.len(), t * N_KV * layout.v_type.row_bytes(hd));
+        assert_eq!((raw.k_type, raw.v_type), (layout.k_type, layout.v_type));
     }
     assert_eq!(cache.bytes_used(), bytes, "{what}: bytes_used");
+    let per_token: usize = (0..cache.n_layers()).map(|i| cache.layer(i).cell_bytes()).sum();
+    assert_eq!(layout.bytes_per_token(), per_token, "{what}: bytes_per_token");
 
     // A cache rebuilt from the reference lays out every live cell identically.
     let rebuilt = reference.rebuild(&layout);
@@ -192,8 +221,21 @@ fn check(cache: &SeqCache, reference: &Reference, what: &str) {
     assert_same_cells(cache, &restored, what);
 }
 
+/// The stored bits of cell `c` of one side (`row` values per cell).
+fn side_bits(rows: KvRows<'_>, c: usize, row: usize) -> Vec<u32> {
+    match rows {
+        KvRows::F32(d) => d[c * row..(c + 1) * row].iter().map(|x| x.to_bits()).collect(),
+        KvRows::F16(d) => d[c * row..(c + 1) * row].iter().map(|x| u32::from(x.to_bits())).collect(),
+        KvRows::Blocks { kind, data } => {
+            let n = kind.row_bytes(row);
+            data[c * n..(c + 1) * n].iter().map(|&b| u32::from(b)).collect()
+        }
+    }
+}
+
 /// Live cells at the same indices with the same positions and bit-identical K/V.
 fn assert_same_cells(a: &SeqCache, b: &SeqCache, what: &str) {
+    let row = row_len(a.layout());
     for i in 0..a.n_layers() {
         let (va, vb) = (a.layer(i).view(), b.layer(i).view());
         let n = va.pos.len().max(vb.pos.len());
@@ -204,19 +246,15 @@ fn assert_same_cells(a: &SeqCache, b: &SeqCache, what: &str) {
             if pa == EMPTY_POS {
                 continue;
             }
-            let bits = |v: &lem_kernels::ops::KvView<'_>| -> Vec<u32> {
-                match v.data {
-                    lem_kernels::ops::KvData::F32 { k, v } => k[c * ROW..(c + 1) * ROW]
-                        .iter()
-                        .chain(&v[c * ROW..(c + 1) * ROW])
-                        .map(|x| x.to_bits())
-                        .collect(),
-                    lem_kernels::ops::KvData::F16 { k, v } => k[c * ROW..(c + 1) * ROW]
-                        .iter()
-                        .chain(&v[c * ROW..(c + 1) * ROW])
-                        .map(|x| u32::from(x.to_bits()))
-                        .collect(),
-                }
+            let bits = |v: &KvView<'_>| -> Vec<u32> {
+                let (k, vv) = match v.data {
+                    KvData::F32 { k, v } => (KvRows::F32(k), KvRows::F32(v)),
+                    KvData::F16 { k, v } => (KvRows::F16(k), KvRows::F16(v)),
+                    KvData::Split { k, v } => (k, v),
+                };
+                let mut b = side_bits(k, c, row);
+                b.extend(side_bits(vv, c, row));
+                b
             };
             assert_eq!(bits(&va), bits(&vb), "{what}: layer {i} cell {c} data");
         }
@@ -251,7 +289,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn run(dtype: KvDtype, ops: &[Op]) {
-    let layout = layout(dtype);
+    run_kv(dtype, dtype, ops)
+}
+
+fn run_kv(k_type: KvDtype, v_type: KvDtype, ops: &[Op]) {
+    let layout = layout_kv(k_type, v_type);
     let mut pool: Vec<(SeqCache, Reference)> = vec![(SeqCache::new(&layout), Reference::new(&layout))];
     for (step, op) in ops.iter().enumerate() {
         let what = format!("step {step} {op:?}");
@@ -332,6 +374,30 @@ proptest! {
     fn random_programs_f32(ops in proptest::collection::vec(op(), 1..60)) {
         run(KvDtype::F32, &ops);
     }
+
+    #[test]
+    fn random_programs_q8_0(ops in proptest::collection::vec(op(), 1..60)) {
+        run(KvDtype::Q8_0, &ops);
+    }
+
+    #[test]
+    fn random_programs_q4_0(ops in proptest::collection::vec(op(), 1..60)) {
+        run(KvDtype::Q4_0, &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Every other pair of types, K and V apart (fewer cases each).
+    #[test]
+    fn random_programs_mixed_types(
+        k in proptest::sample::select(KvDtype::ALL.to_vec()),
+        v in proptest::sample::select(KvDtype::ALL.to_vec()),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run_kv(k, v, &ops);
+    }
 }
 
 /// A long program that wraps every ring several times, truncates inside the window and
@@ -369,7 +435,7 @@ fn import_raw_refuses_wrong_state() {
     // Other storage type.
     let mut f32_target = SeqCache::new(&self::layout(KvDtype::F32));
     let err = f32_target.import_raw(&good, 8).unwrap_err();
-    assert!(err.to_string().contains("F16"), "{err}");
+    assert!(err.to_string().contains("f16/f16"), "{err}");
     // A window layer missing the positions the next query needs.
     let mut holed = good.clone();
     let l = &mut holed[1];
@@ -385,4 +451,93 @@ fn import_raw_refuses_wrong_state() {
     assert!(target.is_empty(), "failed imports leave the cache unchanged");
     target.import_raw(&good, 8).unwrap();
     assert_same_cells(&c, &target, "good import");
+}
+
+#[test]
+fn block_types_need_whole_blocks_per_head() {
+    let mut l = layout(KvDtype::F16);
+    for spec in &mut l.layers {
+        spec.head_dim = 16;
+    }
+    assert!(l.with_types(KvDtype::F16, KvDtype::F32).is_ok());
+    for t in [KvDtype::Q8_0, KvDtype::Q4_0, KvDtype::Q4_1, KvDtype::Q5_0, KvDtype::Q5_1] {
+        let err = l.with_types(KvDtype::F16, t).unwrap_err();
+        assert_eq!(err, KvError::BlockMisfit { side: "V", dtype: t, layer: 0, head_dim: 16 });
+        assert!(err.to_string().contains("head_dim 16"), "{err}");
+        let err = l.with_types(t, KvDtype::F16).unwrap_err();
+        assert!(matches!(err, KvError::BlockMisfit { side: "K", .. }), "{err}");
+    }
+    l.layers[2].head_dim = 64;
+    l.layers[0].head_dim = 64;
+    let err = l.with_types(KvDtype::Q8_0, KvDtype::Q8_0).unwrap_err();
+    assert!(matches!(err, KvError::BlockMisfit { layer: 1, .. }), "{err}");
+}
+
+#[test]
+fn type_names_are_llama_cpp_s() {
+    for t in KvDtype::ALL {
+        assert_eq!(t.name().parse::<KvDtype>(), Ok(t));
+        assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", t.name()));
+    }
+    assert_eq!("Q8_0".parse::<KvDtype>(), Ok(KvDtype::Q8_0));
+    let err = "q3_k".parse::<KvDtype>().unwrap_err();
+    assert!(err.to_string().contains("q4_1"), "{err}");
+    // Bytes per 32 values: GGML's block sizes.
+    let sizes: Vec<usize> = KvDtype::ALL.iter().map(|t| t.row_bytes(32)).collect();
+    assert_eq!(sizes, [128, 64, 34, 18, 20, 22, 24]);
+}
+
+#[test]
+fn layouts_serialise_both_types_and_read_the_single_dtype_of_older_files() {
+    let l = layout_kv(KvDtype::Q8_0, KvDtype::Q4_0);
+    let json = serde_json::to_string(&l).unwrap();
+    assert!(json.contains("\"k_type\":\"q8_0\"") && json.contains("\"v_type\":\"q4_0\""), "{json}");
+    assert_eq!(serde_json::from_str::<CacheLayout>(&json).unwrap(), l);
+    let old = json.replace("\"k_type\":\"q8_0\",\"v_type\":\"q4_0\"", "\"dtype\":\"f32\"");
+    assert!(old.contains("dtype"), "{old}");
+    let read: CacheLayout = serde_json::from_str(&old).unwrap();
+    assert_eq!((read.k_type, read.v_type), (KvDtype::F32, KvDtype::F32));
+    assert_eq!(read.difference(&l).unwrap(), "K cache type f32 vs q8_0");
+    let v_only = CacheLayout { k_type: KvDtype::Q8_0, ..read };
+    assert_eq!(v_only.difference(&l).unwrap(), "V cache type f32 vs q4_0");
+}
+
+#[test]
+fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
+    // SmolLM2-like layer: 3 KV heads of 64; q8_0 K, q4_0 V.
+    let spec = LayerSpec { kind: LayerKind::Full, n_kv: 3, head_dim: 64 };
+    let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F16, v_type: KvDtype::F16, max_batch: 8 };
+    let q = l.with_types(KvDtype::Q8_0, KvDtype::Q4_0).unwrap();
+    assert_eq!(l.bytes_per_token(), 3 * 64 * 2 * 2);
+    assert_eq!(q.bytes_per_token(), 3 * (2 * 34 + 2 * 18));
+    let mut c = SeqCache::new(&q);
+    let k: Vec<f32> = (0..5 * 192).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    let v: Vec<f32> = k.iter().map(|x| x * -0.5 + 1.0).collect();
+    c.layer_mut(0).append(&[0, 1, 2, 3, 4], &k, &v);
+    c.advance(5);
+    assert_eq!(c.bytes_used(), 5 * q.bytes_per_token());
+    // The f32 export is the dequantised values, within the formats' error of the input.
+    let e = &c.export()[0];
+    let (mut kr, mut vr) = (k.clone(), v.clone());
+    KvDtype::Q8_0.round_in_place(&mut kr);
+    KvDtype::Q4_0.round_in_place(&mut vr);
+    for t in 0..5 {
+        for h in 0..3 {
+            let (src, dst) = (t * 192 + h * 64, (h * 5 + t) * 64);
+            assert_eq!(&e.k[dst..dst + 64], &kr[src..src + 64]);
+            assert_eq!(&e.v[dst..dst + 64], &vr[src..src + 64]);
+        }
+    }
+    assert!(kr.iter().zip(&k).any(|(a, b)| a != b), "q8_0 changed nothing?");
+    // Raw export / import: the blocks as they are.
+    let raw = c.export_raw();
+    assert_eq!(raw[0].k.len(), 5 * 3 * 2 * 34);
+    assert_eq!(raw[0].v.len(), 5 * 3 * 2 * 18);
+    let mut back = SeqCache::new(&q);
+    back.import_raw(&raw, 5).unwrap();
+    assert_eq!(back.export_raw(), raw);
+    // Raw layers of another type pair are refused.
+    let mut other = SeqCache::new(&l.with_types(KvDtype::Q8_0, KvDtype::Q8_0).unwrap());
+    let err = other.import_raw(&raw, 5).unwrap_err();
+    assert!(err.to_string().contains("q8_0/q4_0"), "{err}");
 }

@@ -149,7 +149,9 @@ impl Model {
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
         let mut src = open_weights(path, opts)?;
         let mut model = crate::arch::load(src.as_mut(), opts)?;
-        model.layout.dtype = opts.kv_dtype;
+        let v_type = opts.kv_dtype_v.unwrap_or(opts.kv_dtype);
+        model.layout =
+            model.layout.with_types(opts.kv_dtype, v_type).map_err(|e| ModelError::Unsupported(e.to_string()))?;
         Ok(model)
     }
 
@@ -168,7 +170,12 @@ impl Model {
                 LayerSpec { kind: c.kind, n_kv: c.n_kv, head_dim: c.head_dim }
             })
             .collect();
-        let layout = CacheLayout { layers, dtype: KvDtype::default(), max_batch: DEFAULT_MAX_BATCH };
+        let layout = CacheLayout {
+            layers,
+            k_type: KvDtype::default(),
+            v_type: KvDtype::default(),
+            max_batch: DEFAULT_MAX_BATCH,
+        };
         Model { config, embedding, blocks, final_norm, output, layout }
     }
 

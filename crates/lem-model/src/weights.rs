@@ -23,9 +23,12 @@ pub struct LoadOptions {
     /// The context the model will run at, when known: LongRoPE models pick their long
     /// factors only when it exceeds the original training context, as llama.cpp does.
     pub context: Option<usize>,
-    /// Storage type of the KV cache sequences of this model use (f16 by default, as
-    /// llama.cpp; f32 for exact comparisons).
+    /// Storage type of the keys in the KV cache sequences of this model use (f16 by
+    /// default, as llama.cpp; f32 for exact comparisons; a GGML block type such as q8_0
+    /// for a smaller cache), and of the values unless `kv_dtype_v` is set.
     pub kv_dtype: KvDtype,
+    /// Storage type of the values when it differs from the keys' (`None`: `kv_dtype`).
+    pub kv_dtype_v: Option<KvDtype>,
 }
 
 /// A source of hyper-parameters and tensors.

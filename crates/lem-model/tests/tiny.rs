@@ -274,7 +274,7 @@ fn check_reference(spec: &Spec, n: usize, exact_tol: f32, ggml_tol: f32) {
     let got = prefill_all(m, &toks);
     let reference = l.tiny.reference();
     // Mirror the storage type the model's cache declares.
-    let ggml = Precision { kv_f16: m.cache_layout().dtype == KvDtype::F16, ..Precision::GGML };
+    let ggml = Precision { kv_f16: m.cache_layout().k_type == KvDtype::F16, ..Precision::GGML };
     for (prec, tol) in [(Precision::EXACT, exact_tol), (ggml, ggml_tol)] {
         let want = reference.logits_with(&toks, prec);
         let mut worst = 0f32;
@@ -443,7 +443,7 @@ fn check_observer(spec: &Spec) {
                 let row = n_kv * hd;
                 // Keys are stored in the cache's type; position 0 is not rotated.
                 let mut pre0 = pre.6[..row].to_vec();
-                m.cache_layout().dtype.round_in_place(&mut pre0);
+                m.cache_layout().k_type.round_in_place(&mut pre0);
                 assert_eq!(pre0, post.6[..row], "position 0 is not rotated");
                 assert_ne!(pre.6[row..], post.6[row..], "later positions are rotated");
             }

@@ -20,7 +20,7 @@ pub struct Identity {
     pub model_file: String,
     /// The tokenizer's fingerprint (token ids mean nothing under another vocabulary).
     pub tokenizer_fingerprint: String,
-    /// The cache layout (storage type, per-layer kind, window, heads).
+    /// The cache layout (K and V storage types, per-layer kind, window, heads).
     pub layout: CacheLayout,
 }
 
@@ -68,7 +68,14 @@ impl Identity {
         h.update(b"lem kv identity v1\0");
         h.update(self.model_fingerprint.as_bytes());
         h.update(b"\0");
-        let layout = serde_json::json!({ "dtype": self.layout.dtype, "layers": self.layout.layers });
+        // One type for both sides digests as it did before K and V had their own, so
+        // prefix blocks stored then still match.
+        let (k, v) = (self.layout.k_type, self.layout.v_type);
+        let layout = if k == v {
+            serde_json::json!({ "dtype": k, "layers": self.layout.layers })
+        } else {
+            serde_json::json!({ "k_type": k, "v_type": v, "layers": self.layout.layers })
+        };
         h.update(layout.to_string().as_bytes());
         h.finalize().into()
     }

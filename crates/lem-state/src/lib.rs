@@ -57,6 +57,7 @@ mod container;
 mod error;
 mod fsutil;
 mod identity;
+mod kvtensor;
 mod prefill;
 pub mod prefix;
 mod session;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use lem_engine::{Engine, Sequence};
-use lem_kv::{CacheLayout, KvDtype, LayerKind, RawLayer, SeqCache};
+use lem_kv::{CacheLayout, LayerKind, RawLayer, SeqCache};
 use safetensors::tensor::Dtype;
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ use crate::container::{self, Out};
 use crate::error::StateError;
 use crate::fsutil::{atomic_write, now_ms, rfc3339};
 use crate::identity::Identity;
+use crate::kvtensor;
 
 /// Format tag of snapshot files.
 pub const SNAPSHOT_FORMAT: &str = "lem-kv-snapshot";
@@ -76,13 +77,6 @@ pub struct Snapshot {
     pub tokens: Vec<u32>,
     /// Each layer's K/V exactly as the cache stored it.
     pub layers: Vec<RawLayer>,
-}
-
-fn st_dtype(d: KvDtype) -> Dtype {
-    match d {
-        KvDtype::F16 => Dtype::F16,
-        KvDtype::F32 => Dtype::F32,
-    }
 }
 
 fn layer_infos(layout: &CacheLayout, layers: &[RawLayer]) -> Vec<LayerInfo> {
@@ -149,16 +143,16 @@ impl Snapshot {
         let mut tensors =
             vec![Out { name: "tokens".into(), dtype: Dtype::U32, shape: vec![self.tokens.len()], data: &tokens }];
         for (idx, (l, spec)) in self.layers.iter().zip(&layout.layers).enumerate() {
-            let shape = vec![spec.n_kv, l.tokens(), spec.head_dim];
-            let dtype = st_dtype(layout.dtype);
+            let (kt, kshape) = kvtensor::form(layout.k_type, spec.n_kv, l.tokens(), spec.head_dim);
+            let (vt, vshape) = kvtensor::form(layout.v_type, spec.n_kv, l.tokens(), spec.head_dim);
             tensors.push(Out {
                 name: format!("layer.{idx}.positions"),
                 dtype: Dtype::U32,
                 shape: vec![l.tokens()],
                 data: &positions[idx],
             });
-            tensors.push(Out { name: format!("layer.{idx}.k"), dtype, shape: shape.clone(), data: &l.k });
-            tensors.push(Out { name: format!("layer.{idx}.v"), dtype, shape, data: &l.v });
+            tensors.push(Out { name: format!("layer.{idx}.k"), dtype: kt, shape: kshape, data: &l.k });
+            tensors.push(Out { name: format!("layer.{idx}.v"), dtype: vt, shape: vshape, data: &l.v });
         }
         container::encode(SNAPSHOT_FORMAT, SNAPSHOT_VERSION, meta, &tensors)
             .map_err(|e| StateError::malformed(Path::new("<snapshot>"), e))
@@ -200,21 +194,23 @@ impl Snapshot {
             return Err(bad(format!("metadata says {n_tokens} tokens, the tokens tensor has shape {shape:?}")));
         }
         let tokens = container::u32s(data);
-        let dtype = st_dtype(layout.dtype);
         let mut layers = Vec::with_capacity(layout.layers.len());
         for (idx, spec) in layout.layers.iter().enumerate() {
             let (pshape, pdata) = p.tensor(path, &format!("layer.{idx}.positions"), Dtype::U32)?;
             let t = pshape.first().copied().unwrap_or(0);
-            let want = [spec.n_kv, t, spec.head_dim];
-            let (kshape, k) = p.tensor(path, &format!("layer.{idx}.k"), dtype)?;
-            let (vshape, v) = p.tensor(path, &format!("layer.{idx}.v"), dtype)?;
-            if pshape.len() != 1 || kshape != want || vshape != want {
+            let (kt, kwant) = kvtensor::form(layout.k_type, spec.n_kv, t, spec.head_dim);
+            let (vt, vwant) = kvtensor::form(layout.v_type, spec.n_kv, t, spec.head_dim);
+            let (kshape, k) = p.tensor(path, &format!("layer.{idx}.k"), kt)?;
+            let (vshape, v) = p.tensor(path, &format!("layer.{idx}.v"), vt)?;
+            if pshape.len() != 1 || kshape != kwant || vshape != vwant {
                 return Err(bad(format!(
-                    "layer {idx}: positions {pshape:?}, K {kshape:?}, V {vshape:?} do not match the layout's {want:?}"
+                    "layer {idx}: positions {pshape:?}, K {kshape:?}, V {vshape:?} do not match the layout's \
+                     {kwant:?} / {vwant:?}"
                 )));
             }
             layers.push(RawLayer {
-                dtype: layout.dtype,
+                k_type: layout.k_type,
+                v_type: layout.v_type,
                 positions: container::u32s(pdata),
                 k: k.to_vec(),
                 v: v.to_vec(),

@@ -80,7 +80,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let spec = CaptureSpec::new(cfg.n_layer, &kinds, &layers);
     let mut cache = model.new_cache();
     let captures = capture_prefill(model, engine.threads(), &mut cache, &mut Workspace::default(), &ids, spec)?;
-    let meta = CaptureFileMeta { identity: &identity, prompt: &text, token_ids: &ids, kv_dtype: cache.layout().dtype };
+    let meta = CaptureFileMeta { identity: &identity, prompt: &text, token_ids: &ids, kv_dtype: cache.layout().k_type };
     let listing = write_capture_file(&a.out, &captures, &meta)?;
     if a.json {
         let tensors: serde_json::Map<String, serde_json::Value> =

@@ -238,8 +238,9 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     writeln!(o, "  created    {} by lem {}", info.created, info.lem_version)?;
     writeln!(
         o,
-        "  K/V        {:?}, {:.2} MiB in {} layers",
-        id.layout.dtype,
+        "  K/V        K {}, V {}, {:.2} MiB in {} layers",
+        id.layout.k_type,
+        id.layout.v_type,
         info.kv_bytes as f64 / (1 << 20) as f64,
         info.layers.len()
     )?;

@@ -138,9 +138,9 @@ impl Attention {
         // Round K/V to the cache's storage type once, so observers see exactly what the
         // cache holds.
         if let Some(first) = batch.first() {
-            let dtype = first.cache.layout().dtype;
-            dtype.round_in_place(kk);
-            dtype.round_in_place(v);
+            let layout = first.cache.layout();
+            layout.k_type.round_in_place(kk);
+            layout.v_type.round_in_place(v);
         }
 
         let attn_out = fit(&mut buf.out, n * qd);

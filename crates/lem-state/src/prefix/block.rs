@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lem_kv::{CacheLayout, KvDtype, RawLayer};
+use lem_kv::{CacheLayout, RawLayer};
 use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 
 use crate::container::{self, Out};
 use crate::error::StateError;
+use crate::kvtensor;
 
 /// A block's address: SHA-256 chained over the parent's key and the block's token ids,
 /// rooted in the model identity (see [`root_key`]).
@@ -73,16 +74,13 @@ impl Block {
         meta.insert("start".to_owned(), self.start.to_string());
         meta.insert("kv_identity".to_owned(), hex::encode(kv_digest));
         let tokens = container::u32_bytes(&self.tokens);
-        let dtype = match layout.dtype {
-            KvDtype::F16 => Dtype::F16,
-            KvDtype::F32 => Dtype::F32,
-        };
         let mut tensors =
             vec![Out { name: "tokens".into(), dtype: Dtype::U32, shape: vec![self.tokens.len()], data: &tokens }];
         for (i, (l, spec)) in self.layers.iter().zip(&layout.layers).enumerate() {
-            let shape = vec![spec.n_kv, l.tokens(), spec.head_dim];
-            tensors.push(Out { name: format!("layer.{i}.k"), dtype, shape: shape.clone(), data: &l.k });
-            tensors.push(Out { name: format!("layer.{i}.v"), dtype, shape, data: &l.v });
+            let (kt, kshape) = kvtensor::form(layout.k_type, spec.n_kv, l.tokens(), spec.head_dim);
+            let (vt, vshape) = kvtensor::form(layout.v_type, spec.n_kv, l.tokens(), spec.head_dim);
+            tensors.push(Out { name: format!("layer.{i}.k"), dtype: kt, shape: kshape, data: &l.k });
+            tensors.push(Out { name: format!("layer.{i}.v"), dtype: vt, shape: vshape, data: &l.v });
         }
         container::encode(BLOCK_FORMAT, BLOCK_VERSION, meta, &tensors)
     }
@@ -112,20 +110,18 @@ impl Block {
         if stored_key != *key || child_key(&parent, &tokens) != *key || shape.len() != 1 {
             return Err(bad("key does not match the parent and token ids".into()));
         }
-        let dtype = match layout.dtype {
-            KvDtype::F16 => Dtype::F16,
-            KvDtype::F32 => Dtype::F32,
-        };
         let positions: Vec<u32> = (start..start + tokens.len() as u32).collect();
         let mut layers = Vec::with_capacity(layout.layers.len());
         for (i, spec) in layout.layers.iter().enumerate() {
-            let want = [spec.n_kv, tokens.len(), spec.head_dim];
-            let (ks, k) = p.tensor(path, &format!("layer.{i}.k"), dtype)?;
-            let (vs, v) = p.tensor(path, &format!("layer.{i}.v"), dtype)?;
-            if ks != want || vs != want {
-                return Err(bad(format!("layer {i}: K {ks:?} / V {vs:?}, expected {want:?}")));
+            let (kt, kwant) = kvtensor::form(layout.k_type, spec.n_kv, tokens.len(), spec.head_dim);
+            let (vt, vwant) = kvtensor::form(layout.v_type, spec.n_kv, tokens.len(), spec.head_dim);
+            let (ks, k) = p.tensor(path, &format!("layer.{i}.k"), kt)?;
+            let (vs, v) = p.tensor(path, &format!("layer.{i}.v"), vt)?;
+            if ks != kwant || vs != vwant {
+                return Err(bad(format!("layer {i}: K {ks:?} / V {vs:?}, expected {kwant:?} / {vwant:?}")));
             }
-            layers.push(RawLayer { dtype: layout.dtype, positions: positions.clone(), k: k.to_vec(), v: v.to_vec() });
+            let (k_type, v_type) = (layout.k_type, layout.v_type);
+            layers.push(RawLayer { k_type, v_type, positions: positions.clone(), k: k.to_vec(), v: v.to_vec() });
         }
         if p.tensors.len() != 1 + 2 * layout.layers.len() {
             return Err(bad(format!("{} tensors for {} layers", p.tensors.len(), layout.layers.len())));
