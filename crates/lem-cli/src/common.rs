@@ -99,12 +99,14 @@ pub struct WeightArgs {
     /// multiple of the block size (32; 256 for the k-quants).
     #[arg(long, value_enum)]
     pub dtype: Option<Dtype>,
+    #[command(flatten)]
+    pub kv: crate::cmd::kv_args::KvCacheArgs,
 }
 
 impl WeightArgs {
-    /// The model-loading options.
+    /// The model-loading options (with the KV cache types).
     pub fn options(&self) -> LoadOptions {
-        LoadOptions { dtype: self.dtype.map(Dtype::ggml), ..LoadOptions::default() }
+        self.kv.apply(LoadOptions { dtype: self.dtype.map(Dtype::ggml), ..LoadOptions::default() })
     }
 }
 

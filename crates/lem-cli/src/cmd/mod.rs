@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod kv;
+pub mod kv_args;
 pub mod models;
 pub mod models_inspect;
 pub mod score;

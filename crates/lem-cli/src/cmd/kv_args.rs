@@ -1,0 +1,71 @@
+//! `--cache-type-k` / `--cache-type-v`: the KV cache's storage types, with llama.cpp's
+//! flag names and type names. Flattened into [`crate::common::WeightArgs`], so every
+//! command that loads a model (generate, chat, serve, bench, eval, kv, inspect, ...) takes
+//! them and applies them in the one place the load options are built.
+
+use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use lem_kv::KvDtype;
+use lem_model::LoadOptions;
+
+/// The type names the flags accept (llama.cpp's).
+const NAMES: [&str; 7] = ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"];
+
+fn kv_type() -> impl TypedValueParser<Value = KvDtype> {
+    PossibleValuesParser::new(NAMES).try_map(|s| s.parse::<KvDtype>())
+}
+
+/// KV cache storage flags.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct KvCacheArgs {
+    /// Storage type of the KV cache's keys (default f16). The block types (q8_0, q4_0,
+    /// q4_1, q5_0, q5_1) store each head in GGML blocks of 32 values and need a head size
+    /// that is a multiple of 32; q8_0 costs about half of f16's memory.
+    #[arg(long, value_name = "TYPE", value_parser = kv_type())]
+    pub cache_type_k: Option<KvDtype>,
+    /// Storage type of the KV cache's values (default f16, whatever --cache-type-k says,
+    /// as in llama.cpp).
+    #[arg(long, value_name = "TYPE", value_parser = kv_type())]
+    pub cache_type_v: Option<KvDtype>,
+}
+
+impl KvCacheArgs {
+    /// `opts` with the requested cache types. As in llama.cpp the two flags are
+    /// independent, each defaulting to f16; with neither, `opts` is left as it is.
+    pub fn apply(&self, mut opts: LoadOptions) -> LoadOptions {
+        if self.cache_type_k.is_none() && self.cache_type_v.is_none() {
+            return opts;
+        }
+        opts.kv_dtype = self.cache_type_k.unwrap_or_default();
+        opts.kv_dtype_v = Some(self.cache_type_v.unwrap_or_default());
+        opts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kv: KvCacheArgs,
+    }
+
+    #[test]
+    fn flags_take_llama_cpp_names_and_set_the_load_options() {
+        let cli = Cli::try_parse_from(["lem", "--cache-type-k", "q8_0", "--cache-type-v", "q4_0"]).unwrap();
+        let o = cli.kv.apply(LoadOptions::default());
+        assert_eq!((o.kv_dtype, o.kv_dtype_v), (KvDtype::Q8_0, Some(KvDtype::Q4_0)));
+        // Only K: V stays f16, as in llama.cpp.
+        let o = Cli::try_parse_from(["lem", "--cache-type-k", "q5_1"]).unwrap().kv.apply(LoadOptions::default());
+        assert_eq!((o.kv_dtype, o.kv_dtype_v), (KvDtype::Q5_1, Some(KvDtype::F16)));
+        // Neither: the defaults are left alone.
+        let o = Cli::try_parse_from(["lem"]).unwrap().kv.apply(LoadOptions::default());
+        assert_eq!(o, LoadOptions::default());
+        let err = Cli::try_parse_from(["lem", "--cache-type-k", "q4_k"]).err().unwrap().to_string();
+        assert!(err.contains("q8_0"), "{err}");
+    }
+}
