@@ -105,7 +105,7 @@ fn inspect_reports_the_metadata() {
     assert_eq!(info.layers.len(), 3);
     assert!(info.layers.iter().all(|l| l.cells == 20 && l.first_position == Some(0)));
     let json = serde_json::to_value(&info).unwrap();
-    assert_eq!(json["layout"]["dtype"], "f16");
+    assert_eq!((&json["layout"]["k_type"], &json["layout"]["v_type"]), (&"f16".into(), &"f16".into()));
 }
 
 #[test]
