@@ -164,85 +164,23 @@ impl KWeight for Q6K {
     }
 }
 
-/// Integer vectors of one or two 32-byte runs: 256-bit (AVX2) or 512-bit (AVX-512).
-trait Wide {
-    /// The vector.
-    type V: Copy;
-    /// 32-byte runs per vector.
-    const RUNS: usize;
-    /// All zero.
-    unsafe fn zero() -> Self::V;
-    /// `32 * RUNS` bytes at `p`.
-    unsafe fn load(p: *const u8) -> Self::V;
-    /// `acc + madd(scale, maddubs(q, y))`, lane by lane.
-    unsafe fn dot(acc: Self::V, scale: Self::V, q: Self::V, y: Self::V) -> Self::V;
-    /// The eight 32-bit lanes summed over the runs.
-    unsafe fn fold(v: Self::V) -> __m256i;
-}
-
-/// 256-bit AVX2 vectors.
-struct Ymm;
-/// 512-bit AVX-512 vectors (`vpdpwssd` for the scale products).
-struct Zmm;
-
-impl Wide for Ymm {
-    type V = __m256i;
-    const RUNS: usize = 1;
-    #[inline(always)]
-    unsafe fn zero() -> __m256i {
-        unsafe { _mm256_setzero_si256() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> __m256i {
-        unsafe { _mm256_loadu_si256(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256i, scale: __m256i, q: __m256i, y: __m256i) -> __m256i {
-        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, y))) }
-    }
-    #[inline(always)]
-    unsafe fn fold(v: __m256i) -> __m256i {
-        v
-    }
-}
-
-impl Wide for Zmm {
-    type V = __m512i;
-    const RUNS: usize = 2;
-    #[inline(always)]
-    unsafe fn zero() -> __m512i {
-        unsafe { _mm512_setzero_si512() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> __m512i {
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m512i, scale: __m512i, q: __m512i, y: __m512i) -> __m512i {
-        unsafe { _mm512_dpwssd_epi32(acc, scale, _mm512_maddubs_epi16(q, y)) }
-    }
-    #[inline(always)]
-    unsafe fn fold(v: __m512i) -> __m256i {
-        unsafe { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)) }
-    }
-}
-
 /// The operands of one kernel call.
 pub(crate) struct TileK {
     /// Super-blocks per row.
     pub nb: usize,
-    /// The first of the kernel's weight rows, unpacked (row `r` at `w + r * nb`).
-    pub w: *const Unpacked,
+    /// The kernel's first weight row (AVX2: an [`Unpacked`] row, row `r` at `r * nb`
+    /// blocks; AVX-512: a [`Pair`] row, pair `p` at `p * nb` blocks).
+    pub w: *const u8,
     /// The activation rows (`nb` blocks each).
     pub x: [*const Q8K; MAX_TN],
 }
 
-/// Unpacks `rows` weight rows of `nb` super-blocks at `w` into `u`.
+/// Unpacks `rows` weight rows of `nb` super-blocks at `w` into `buf` (the kernel's layout).
 ///
 /// # Safety
-/// The ISA is supported; `w` holds `rows * nb` blocks of the function's type; `u` has
-/// room for as many.
-type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, u: *mut Unpacked);
+/// The ISA is supported; `w` holds `rows * nb` blocks of the function's type; `buf` has
+/// room for `rows.next_multiple_of(2) * nb * row_bytes` bytes (see [`KFns`]), 64-aligned.
+type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, buf: *mut u8);
 
 /// Dots the tile's weight rows with its activation rows into `out` (`tm x tn`,
 /// row-major).
@@ -252,28 +190,27 @@ type RepackFn = unsafe fn(nb: usize, rows: usize, w: *const u8, u: *mut Unpacked
 /// activation rows.
 type TileFn = unsafe fn(op: &TileK, out: &mut [f32; MAX_TILE]);
 
-/// `out[r][c]` for `TM` unpacked weight rows and `TN` activation rows.
+/// AVX2: `out[r][c]` for `TM` [`Unpacked`] weight rows and `TN` activation rows, one
+/// 256-bit accumulator per product.
 #[inline(always)]
-unsafe fn tile_impl<L: Wide, const MINS: bool, const TM: usize, const TN: usize>(
-    op: &TileK,
-    out: &mut [f32; MAX_TILE],
-) {
+unsafe fn tile_avx2<const MINS: bool, const TM: usize, const TN: usize>(op: &TileK, out: &mut [f32; MAX_TILE]) {
     unsafe {
         let nb = op.nb;
+        let wp = op.w.cast::<Unpacked>();
         let mut acc = [[_mm256_setzero_ps(); TN]; TM];
         let mut accm = [[_mm_setzero_ps(); TN]; TM];
         for i in 0..nb {
-            let w: [*const Unpacked; TM] = std::array::from_fn(|r| op.w.add(r * nb + i));
+            let w: [*const Unpacked; TM] = std::array::from_fn(|r| wp.add(r * nb + i));
             let x: [*const Q8K; TN] = std::array::from_fn(|c| op.x[c].add(i));
-            let mut s = [[L::zero(); TN]; TM];
-            for v in 0..8 / L::RUNS {
-                let off = 32 * L::RUNS * v;
-                let y: [L::V; TN] = std::array::from_fn(|c| L::load((*x[c]).qs.as_ptr().add(off).cast()));
+            let mut s = [[_mm256_setzero_si256(); TN]; TM];
+            for j in 0..8 {
+                let y: [__m256i; TN] =
+                    std::array::from_fn(|c| _mm256_loadu_si256((*x[c]).qs.as_ptr().add(32 * j).cast()));
                 for (r, s_r) in s.iter_mut().enumerate() {
-                    let q = L::load((*w[r]).q.as_ptr().add(off));
-                    let sc = L::load((*w[r]).sc.as_ptr().add(off / 2).cast());
+                    let q = _mm256_loadu_si256((*w[r]).q.as_ptr().add(32 * j).cast());
+                    let sc = _mm256_loadu_si256((*w[r]).sc.as_ptr().add(16 * j).cast());
                     for (a, &yc) in s_r.iter_mut().zip(&y) {
-                        *a = L::dot(*a, sc, q, yc);
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(sc, _mm256_maddubs_epi16(q, yc)));
                     }
                 }
             }
@@ -283,7 +220,7 @@ unsafe fn tile_impl<L: Wide, const MINS: bool, const TM: usize, const TN: usize>
                 let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
                 for r in 0..TM {
                     let wr = &*w[r];
-                    let mut sumi = L::fold(s[r][c]);
+                    let mut sumi = s[r][c];
                     if !MINS {
                         let bias = _mm256_loadu_si256(wr.bias.as_ptr().cast());
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(bias, bsums));
@@ -308,6 +245,143 @@ unsafe fn tile_impl<L: Wide, const MINS: bool, const TM: usize, const TN: usize>
     }
 }
 
+/// Two weight rows' super-block unpacked for the AVX-512 kernels, interleaved so that one
+/// 512-bit register holds the same run of both rows: each product's eight integer lanes
+/// and eight float lanes sit in one half of a register, with no fold at the end of the
+/// super-block.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct Pair {
+    /// Run `j`: the first row's 32 quants, then the second row's.
+    q: [u8; 512],
+    /// Run `j`: the first row's 16 scale lanes, then the second row's.
+    sc: [i16; 256],
+    /// The rows' `bias` (see [`Unpacked`]), one after the other.
+    bias: [i16; 32],
+    /// Q4_K/Q5_K: the first row's eight minimums, then the second row's.
+    mins: [i16; 16],
+    /// `d` of the first row 8 times, then of the second.
+    d: [f32; 16],
+    /// `dmin` of the first row 4 times, then of the second.
+    dmin: [f32; 8],
+}
+
+/// Unpacks rows `2p` and `2p + 1` (the second only when `both`) of super-block `i` into
+/// `dst`.
+#[inline(always)]
+unsafe fn pair_from<W: KWeight>(a: *const W, b: Option<*const W>, dst: *mut Pair) {
+    unsafe {
+        let mut u = ZERO;
+        for (h, src) in [Some(a), b].into_iter().enumerate() {
+            let Some(src) = src else { continue };
+            W::unpack(src, &mut u);
+            for j in 0..8 {
+                let q = _mm256_loadu_si256(u.q.as_ptr().add(32 * j).cast());
+                _mm256_storeu_si256((*dst).q.as_mut_ptr().add(64 * j + 32 * h).cast(), q);
+                let sc = _mm256_loadu_si256(u.sc.as_ptr().add(16 * j).cast());
+                _mm256_storeu_si256((*dst).sc.as_mut_ptr().add(32 * j + 16 * h).cast(), sc);
+            }
+            let bias = _mm256_loadu_si256(u.bias.as_ptr().cast());
+            _mm256_storeu_si256((*dst).bias.as_mut_ptr().add(16 * h).cast(), bias);
+            _mm_storeu_si128((*dst).mins.as_mut_ptr().add(8 * h).cast(), _mm256_castsi256_si128(bias));
+            _mm256_storeu_ps((*dst).d.as_mut_ptr().add(8 * h), _mm256_set1_ps(u.d));
+            _mm_storeu_ps((*dst).dmin.as_mut_ptr().add(4 * h), _mm_set1_ps(u.dmin));
+        }
+    }
+}
+
+/// The 32 bytes at `p` in both halves of a 512-bit register.
+#[inline(always)]
+unsafe fn both_halves(p: *const u8) -> __m512i {
+    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.cast())) }
+}
+
+/// AVX-512: `out[r][c]` for `2 * P` weight rows ([`Pair`]s) and `TN` activation rows,
+/// one 512-bit accumulator per two products (`vpdpwssd` for the scale products).
+#[inline(always)]
+unsafe fn tile_avx512<const MINS: bool, const P: usize, const TN: usize>(op: &TileK, out: &mut [f32; MAX_TILE]) {
+    unsafe {
+        let nb = op.nb;
+        let wp = op.w.cast::<Pair>();
+        let mut acc = [[_mm512_setzero_ps(); TN]; P];
+        // Q4_K/Q5_K: four rows' minimum terms per register (row 4g + k in lanes 4k..4k+4).
+        let mut accm = [[_mm512_setzero_ps(); TN]; P];
+        for i in 0..nb {
+            let w: [*const Pair; P] = std::array::from_fn(|p| wp.add(p * nb + i));
+            let x: [*const Q8K; TN] = std::array::from_fn(|c| op.x[c].add(i));
+            let mut s = [[_mm512_setzero_si512(); TN]; P];
+            if !MINS {
+                for c in 0..TN {
+                    let bsums = both_halves((*x[c]).bsums.as_ptr().cast());
+                    for p in 0..P {
+                        let bias = _mm512_loadu_si512((*w[p]).bias.as_ptr().cast());
+                        s[p][c] = _mm512_madd_epi16(bias, bsums);
+                    }
+                }
+            }
+            for j in 0..8 {
+                let y: [__m512i; TN] = std::array::from_fn(|c| both_halves((*x[c]).qs.as_ptr().add(32 * j).cast()));
+                for (p, s_p) in s.iter_mut().enumerate() {
+                    let q = _mm512_loadu_si512((*w[p]).q.as_ptr().add(64 * j).cast());
+                    let sc = _mm512_loadu_si512((*w[p]).sc.as_ptr().add(32 * j).cast());
+                    for (a, &yc) in s_p.iter_mut().zip(&y) {
+                        *a = _mm512_dpwssd_epi32(*a, sc, _mm512_maddubs_epi16(q, yc));
+                    }
+                }
+            }
+            for c in 0..TN {
+                let yd = _mm512_set1_ps((*x[c]).d);
+                for p in 0..P {
+                    let dd = _mm512_mul_ps(_mm512_loadu_ps((*w[p]).d.as_ptr()), yd);
+                    acc[p][c] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s[p][c]), acc[p][c]);
+                }
+                if MINS {
+                    let bsums = _mm256_loadu_si256((*x[c]).bsums.as_ptr().cast());
+                    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
+                    let pairs = _mm512_broadcast_i32x4(pairs);
+                    for g in 0..P / 2 {
+                        let (a, b) = (&*w[2 * g], &*w[2 * g + 1]);
+                        let mins = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(a.mins.as_ptr().cast())),
+                            _mm256_loadu_si256(b.mins.as_ptr().cast()),
+                        );
+                        let dmin = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                            _mm512_castpd256_pd512(_mm256_loadu_pd(a.dmin.as_ptr().cast())),
+                            _mm256_loadu_pd(b.dmin.as_ptr().cast()),
+                        ));
+                        let m = _mm512_cvtepi32_ps(_mm512_madd_epi16(mins, pairs));
+                        accm[g][c] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, yd), m, accm[g][c]);
+                    }
+                }
+            }
+        }
+        for (p, acc_p) in acc.iter().enumerate() {
+            for (c, &a) in acc_p.iter().enumerate() {
+                for h in 0..2 {
+                    let r = 2 * p + h;
+                    let half = if h == 0 {
+                        _mm512_castps512_ps256(a)
+                    } else {
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+                    };
+                    let mut total = hsum8(half);
+                    if MINS {
+                        let m = accm[r / 4][c];
+                        let lane = match r % 4 {
+                            0 => _mm512_castps512_ps128(m),
+                            1 => _mm512_extractf32x4_ps::<1>(m),
+                            2 => _mm512_extractf32x4_ps::<2>(m),
+                            _ => _mm512_extractf32x4_ps::<3>(m),
+                        };
+                        total -= hsum4(lane);
+                    }
+                    out[r * TN + c] = total;
+                }
+            }
+        }
+    }
+}
+
 /// The tiled product for one weight type at one ISA level.
 #[derive(Clone, Copy)]
 pub(crate) struct KFns {
@@ -317,41 +391,55 @@ pub(crate) struct KFns {
     tm: usize,
     /// Activation rows per kernel call.
     tn: usize,
+    /// Bytes of unpacked buffer per weight row and super-block.
+    row_bytes: usize,
 }
 
-/// Defines the two entry points of one weight type at one ISA level and tile shape.
-macro_rules! kpanel {
-    ($repack:ident, $tile:ident, $w:ty, $mins:literal, $wide:ty, $tm:literal, $tn:literal, $features:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $repack(nb: usize, rows: usize, w: *const u8, u: *mut Unpacked) {
+/// Defines the AVX2 entry points of one weight type (tile 2 x 3: six 256-bit
+/// accumulators, three activation runs, a quant run and a scale run in the sixteen
+/// registers).
+macro_rules! avx2 {
+    ($($repack:ident, $tile:ident: $w:ty, $mins:literal;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $repack(nb: usize, rows: usize, w: *const u8, buf: *mut u8) {
             // SAFETY: forwarded from the caller (see `RepackFn`).
             unsafe {
-                let w = w.cast::<$w>();
+                let (w, u) = (w.cast::<$w>(), buf.cast::<Unpacked>());
                 for i in 0..rows * nb {
                     <$w as KWeight>::unpack(w.add(i), u.add(i));
                 }
             }
         }
-        #[target_feature(enable = $features)]
+        #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $tile(op: &TileK, out: &mut [f32; MAX_TILE]) {
             // SAFETY: forwarded from the caller (see `TileFn`).
-            unsafe { tile_impl::<$wide, $mins, $tm, $tn>(op, out) }
+            unsafe { tile_avx2::<$mins, 2, 3>(op, out) }
         }
-    };
-}
-
-/// AVX2 tile shape: 2 x 3 (six 256-bit accumulators, three activation runs, a quant
-/// run and a scale run in the sixteen registers).
-macro_rules! avx2 {
-    ($($repack:ident, $tile:ident: $w:ty, $mins:literal;)*) => {$(
-        kpanel!($repack, $tile, $w, $mins, Ymm, 2, 3, "avx2,fma,f16c");
     )*};
 }
-/// AVX-512 tile shape: 4 x 4 (sixteen 512-bit accumulators of the thirty-two
-/// registers).
+/// Defines the AVX-512 entry points of one weight type (tile 4 x 4: eight 512-bit
+/// accumulators of two products each).
 macro_rules! avx512 {
     ($($repack:ident, $tile:ident: $w:ty, $mins:literal;)*) => {$(
-        kpanel!($repack, $tile, $w, $mins, Zmm, 4, 4, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $repack(nb: usize, rows: usize, w: *const u8, buf: *mut u8) {
+            // SAFETY: forwarded from the caller (see `RepackFn`).
+            unsafe {
+                let (w, dst) = (w.cast::<$w>(), buf.cast::<Pair>());
+                for p in 0..rows.div_ceil(2) {
+                    for i in 0..nb {
+                        let a = w.add(2 * p * nb + i);
+                        let b = (2 * p + 1 < rows).then(|| w.add((2 * p + 1) * nb + i));
+                        pair_from::<$w>(a, b, dst.add(p * nb + i));
+                    }
+                }
+            }
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $tile(op: &TileK, out: &mut [f32; MAX_TILE]) {
+            // SAFETY: forwarded from the caller (see `TileFn`).
+            unsafe { tile_avx512::<$mins, 2, 4>(op, out) }
+        }
     )*};
 }
 avx2! {
@@ -368,25 +456,36 @@ avx512! {
 /// The tiled K-quant product for weights of `dtype` at `isa`, if there is one.
 pub(crate) fn kfns(dtype: GgmlDType, isa: super::Isa) -> Option<KFns> {
     use super::Isa;
-    let (repack, tile, tm, tn): (RepackFn, TileFn, usize, usize) = match (isa, dtype) {
-        (Isa::Avx2, GgmlDType::Q4K) => (rp_q4k_avx2, tl_q4k_avx2, 2, 3),
-        (Isa::Avx2, GgmlDType::Q5K) => (rp_q5k_avx2, tl_q5k_avx2, 2, 3),
-        (Isa::Avx2, GgmlDType::Q6K) => (rp_q6k_avx2, tl_q6k_avx2, 2, 3),
-        (Isa::Avx512, GgmlDType::Q4K) => (rp_q4k_avx512, tl_q4k_avx512, 4, 4),
-        (Isa::Avx512, GgmlDType::Q5K) => (rp_q5k_avx512, tl_q5k_avx512, 4, 4),
-        (Isa::Avx512, GgmlDType::Q6K) => (rp_q6k_avx512, tl_q6k_avx512, 4, 4),
+    let (repack, tile): (RepackFn, TileFn) = match (isa, dtype) {
+        (Isa::Avx2, GgmlDType::Q4K) => (rp_q4k_avx2, tl_q4k_avx2),
+        (Isa::Avx2, GgmlDType::Q5K) => (rp_q5k_avx2, tl_q5k_avx2),
+        (Isa::Avx2, GgmlDType::Q6K) => (rp_q6k_avx2, tl_q6k_avx2),
+        (Isa::Avx512, GgmlDType::Q4K) => (rp_q4k_avx512, tl_q4k_avx512),
+        (Isa::Avx512, GgmlDType::Q5K) => (rp_q5k_avx512, tl_q5k_avx512),
+        (Isa::Avx512, GgmlDType::Q6K) => (rp_q6k_avx512, tl_q6k_avx512),
         _ => return None,
     };
-    Some(KFns { repack, tile, tm, tn })
+    Some(match isa {
+        Isa::Avx512 => KFns { repack, tile, tm: 4, tn: 4, row_bytes: size_of::<Pair>() / 2 },
+        _ => KFns { repack, tile, tm: 2, tn: 3, row_bytes: size_of::<Unpacked>() },
+    })
 }
 
 /// Bytes of unpacked weight rows per tile (they stay in L1 while every activation row
 /// passes over them).
 const TILE_BYTES: usize = 24 * 1024;
 
+/// 64 bytes of unpacked weights (the buffer's unit: cache-line aligned).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+// The buffer is counted in lines, and a tile holds an even number of rows.
+const _: () = assert!(size_of::<Unpacked>().is_multiple_of(64) && size_of::<Pair>().is_multiple_of(64));
+
 thread_local! {
     /// Each thread's buffer of unpacked weight rows, reused across products.
-    static KPANEL_BUF: RefCell<Vec<Unpacked>> = const { RefCell::new(Vec::new()) };
+    static KPANEL_BUF: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 impl KFns {
@@ -407,25 +506,27 @@ impl KFns {
         }
         let (tm, tn) = (self.tm, self.tn);
         let x = x.cast::<Q8K>();
-        let tile_rows = (TILE_BYTES / (nb * size_of::<Unpacked>())).clamp(tm, 64) / tm * tm;
+        let tile_rows = (TILE_BYTES / (nb * self.row_bytes)).clamp(tm, 64) / tm * tm;
         KPANEL_BUF.with_borrow_mut(|buf| {
-            if buf.len() < tile_rows * nb {
-                buf.resize(tile_rows * nb, ZERO);
+            let lines = tile_rows * nb * self.row_bytes / 64;
+            if buf.len() < lines {
+                buf.resize(lines, Line([0; 64]));
             }
+            let base = buf.as_mut_ptr().cast::<u8>();
             let mut out = [0f32; MAX_TILE];
             let mut r0 = 0;
             while r0 < rows {
                 let m = (rows - r0).min(tile_rows);
-                // SAFETY: rows r0..r0+m of `w` exist; the buffer holds `tile_rows * nb`
-                // blocks.
-                unsafe { (self.repack)(nb, m, w.add(r0 * nb * w_block), buf.as_mut_ptr()) };
+                // SAFETY: rows r0..r0+m of `w` exist; the buffer holds `tile_rows` rows
+                // (an even number).
+                unsafe { (self.repack)(nb, m, w.add(r0 * nb * w_block), base) };
                 let mut t0 = 0;
                 while t0 < n {
                     let cols = (n - t0).min(tn);
                     // Missing activation rows of the last group repeat its last row.
                     let mut op = TileK {
                         nb,
-                        w: buf.as_ptr(),
+                        w: base,
                         // SAFETY: the row index is below n.
                         x: std::array::from_fn(|c| unsafe { x.add((t0 + c.min(cols - 1)) * nb) }),
                     };
@@ -433,8 +534,8 @@ impl KFns {
                     while g < m {
                         // Rows past `m` in the last group read stale (but initialised)
                         // buffer rows, within `tile_rows`; their results are dropped.
-                        // SAFETY: g + tm <= tile_rows.
-                        op.w = unsafe { buf.as_ptr().add(g * nb) };
+                        // SAFETY: g + tm <= tile_rows; g is even.
+                        op.w = unsafe { base.add(g * nb * self.row_bytes) };
                         // SAFETY: the operands are as `TileK` describes.
                         unsafe { (self.tile)(&op, &mut out) };
                         for r in 0..(m - g).min(tm) {
