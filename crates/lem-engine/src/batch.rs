@@ -17,10 +17,16 @@
 //! Per sequence, the result is what [`generate`](crate::generate) gives for the same
 //! sequence, prompt and request: both drive the same [`Decoder`] (sampling history,
 //! end-of-generation, stop-string, length and context rules, streamed text, timings), and
-//! feed the same tokens in the same order. (The batcher does not speculate: a request's
-//! `draft` is ignored here.) The matrix products treat every row of a batch on its own and
+//! feed the same tokens in the same order. The matrix products treat every row of a batch on its own and
 //! attention runs per sequence over its own cache, so greedy output is identical
 //! whatever else is in the batch.
+//!
+//! A job whose request has a `draft` speculates here as in `generate`: its
+//! [`Speculator`] drafts before the step, the job feeds its pending token plus the
+//! draft with logits for every position, and the decoder keeps what it agrees with, so
+//! sequences with and without drafts share one forward and each produces exactly what
+//! it would alone. Draft tokens use the batch room that decoding tokens and the
+//! scheduled prompt chunks leave.
 //!
 //! A sink that says it is cancelled ([`TokenSink::is_cancelled`], e.g. the client went
 //! away) or that answers [`ControlFlow::Break`] ends its job at once with
@@ -38,6 +44,7 @@ use std::ops::ControlFlow;
 use lem_model::{LogitsRequest, SeqInput, Workspace};
 
 use crate::decode::{DecodeEvent, Decoder};
+use crate::draft::Speculator;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::generate::{GenerateRequest, Generation};
@@ -158,9 +165,13 @@ struct Slot {
     /// Prompt tokens to feed, and how many were fed.
     prompt: Vec<u32>,
     fed: usize,
-    /// The token to feed next while decoding.
-    next: [u32; 1],
+    /// What to feed next while decoding: the pending token, then any draft tokens.
+    input: Vec<u32>,
+    /// Draft tokens at the end of `input` (fed this step, verified by its logits).
+    drafted: usize,
     decoding: bool,
+    /// Drafting, when the request speculates.
+    spec: Option<Speculator<'static>>,
     /// Sampling, streaming, stop strings, limits and timings: the same state machine
     /// [`generate`](crate::generate) drives.
     decoder: Decoder,
@@ -169,21 +180,54 @@ struct Slot {
 }
 
 impl Slot {
-    /// Samples from one row of logits and streams the result.
-    fn on_logits(&mut self, logits: &[f32]) {
+    /// Samples from the rows of logits of the pending token and the draft tokens after
+    /// it (all fed already), streams the result, and rolls the draft back to what was
+    /// accepted.
+    fn on_logits(&mut self, rows: &[f32], vocab: usize) {
         let sink = &mut self.sink;
         let mut on_event = |ev: DecodeEvent<'_>| match ev {
             DecodeEvent::Token { eog: true, .. } => ControlFlow::Continue(()),
             DecodeEvent::Token { id, text, logprobs, .. } => sink.event(BatchEvent::Token { id, text, logprobs }),
             DecodeEvent::Tail { text } => sink.event(BatchEvent::Tail { text }),
         };
-        match self.decoder.step(logits, logits.len(), self.seq.tokens(), 0, &mut on_event) {
-            Ok(out) => {
-                if let Some(id) = out.next {
-                    self.next = [id];
-                }
+        let drafted = std::mem::take(&mut self.drafted);
+        let accepted_before = self.decoder.stats().accepted;
+        let out = match self.decoder.step(rows, vocab, self.seq.tokens(), drafted, &mut on_event) {
+            Ok(out) => out,
+            Err(e) => {
+                self.error = Some(e);
+                return;
             }
-            Err(e) => self.error = Some(e),
+        };
+        if drafted > 0 {
+            if let Err(e) = self.seq.truncate(self.seq.len() - drafted + out.keep) {
+                self.error = Some(e);
+                return;
+            }
+            if let Some(spec) = self.spec.as_mut() {
+                spec.settle(drafted, self.decoder.stats().accepted - accepted_before);
+            }
+        }
+        if let Some(id) = out.next {
+            self.input.clear();
+            self.input.push(id);
+        }
+    }
+
+    /// Drafts after the pending token, within `room` tokens of the batch.
+    fn draft(&mut self, engine: &Engine, room: usize) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        let max_draft = engine.model().max_batch().saturating_sub(1);
+        let cap = self.decoder.draft_room(self.seq.len(), max_draft).min(room);
+        self.input.truncate(1);
+        match spec.draft(engine, self.seq.tokens(), cap, &mut self.input) {
+            Ok(n) => self.drafted = n,
+            Err(e) => {
+                self.input.truncate(1);
+                self.error = Some(e);
+            }
         }
     }
 
@@ -284,15 +328,21 @@ impl Batcher {
         let id = self.next_id;
         self.next_id += 1;
         let Job { mut seq, mut prompt_ids, request, top_logprobs, sink } = job;
-        match prepare(engine, &mut seq, &mut prompt_ids, &request, top_logprobs) {
-            Ok(decoder) => {
+        let prepared = prepare(engine, &mut seq, &mut prompt_ids, &request, top_logprobs).and_then(|decoder| {
+            let spec = request.draft.as_ref().map(|d| Speculator::from_config(engine, d)).transpose()?;
+            Ok((decoder, spec))
+        });
+        match prepared {
+            Ok((decoder, spec)) => {
                 self.slots.push(Slot {
                     id,
                     seq,
                     prompt: prompt_ids,
                     fed: 0,
-                    next: [0],
+                    input: Vec::with_capacity(if spec.is_some() { 16 } else { 1 }),
+                    drafted: 0,
                     decoding: false,
+                    spec,
                     decoder,
                     sink,
                     error: None,
@@ -318,13 +368,19 @@ impl Batcher {
         }
 
         // Plan: every decoding sequence feeds one token; prompt chunks fill the rest of
-        // the budget, oldest job first.
+        // the budget, oldest job first; drafts use the room that is left.
+        let max_batch = engine.model().max_batch();
         let n_decode = self.slots.iter().filter(|s| s.decoding).count();
-        let mut budget = self.config.prefill_chunk.min(engine.model().max_batch().saturating_sub(n_decode));
+        let mut budget = self.config.prefill_chunk.min(max_batch.saturating_sub(n_decode));
+        let prefill: usize = self.slots.iter().filter(|s| !s.decoding).map(|s| s.prompt.len() - s.fed).sum();
+        let mut room = max_batch.saturating_sub(n_decode + prefill.min(budget));
         self.plan.clear();
-        for (i, s) in self.slots.iter().enumerate() {
+        for (i, s) in self.slots.iter_mut().enumerate() {
             if s.decoding {
-                self.plan.push((i, 1, LogitsRequest::Last));
+                s.draft(engine, room);
+                room -= s.drafted;
+                let logits = if s.drafted > 0 { LogitsRequest::All } else { LogitsRequest::Last };
+                self.plan.push((i, 1 + s.drafted, logits));
             } else if budget > 0 {
                 let n = (s.prompt.len() - s.fed).min(budget);
                 budget -= n;
@@ -340,7 +396,7 @@ impl Batcher {
                 let Some(&(_, n, logits)) = plan.next_if(|p| p.0 == i) else {
                     continue;
                 };
-                let tokens: &[u32] = if s.decoding { &s.next } else { &s.prompt[s.fed..s.fed + n] };
+                let tokens: &[u32] = if s.decoding { &s.input } else { &s.prompt[s.fed..s.fed + n] };
                 let (_, cache) = s.seq.parts_mut();
                 inputs.push(SeqInput { tokens, cache, logits });
             }
@@ -362,18 +418,18 @@ impl Batcher {
             let s = &mut self.slots[i];
             let (tokens, _) = s.seq.parts_mut();
             if s.decoding {
-                tokens.push(s.next[0]);
+                tokens.extend_from_slice(&s.input);
             } else {
                 tokens.extend_from_slice(&s.prompt[s.fed..s.fed + n]);
                 s.fed += n;
                 s.sink.prefilled(engine, &s.seq);
             }
-            if logits == LogitsRequest::Last {
+            if logits != LogitsRequest::None {
                 if !s.decoding {
                     s.decoding = true;
                     s.decoder.prefilled();
                 }
-                s.on_logits(&self.ws.logits(b, vocab)[..vocab]);
+                s.on_logits(self.ws.logits(b, vocab), vocab);
             }
         }
         self.reap(&mut done);

@@ -107,3 +107,36 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Cost of verifying drafts: milliseconds of one forward of `1 + k` tokens after a
+/// context of `context_tokens`, for `k = 0..=max_k` (median of `reps` runs each). The
+/// ratio to `k = 0` is what a draft of `k` tokens costs in decode steps (see
+/// [`VERIFY_COST_PER_TOKEN`](crate::draft::VERIFY_COST_PER_TOKEN)).
+pub fn verify_cost(
+    engine: &Engine,
+    context_tokens: usize,
+    max_k: usize,
+    reps: usize,
+) -> Result<Vec<(usize, f64)>, EngineError> {
+    let prompt: Vec<u32> = (0..context_tokens.max(1)).map(|i| 100 + ((i * 37) % 5000) as u32).collect();
+    let max_k = max_k.min(engine.model().max_batch().saturating_sub(1));
+    if prompt.len() + max_k + 1 > engine.ctx_size() {
+        return Err(EngineError::PromptTooLong { tokens: prompt.len() + max_k + 1, ctx: engine.ctx_size() });
+    }
+    let mut seq = engine.new_sequence();
+    seq.feed(engine, &prompt)?;
+    let mut out = Vec::new();
+    for k in 0..=max_k {
+        let input: Vec<u32> = (0..=k as u32).map(|i| 200 + i).collect();
+        let mut times = Vec::new();
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            seq.feed_each(engine, &input, lem_model::LogitsRequest::All, &mut |_, _| {})?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            seq.truncate(prompt.len())?;
+        }
+        times.sort_by(f64::total_cmp);
+        out.push((k, times[times.len() / 2]));
+    }
+    Ok(out)
+}

@@ -67,6 +67,26 @@ pub struct SpeculationStats {
     pub decode_steps: usize,
 }
 
+impl SpeculationStats {
+    /// Accepted over drafted tokens (0 when nothing was drafted).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drafted == 0 { 0.0 } else { self.accepted as f64 / self.drafted as f64 }
+    }
+
+    /// Accepted tokens per verification step (0 when nothing was verified).
+    pub fn mean_accepted_per_step(&self) -> f64 {
+        if self.verify_steps == 0 { 0.0 } else { self.accepted as f64 / self.verify_steps as f64 }
+    }
+
+    /// Adds another generation's counts.
+    pub fn add(&mut self, other: &SpeculationStats) {
+        self.drafted += other.drafted;
+        self.accepted += other.accepted;
+        self.verify_steps += other.verify_steps;
+        self.decode_steps += other.decode_steps;
+    }
+}
+
 /// What one [`Decoder::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepOutcome {
@@ -171,6 +191,14 @@ impl Decoder {
     /// Tokens the budget still allows.
     pub fn remaining(&self) -> usize {
         self.max_tokens.saturating_sub(self.ids.len())
+    }
+
+    /// Most draft tokens a sequence of `len` tokens may verify in its next step, with
+    /// room for `max_draft` in one forward: the step samples at most `k + 1` tokens, so
+    /// `k` stays below the token budget, and the sequence never grows past `ctx - 1`
+    /// (where plain decoding stops feeding).
+    pub fn draft_room(&self, len: usize, max_draft: usize) -> usize {
+        max_draft.min(self.remaining().saturating_sub(1)).min(self.ctx.saturating_sub(len + 2))
     }
 
     /// Whether generation has ended.

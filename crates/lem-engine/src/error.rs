@@ -38,6 +38,14 @@ pub enum EngineError {
     /// grammar that allows nothing at some point of a generation.
     #[error("invalid grammar: {0}")]
     Grammar(String),
+    /// A draft model that cannot draft for this engine's model.
+    #[error("draft model {path}: {reason}")]
+    Draft {
+        /// The draft model's file or directory.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The tokenizer and the model disagree.
     #[error("tokenizer has {tokenizer} tokens but the model's vocabulary has {model}")]
     VocabMismatch {

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::constraint::Grammar;
 use crate::decode::{DecodeEvent, Decoder, SpeculationStats};
-use crate::draft::{DraftConfig, DraftLength, Drafter};
+use crate::draft::{DraftConfig, Drafter, Speculator};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::sampling::SamplingParams;
@@ -133,8 +133,11 @@ pub fn generate(
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
-    match req.draft {
-        Some(cfg) => generate_with_drafter(engine, seq, prompt_ids, req, &mut *cfg.drafter(), on_text),
+    match &req.draft {
+        Some(cfg) => {
+            let mut spec = Speculator::from_config(engine, cfg)?;
+            run(engine, seq, prompt_ids, req, on_text, &mut NoHook, Some(&mut spec))
+        }
         None => run(engine, seq, prompt_ids, req, on_text, &mut NoHook, None),
     }
 }
@@ -154,7 +157,7 @@ pub fn generate_with(
 }
 
 /// [`generate`], speculating with `drafter` (whatever `req.draft` says; its length
-/// bounds are used when set, [`DraftConfig::ngram`]'s otherwise).
+/// bounds and adaptivity are used when set, [`DraftConfig::ngram`]'s otherwise).
 pub fn generate_with_drafter(
     engine: &Engine,
     seq: &mut Sequence,
@@ -163,9 +166,9 @@ pub fn generate_with_drafter(
     drafter: &mut dyn Drafter,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
-    let bounds = req.draft.unwrap_or_else(DraftConfig::ngram);
-    let length = DraftLength::new(bounds.min_tokens, bounds.max_tokens);
-    run(engine, seq, prompt_ids, req, on_text, &mut NoHook, Some((drafter, length)))
+    let length = req.draft.as_ref().map_or_else(|| DraftConfig::ngram().length(), DraftConfig::length);
+    let mut spec = Speculator::new(engine, Box::new(drafter), length);
+    run(engine, seq, prompt_ids, req, on_text, &mut NoHook, Some(&mut spec))
 }
 
 /// A token reported by the decoder, waiting for its forward pass before the hook sees it;
@@ -200,7 +203,7 @@ fn run(
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     hook: &mut dyn GenerateHook,
-    mut spec: Option<(&mut dyn Drafter, DraftLength)>,
+    mut spec: Option<&mut Speculator<'_>>,
 ) -> Result<Generation, EngineError> {
     let ctx = engine.ctx_size();
     if prompt_ids.is_empty() && seq.is_empty() {
@@ -229,8 +232,6 @@ fn run(
 
     let mut pending: Vec<Pending> = Vec::new();
     let mut pieces = String::new();
-    // The drafter's view: the sequence plus the token about to be fed.
-    let mut context: Vec<u32> = Vec::new();
     let mut input: Vec<u32> = Vec::new();
     let mut drafted = 0;
     loop {
@@ -251,10 +252,8 @@ fn run(
         };
         if drafted > 0 {
             seq.truncate(seq.len() - drafted + out.keep)?;
-            if let Some((drafter, length)) = spec.as_mut() {
-                let accepted = dec.stats().accepted - accepted_before;
-                drafter.feedback(drafted, accepted);
-                length.update(drafted, accepted);
+            if let Some(spec) = spec.as_mut() {
+                spec.settle(drafted, dec.stats().accepted - accepted_before);
             }
         }
         let Some(next) = out.next else {
@@ -263,27 +262,12 @@ fn run(
             break;
         };
 
-        drafted = 0;
         input.clear();
         input.push(next);
-        if let Some((drafter, length)) = spec.as_mut() {
-            // `context` is a prefix of the sequence (the token pending last step is fed now).
-            context.truncate(seq.len());
-            context.extend_from_slice(&seq.tokens()[context.len()..]);
-            context.push(next);
-            // Never more than the budget or the context can take: this step samples at
-            // most `k + 1` tokens, and plain decoding feeds at most up to `ctx - 1`.
-            let k = length
-                .get()
-                .min(max_draft)
-                .min(dec.remaining().saturating_sub(1))
-                .min(ctx.saturating_sub(seq.len() + 2));
-            if k > 0 {
-                drafter.propose(&context, k, &mut input);
-                input.truncate(k + 1);
-                drafted = input.len() - 1;
-            }
-        }
+        drafted = match spec.as_mut() {
+            Some(spec) => spec.draft(engine, seq.tokens(), dec.draft_room(seq.len(), max_draft), &mut input)?,
+            None => 0,
+        };
         if drafted == 0 {
             let logits = seq.feed_observed(engine, &input, hook.observer())?;
             rows[..vocab].copy_from_slice(&logits[..vocab]);

@@ -21,10 +21,10 @@ mod sequence;
 pub mod stop;
 
 pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
-pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes};
+pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes, verify_cost};
 pub use constraint::{Constraint, ConstraintFactory, Grammar};
 pub use decode::{DecodeEvent, Decoded, Decoder, SpeculationStats, StepOutcome};
-pub use draft::{DraftConfig, DraftLength, DraftMethod, Drafter, NGramDrafter};
+pub use draft::{DraftConfig, DraftLength, DraftMethod, DraftModel, Drafter, NGramDrafter, Speculator};
 pub use embed::Pooling;
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;

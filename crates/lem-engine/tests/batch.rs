@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use common::engine;
 use lem_engine::sampling::SamplingParams;
 use lem_engine::{
-    BatchConfig, BatchEvent, Batcher, Engine, EngineError, FinishReason, Finished, GenerateRequest, Generation, Job,
-    TokenSink, generate,
+    BatchConfig, BatchEvent, Batcher, DraftConfig, DraftMethod, DraftModel, Engine, EngineError, FinishReason,
+    Finished, GenerateRequest, Generation, Job, TokenSink, generate,
 };
 use lem_tokenizer::Bos;
 
@@ -224,4 +224,68 @@ fn cancellation_capacity_and_errors() {
     assert!(matches!(out[&too_long].result, Err(EngineError::PromptTooLong { .. })));
     assert!(matches!(out[&bad_params].result, Err(EngineError::Sampling(_))));
     assert!(b.is_idle());
+}
+
+/// Sequences that speculate (prompt lookup, early exit, a draft model) and sequences that
+/// do not share each forward: every one gets exactly what plain `generate` gives it
+/// alone, greedy and seeded, on both packaged models (Gemma 3 past its sliding window).
+#[test]
+fn speculating_and_plain_sequences_share_a_batch() {
+    for alias in common::MODELS {
+        let e = engine(alias);
+        let chat_ids = |user: &str| {
+            let text = e.render_chat(&[lem_tokenizer::ChatMessage::user(user)]).unwrap();
+            e.tokenizer().encode(&text, Bos::ModelDefault).unwrap()
+        };
+        let model = DraftModel::load(&common::model_path(alias), &e).unwrap();
+        let ngram = Some(DraftConfig::ngram());
+        let exit = Some(DraftConfig::with_method(DraftMethod::EarlyExit { layers: (e.model().n_layers() / 4).max(1) }));
+        let own = Some(DraftConfig::with_method(DraftMethod::Model(model)));
+        let mut long = String::from("Repeat this list:\n");
+        for i in 0..140 {
+            long.push_str(&format!("{}. box {} on shelf {}\n", i + 1, (i * 7) % 23, (i * 3) % 11));
+        }
+        let with = |req: GenerateRequest, draft: &Option<DraftConfig>| GenerateRequest { draft: draft.clone(), ..req };
+        let cases: Vec<(Vec<u32>, GenerateRequest, usize)> = vec![
+            (
+                chat_ids("Repeat exactly: one two three four five six seven eight nine ten."),
+                with(greedy(30), &ngram),
+                0,
+            ),
+            (chat_ids("What is the capital of France?"), greedy(24), 0),
+            (chat_ids("Copy this: the red fox jumps over the lazy brown dog."), with(greedy(28), &own), 1),
+            (chat_ids("Tell me a story about a dragon."), with(sampled(20, 7), &ngram), 2),
+            (chat_ids("Name the planets of the solar system."), with(greedy(24), &exit), 3),
+            (chat_ids("List five fruits."), with(sampled(24, 3), &own), 4),
+            (chat_ids(&long), with(greedy(40), &ngram), 5),
+        ];
+        let mut b = Batcher::new(BatchConfig { max_active: 8, prefill_chunk: 48 });
+        let mut texts = Vec::new();
+        let mut later = Vec::new();
+        for (prompt, req, at) in &cases {
+            let (j, text, _) = job(&e, prompt, req);
+            texts.push(text);
+            later.push((*at, j));
+        }
+        let out = run_all(&e, &mut b, later);
+        let mut drafted = 0;
+        for (i, (prompt, req, _)) in cases.iter().enumerate() {
+            let want = alone(&e, prompt, &GenerateRequest { draft: None, ..req.clone() });
+            let got = out[i].result.as_ref().unwrap();
+            assert_eq!(got.ids, want.ids, "{alias} case {i}: ids");
+            assert_eq!(got.text, want.text, "{alias} case {i}: text");
+            assert_eq!(got.finish_reason, want.finish_reason, "{alias} case {i}: finish");
+            assert_eq!(*texts[i].lock().unwrap(), want.text, "{alias} case {i}: streamed text");
+            assert_eq!(out[i].seq.len(), prompt.len() + want.ids.len() - 1, "{alias} case {i}: sequence length");
+            if req.draft.is_none() {
+                assert_eq!(got.speculation.drafted, 0, "{alias} case {i}: drafted without a drafter");
+            }
+            drafted += got.speculation.drafted;
+            eprintln!("{alias} case {i}: {} tokens, {:?}", got.ids.len(), got.speculation);
+        }
+        assert!(drafted > 0, "{alias}: nothing was drafted");
+        // The draft model is the target: every draft it proposed was accepted.
+        let own = out[2].result.as_ref().unwrap().speculation;
+        assert_eq!(own.accepted, own.drafted, "{alias}: {own:?}");
+    }
 }

@@ -204,6 +204,18 @@ impl Model {
         SeqCache::new(&self.layout)
     }
 
+    /// Number of decoder layers.
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The cache layout of the model cut after its first `layers` layers (see
+    /// [`Model::forward_layers`]); `layers` is capped at [`Model::n_layers`].
+    pub fn cache_layout_for_layers(&self, layers: usize) -> CacheLayout {
+        let layers = layers.min(self.blocks.len());
+        CacheLayout { layers: self.layout.layers[..layers].to_vec(), ..self.layout.clone() }
+    }
+
     /// Runs every sequence's new tokens through the model, appending to its cache, and
     /// leaves the requested logits in `ws` (read them with [`Workspace::logits`]).
     ///
@@ -215,8 +227,47 @@ impl Model {
         batch: &mut [SeqInput<'_>],
         ws: &mut Workspace,
         threads: &Threads,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<(), ModelError> {
+        self.forward_inner(self.blocks.len(), batch, ws, threads, observer)
+    }
+
+    /// [`Model::forward`] through the first `layers` layers only, then the final norm and
+    /// the output projection: the model cut short, as a self-speculative drafter uses it
+    /// (no weights of its own). Each cache must have [`Model::cache_layout_for_layers`]'s
+    /// layout. The first `layers` layers compute exactly what they compute in a full
+    /// forward.
+    pub fn forward_layers(
+        &self,
+        layers: usize,
+        batch: &mut [SeqInput<'_>],
+        ws: &mut Workspace,
+        threads: &Threads,
+    ) -> Result<(), ModelError> {
+        if layers == 0 || layers > self.blocks.len() {
+            return Err(ModelError::Input(format!(
+                "cannot run {layers} layers of a model with {}",
+                self.blocks.len()
+            )));
+        }
+        self.forward_inner(layers, batch, ws, threads, None)
+    }
+
+    fn forward_inner(
+        &self,
+        n_layers: usize,
+        batch: &mut [SeqInput<'_>],
+        ws: &mut Workspace,
+        threads: &Threads,
         mut observer: Option<&mut dyn Observer>,
     ) -> Result<(), ModelError> {
+        let cut;
+        let layout = if n_layers == self.blocks.len() {
+            &self.layout
+        } else {
+            cut = self.cache_layout_for_layers(n_layers);
+            &cut
+        };
         let d = self.config.n_embd;
         let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
         if total > self.max_batch() {
@@ -234,7 +285,7 @@ impl Model {
                     self.config.vocab
                 )));
             }
-            if s.cache.layout() != &self.layout {
+            if s.cache.layout() != layout {
                 return Err(ModelError::Input(format!("sequence {i}'s cache was made for a different layout")));
             }
             let start = s.cache.len();
@@ -253,7 +304,7 @@ impl Model {
             self.embedding.lookup(batch[seg.seq].tokens, &mut x[seg.start * d..(seg.start + seg.len) * d]);
         }
         let mut k = Kernels { threads, scratch: &mut ws.scratch };
-        for (l, block) in self.blocks.iter().enumerate() {
+        for (l, block) in self.blocks[..n_layers].iter().enumerate() {
             block.forward(
                 l,
                 x,

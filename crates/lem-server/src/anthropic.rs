@@ -56,6 +56,8 @@ pub struct MessagesRequest {
     pub stream: Option<bool>,
     /// A lem session to continue.
     pub session: Option<String>,
+    /// lem: `false` opts out of the server's speculative decoding.
+    pub speculative: Option<bool>,
     /// Tools the model may use: `{name, description, input_schema}`.
     pub tools: Option<Vec<Value>>,
     /// `{type: auto | any | tool | none, name, disable_parallel_tool_use}`.
@@ -277,6 +279,7 @@ pub async fn messages(
         template_kwargs,
         grammar: None,
         tools: Vec::new(),
+        speculative: req.speculative.unwrap_or(true),
     };
     let id = format!("msg_{}", rid.0.replace('-', "_"));
     let model = state.names.primary.clone();

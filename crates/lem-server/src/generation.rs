@@ -103,7 +103,7 @@ pub async fn start(
             sampling: spec.sampling,
             stop: spec.stop,
             grammar: spec.grammar,
-            ..Default::default()
+            draft: if spec.speculative { state.draft.clone() } else { None },
         },
         top_logprobs: spec.top_logprobs,
         want_seq: save.is_some(),

@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub pooling: lem_engine::Pooling,
     /// Limits on the session store.
     pub session_limits: SessionLimits,
+    /// Speculative decoding for every request that does not opt out (`--draft`).
+    pub draft: Option<lem_engine::DraftConfig>,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             reasoning: reasoning::ReasoningMode::Capture,
             pooling: lem_engine::Pooling::Mean,
             session_limits: SessionLimits::default(),
+            draft: None,
         }
     }
 }
@@ -169,7 +172,12 @@ pub fn build_state(engine: Engine, model_arg: &str, config: &ServerConfig) -> Re
         config.api_key.clone(),
         config.max_body_bytes,
     );
-    Ok(Arc::new(state.with_chat(template, config.reasoning).with_session_limits(config.session_limits)))
+    Ok(Arc::new(
+        state
+            .with_chat(template, config.reasoning)
+            .with_session_limits(config.session_limits)
+            .with_draft(config.draft.clone()),
+    ))
 }
 
 /// Every route, with the middleware.

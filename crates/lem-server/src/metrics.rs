@@ -95,6 +95,10 @@ pub struct Metrics {
     pub session_wakes: AtomicU64,
     /// Session sleeps.
     pub session_sleeps: AtomicU64,
+    /// Draft tokens proposed and verified (speculative decoding).
+    pub draft_tokens: AtomicU64,
+    /// Draft tokens the model accepted.
+    pub draft_accepted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -117,6 +121,8 @@ impl Default for Metrics {
             batch_sequences: AtomicU64::new(0),
             session_wakes: AtomicU64::new(0),
             session_sleeps: AtomicU64::new(0),
+            draft_tokens: AtomicU64::new(0),
+            draft_accepted: AtomicU64::new(0),
         }
     }
 }
@@ -146,6 +152,12 @@ impl Metrics {
         self.cached_tokens.fetch_add(cached as u64, Ordering::Relaxed);
         self.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
         *lock(&self.finishes).entry(finish).or_default() += 1;
+    }
+
+    /// Counts a finished generation's speculation.
+    pub fn speculation(&self, stats: &lem_engine::SpeculationStats) {
+        self.draft_tokens.fetch_add(stats.drafted as u64, Ordering::Relaxed);
+        self.draft_accepted.fetch_add(stats.accepted as u64, Ordering::Relaxed);
     }
 
     /// The exposition text, with the prefix cache's counters.
@@ -192,6 +204,18 @@ impl Metrics {
         gauge(&mut out, "lem_active_sequences", "Sequences in the batch.", load(&self.active));
         gauge(&mut out, "lem_queued_requests", "Requests waiting for a batch slot.", load(&self.queued));
         counter(&mut out, "lem_batch_steps_total", "Batched forward passes.", load(&self.batch_steps));
+        counter(
+            &mut out,
+            "lem_draft_tokens_total",
+            "Draft tokens verified (speculative decoding).",
+            load(&self.draft_tokens),
+        );
+        counter(
+            &mut out,
+            "lem_draft_accepted_tokens_total",
+            "Draft tokens the model accepted.",
+            load(&self.draft_accepted),
+        );
         counter(
             &mut out,
             "lem_batch_sequences_total",

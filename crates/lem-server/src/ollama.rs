@@ -35,6 +35,8 @@ pub struct Options {
     pub num_predict: Option<i64>,
     /// Stop strings.
     pub stop: Option<StopField>,
+    /// lem: `false` opts out of the server's speculative decoding.
+    pub speculative: Option<bool>,
 }
 
 /// One chat message.
@@ -210,6 +212,7 @@ impl Options {
             template_kwargs: serde_json::Value::Null,
             grammar: None,
             tools: Vec::new(),
+            speculative: self.speculative.unwrap_or(true),
         })
     }
 }

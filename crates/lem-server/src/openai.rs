@@ -96,6 +96,8 @@ pub struct CommonFields {
     /// Structured outputs: `response_format`, `grammar`, `json_schema`, `regex`.
     #[serde(flatten)]
     pub structured: params::GrammarFields,
+    /// lem: `false` opts out of the server's speculative decoding.
+    pub speculative: Option<bool>,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -177,6 +179,7 @@ impl CommonFields {
             template_kwargs: Value::Null,
             grammar: self.structured.grammar(&state.engine)?,
             tools: Vec::new(),
+            speculative: self.speculative.unwrap_or(true),
         })
     }
 

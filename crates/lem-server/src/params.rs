@@ -49,6 +49,9 @@ pub struct GenSpec {
     /// Tool definitions for the chat template's `tools` variable (OpenAI function
     /// objects; empty: none). See [`crate::tools::render_inputs`].
     pub tools: Vec<serde_json::Value>,
+    /// Whether the server's speculative decoding (`--draft`) applies; a request opts out
+    /// with `"speculative": false`. The output is the same either way.
+    pub speculative: bool,
 }
 
 /// Checks `chat_template_kwargs`: absent or null means none; otherwise it must be a JSON

@@ -55,6 +55,8 @@ pub struct ServerState {
     pub reasoning: ReasoningMode,
     /// Limits on the session store, checked when a request creates a session.
     pub session_limits: SessionLimits,
+    /// Speculative decoding for requests that do not opt out (`--draft`).
+    pub draft: Option<lem_engine::DraftConfig>,
     next_request: AtomicU64,
 }
 
@@ -87,6 +89,7 @@ impl ServerState {
             engine,
             chat_template: None,
             reasoning: ReasoningMode::default(),
+            draft: None,
             next_request: AtomicU64::new(1),
         }
     }
@@ -108,6 +111,13 @@ impl ServerState {
     #[must_use]
     pub fn with_session_limits(mut self, limits: SessionLimits) -> ServerState {
         self.session_limits = limits;
+        self
+    }
+
+    /// The same state speculating on every request that does not opt out (`--draft`).
+    #[must_use]
+    pub fn with_draft(mut self, draft: Option<lem_engine::DraftConfig>) -> ServerState {
+        self.draft = draft;
         self
     }
 

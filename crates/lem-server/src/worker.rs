@@ -503,6 +503,7 @@ impl Worker {
             Ok(g) => {
                 let finish = finish_name(g.finish_reason);
                 self.metrics.generation(finish, meta.prompt_tokens, meta.cached_tokens, g.ids.len());
+                self.metrics.speculation(&g.speculation);
                 if let Err(e) = self.prefix.store(&self.engine, &f.seq) {
                     tracing::warn!(request_id = meta.request_id, error = %e, "prefix cache store failed");
                 }

@@ -35,6 +35,8 @@ pub struct Args {
     store: StoreArgs,
     #[command(flatten)]
     prefix: PrefixCacheArgs,
+    #[command(flatten)]
+    draft: crate::cmd::draft_args::DraftArgs,
 }
 
 /// Feeds only what the cache does not already hold: the rendered conversation is
@@ -53,6 +55,7 @@ fn sync_prefix(engine: &Engine, seq: &mut Sequence, ids: &[u32]) -> usize {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let grammar = a.grammar.grammar()?;
     let engine = a.model.load()?;
+    let draft = a.draft.config(&engine)?;
     let interactive = std::io::stdin().is_terminal();
     let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
     let mut messages = base.clone();
@@ -114,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             sampling: a.sampling.params(),
             stop: Vec::new(),
             grammar: grammar.clone(),
-            ..Default::default()
+            draft: draft.clone(),
         };
         let mut out = std::io::stdout().lock();
         let mut on_text = |s: &str| match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {

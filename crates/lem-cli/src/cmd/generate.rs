@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 
-use lem_engine::{DraftConfig, GenerateRequest, generate};
+use lem_engine::{GenerateRequest, generate};
 use serde_json::json;
 
 use crate::common::{GrammarArgs, ModelArgs, PromptArgs, SamplingArgs, print_json};
@@ -35,22 +35,8 @@ pub struct Args {
     probe: Option<std::path::PathBuf>,
     #[command(flatten)]
     prefix: crate::cmd::kv::PrefixCacheArgs,
-    /// Speculative decoding: `ngram` drafts from earlier text (prompt lookup) and verifies
-    /// several tokens per forward pass; the output is exactly that of plain decoding.
-    #[arg(long, value_enum, default_value_t = Draft::None)]
-    draft: Draft,
-    /// Most tokens per draft (with --draft).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
-    draft_max: u16,
-}
-
-/// Which drafter speculative decoding uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Draft {
-    /// Plain decoding.
-    None,
-    /// Prompt lookup: the longest recent n-gram (4 down to 1) seen earlier proposes what followed it.
-    Ngram,
+    #[command(flatten)]
+    draft: crate::cmd::draft_args::DraftArgs,
 }
 
 /// Runs `lem generate`.
@@ -58,10 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let engine = a.model.load()?;
     let prompt_ids = a.prompt.ids(&engine)?;
     let params = a.sampling.params();
-    let draft = match a.draft {
-        Draft::None => None,
-        Draft::Ngram => Some(DraftConfig { max_tokens: usize::from(a.draft_max), ..DraftConfig::ngram() }),
-    };
+    let draft = a.draft.config(&engine)?;
     if draft.is_some() && a.probe.is_some() {
         anyhow::bail!(
             "--draft and --probe cannot be combined (the probe sees every step, drafts would be rolled back)"
@@ -118,7 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             v["prefix_cache"] = c;
         }
         if req.draft.is_some() {
-            v["speculation"] = json!(g.speculation);
+            v["speculative"] = speculative_json(&g.speculation);
         }
         print_json(&v)?;
     } else {
@@ -138,13 +121,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if req.draft.is_some() {
             let sp = g.speculation;
             eprintln!(
-                "[speculation: {} of {} drafted tokens accepted, {} forward passes for {} tokens]",
+                "[speculation: {} of {} drafted tokens accepted ({:.0}%), {:.2} accepted per verification, {} forward passes for {} tokens]",
                 sp.accepted,
                 sp.drafted,
+                100.0 * sp.acceptance_rate(),
+                sp.mean_accepted_per_step(),
                 sp.decode_steps,
                 g.ids.len()
             );
         }
     }
     Ok(())
+}
+
+/// The `speculative` object of `--json` output: the counts and the two rates.
+pub fn speculative_json(sp: &lem_engine::SpeculationStats) -> serde_json::Value {
+    json!({
+        "drafted": sp.drafted,
+        "accepted": sp.accepted,
+        "acceptance_rate": sp.acceptance_rate(),
+        "mean_accepted_per_step": sp.mean_accepted_per_step(),
+        "verify_steps": sp.verify_steps,
+        "decode_steps": sp.decode_steps,
+    })
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod draft_args;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

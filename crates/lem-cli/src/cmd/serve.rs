@@ -69,6 +69,10 @@ pub struct Args {
     /// Most MiB of session files on disk; past it, creating a session gets 507.
     #[arg(long, default_value_t = 10_240)]
     sessions_max_mib: u64,
+    /// Speculative decoding for every request (a request opts out with
+    /// `"speculative": false`); the output is the same either way.
+    #[command(flatten)]
+    draft: crate::cmd::draft_args::DraftArgs,
 }
 
 /// Runs `lem serve`.
@@ -80,6 +84,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let engine = a.model.load()?;
+    let draft = a.draft.config(&engine)?;
     let config = ServerConfig {
         host: a.host,
         port: a.port,
@@ -98,16 +103,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         recent_sequences: a.kept_sequences,
         recent_bytes: a.kept_mib << 20,
         session_limits: SessionLimits { max_sessions: a.max_sessions, max_bytes: a.sessions_max_mib << 20 },
+        draft,
     };
     lem_server::run(engine, &a.model.model, &config, |addr, state| {
         eprintln!(
-            "lem: serving {} on http://{addr} (OpenAI /v1, Anthropic /v1/messages, Ollama /api; ctx {}, batch {}, sessions in {}; tool calls: {}, reasoning: {})",
+            "lem: serving {} on http://{addr} (OpenAI /v1, Anthropic /v1/messages, Ollama /api; ctx {}, batch {}, sessions in {}; tool calls: {}, reasoning: {}, draft: {})",
             state.names.primary,
             state.engine.ctx_size(),
             config.max_concurrent,
             state.sessions.dir().display(),
             state.tool_format.name(),
-            state.reasoning.name()
+            state.reasoning.name(),
+            a.draft.draft.as_deref().unwrap_or("none")
         );
     })
     .context("serving")
