@@ -21,8 +21,20 @@ use lem_model::LoadOptions;
 use lem_tokenizer::Bos;
 
 /// Every architecture with a tiny model.
-const ARCHS: &[&str] =
-    &["llama", "mistral", "qwen2", "qwen2_yarn", "qwen3", "phi3", "gemma2", "smollm3", "qwen3moe", "mixtral"];
+const ARCHS: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen2_yarn",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "smollm3",
+    "qwen3moe",
+    "mixtral",
+    "qwen2moe",
+    "gpt_oss",
+];
 
 /// Where the generator put the models.
 fn models_dir() -> PathBuf {

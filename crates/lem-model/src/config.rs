@@ -55,6 +55,10 @@ pub enum Key {
     ExpertFeedForwardLength,
     /// Whether the top-k router weights are renormalised to sum to 1 (a flag).
     ExpertWeightsNorm,
+    /// Inner size of the shared expert (Qwen 2 MoE; defaults to the feed-forward length).
+    ExpertSharedFeedForwardLength,
+    /// Multiplier on the top-k router weights (GGUF only).
+    ExpertWeightsScale,
 }
 
 /// `(key, GGUF key after "{arch}.", Hugging Face config.json key)`; empty = not stored.
@@ -79,6 +83,8 @@ pub(crate) const KEYS: &[(Key, &str, &str)] = &[
     (Key::ExpertUsedCount, "expert_used_count", "num_experts_per_tok"),
     (Key::ExpertFeedForwardLength, "expert_feed_forward_length", "moe_intermediate_size"),
     (Key::ExpertWeightsNorm, "expert_weights_norm", "norm_topk_prob"),
+    (Key::ExpertSharedFeedForwardLength, "expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
+    (Key::ExpertWeightsScale, "expert_weights_scale", ""),
 ];
 
 /// The GGUF (after `{arch}.`) and Hugging Face spellings of `key`; a Hugging Face
@@ -162,7 +168,7 @@ impl RopeConfig {
 }
 
 /// A routed feed-forward block's shape, when the model has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeConfig {
     /// Experts per layer.
     pub n_expert: usize,
@@ -173,6 +179,10 @@ pub struct MoeConfig {
     /// Whether the source states that the top-k weights are renormalised; `None` when
     /// it says nothing (the architecture decides).
     pub norm_topk: Option<bool>,
+    /// Inner size of the shared expert, when the source states one.
+    pub n_ff_shexp: Option<usize>,
+    /// Multiplier on the top-k weights, when the source states one.
+    pub weights_scale: Option<f32>,
 }
 
 /// A model's shape and constants, as the forward pass needs them.
@@ -279,7 +289,14 @@ impl ModelConfig {
             Some(n_expert) => {
                 let n_expert_used = required(src, Key::ExpertUsedCount, n_expert as u64)?;
                 let n_ff_exp = optional(src, Key::ExpertFeedForwardLength, MAX_DIM)?.unwrap_or(n_ff);
-                Some(MoeConfig { n_expert, n_expert_used, n_ff_exp, norm_topk: src.flag(Key::ExpertWeightsNorm)? })
+                Some(MoeConfig {
+                    n_expert,
+                    n_expert_used,
+                    n_ff_exp,
+                    norm_topk: src.flag(Key::ExpertWeightsNorm)?,
+                    n_ff_shexp: optional(src, Key::ExpertSharedFeedForwardLength, MAX_DIM)?,
+                    weights_scale: src.float(Key::ExpertWeightsScale)?.filter(|s| *s != 0.0),
+                })
             }
         };
         let positive = |key: Key| -> Result<Option<f32>, ModelError> { Ok(src.float(key)?.filter(|c| *c > 0.0)) };

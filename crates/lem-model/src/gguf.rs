@@ -534,4 +534,13 @@ impl WeightSource for GgufWeights {
     fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError> {
         self.file.vector(&gguf_name(id), len)
     }
+
+    fn expert_vector(&mut self, id: TensorId, n_expert: usize, len: usize) -> Result<Vec<f32>, ModelError> {
+        let e = id.expert.ok_or_else(|| ModelError::Unsupported(format!("{:?} without an expert index", id.role)))?;
+        let name = gguf_name(id);
+        if e >= n_expert {
+            return Err(ModelError::TensorShape { tensor: name, got: vec![n_expert], expected: vec![e + 1] });
+        }
+        Ok(self.file.read_rows(&name, &[n_expert, len], e..e + 1)?.to_f32())
+    }
 }

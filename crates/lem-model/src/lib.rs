@@ -26,9 +26,9 @@ pub use error::ModelError;
 pub use gguf::{GgufFile, GgufWeights};
 pub use hf::HfDir;
 pub use layers::{
-    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Kernels, Linear, Loader, RmsNorm, RoutedMlp,
-    Routing,
+    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Gating, Kernels, Linear, Loader, RmsNorm,
+    RoutedMlp, Routing,
 };
-pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, SeqInput, Workspace, open_weights};
+pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, ParamCounts, SeqInput, Workspace, open_weights};
 pub use observer::{Capture, CaptureKind, Captured, Observer};
 pub use weights::{LoadOptions, WeightSource};

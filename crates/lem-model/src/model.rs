@@ -15,6 +15,9 @@ use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, RmsNorm, fit};
 use crate::observer::Observer;
 use crate::weights::{LoadOptions, WeightSource};
 
+mod params;
+pub use params::ParamCounts;
+
 /// Which positions of a sequence need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsRequest {

@@ -62,6 +62,16 @@ pub enum Role {
     /// Experts' down projections: GGUF `[n_expert, n_embd, n_ff]`, Hugging Face
     /// `[n_embd, n_ff]` per expert.
     FfnDownExps,
+    /// Sigmoid gate of the shared expert `[1, n_embd]` (Qwen 2 MoE).
+    FfnGateInpShexp,
+    /// Shared expert's gate projection.
+    FfnGateShexp,
+    /// Shared expert's up projection.
+    FfnUpShexp,
+    /// Shared expert's down projection.
+    FfnDownShexp,
+    /// Learned per-head attention sink logits `[n_head]` (gpt-oss).
+    AttnSinks,
 }
 
 /// Weight or bias of a role.
@@ -120,6 +130,12 @@ pub enum HfNaming {
     /// Mixtral: the routed feed-forward block is `block_sparse_moe` with experts' `w1`
     /// (gate), `w2` (down), `w3` (up).
     Mixtral,
+    /// gpt-oss: router `mlp.router`, experts stacked in `mlp.experts.gate_up_proj`
+    /// (`[n_expert, n_embd, 2 n_ff]`, gate and up columns interleaved) and
+    /// `mlp.experts.down_proj` (`[n_expert, n_ff, n_embd]`), biases `..._bias`, sinks
+    /// `self_attn.sinks`; the pre-FFN norm is `post_attention_layernorm`, which lem reads
+    /// as [`Role::PostAttnNorm`] as the GGUF conversion names it.
+    GptOss,
 }
 
 /// `(role, GGUF name, Hugging Face name (Llama naming))`; `{i}` is the layer index, `{e}`
@@ -151,6 +167,22 @@ const TABLE: &[(Role, &str, &str)] = &[
     (Role::FfnGateExps, "blk.{i}.ffn_gate_exps", "model.layers.{i}.mlp.experts.{e}.gate_proj"),
     (Role::FfnUpExps, "blk.{i}.ffn_up_exps", "model.layers.{i}.mlp.experts.{e}.up_proj"),
     (Role::FfnDownExps, "blk.{i}.ffn_down_exps", "model.layers.{i}.mlp.experts.{e}.down_proj"),
+    (Role::FfnGateInpShexp, "blk.{i}.ffn_gate_inp_shexp", "model.layers.{i}.mlp.shared_expert_gate"),
+    (Role::FfnGateShexp, "blk.{i}.ffn_gate_shexp", "model.layers.{i}.mlp.shared_expert.gate_proj"),
+    (Role::FfnUpShexp, "blk.{i}.ffn_up_shexp", "model.layers.{i}.mlp.shared_expert.up_proj"),
+    (Role::FfnDownShexp, "blk.{i}.ffn_down_shexp", "model.layers.{i}.mlp.shared_expert.down_proj"),
+    (Role::AttnSinks, "blk.{i}.attn_sinks", ""),
+];
+
+/// Hugging Face names that differ under [`HfNaming::GptOss`]; `{p}` stands for the part
+/// (nothing for the weight, `_bias` for the bias) where the name has no `.weight`.
+const HF_GPT_OSS: &[(Role, &str)] = &[
+    (Role::PostAttnNorm, "model.layers.{i}.post_attention_layernorm"),
+    (Role::FfnGateInp, "model.layers.{i}.mlp.router"),
+    (Role::FfnGateExps, "model.layers.{i}.mlp.experts.gate_up_proj{p}"),
+    (Role::FfnUpExps, "model.layers.{i}.mlp.experts.gate_up_proj{p}"),
+    (Role::FfnDownExps, "model.layers.{i}.mlp.experts.down_proj{p}"),
+    (Role::AttnSinks, "model.layers.{i}.self_attn.sinks{p}"),
 ];
 
 /// Hugging Face names that differ under [`HfNaming::Gemma`].
@@ -180,6 +212,9 @@ fn render(pattern: &str, id: TensorId) -> String {
     if let Some(e) = id.expert {
         base = base.replace("{e}", &e.to_string());
     }
+    if base.contains("{p}") {
+        return base.replace("{p}", if id.part == Part::Bias { "_bias" } else { "" });
+    }
     match id.part {
         Part::Weight => format!("{base}.weight"),
         Part::Bias => format!("{base}.bias"),
@@ -196,6 +231,7 @@ pub fn hf_name(id: TensorId, naming: HfNaming) -> Option<String> {
     let over = match naming {
         HfNaming::Gemma => HF_GEMMA.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
         HfNaming::Mixtral => HF_MIXTRAL.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
+        HfNaming::GptOss => HF_GPT_OSS.iter().find(|(r, _)| *r == id.role).map(|(_, n)| *n),
         HfNaming::Llama => None,
     };
     let pattern = over.unwrap_or(row(id.role).2);
@@ -223,5 +259,16 @@ mod tests {
         assert_eq!(hf_name(up, HfNaming::Mixtral).unwrap(), "model.layers.1.block_sparse_moe.experts.5.w3.weight");
         let router = TensorId::layer(Role::FfnGateInp, 0);
         assert_eq!(hf_name(router, HfNaming::Mixtral).unwrap(), "model.layers.0.block_sparse_moe.gate.weight");
+        let shexp_gate = TensorId::layer(Role::FfnGateInpShexp, 2);
+        assert_eq!(gguf_name(shexp_gate), "blk.2.ffn_gate_inp_shexp.weight");
+        assert_eq!(hf_name(shexp_gate, HfNaming::Llama).unwrap(), "model.layers.2.mlp.shared_expert_gate.weight");
+        let gate = TensorId::expert(Role::FfnGateExps, 1, 3);
+        assert_eq!(hf_name(gate, HfNaming::GptOss).unwrap(), "model.layers.1.mlp.experts.gate_up_proj");
+        assert_eq!(hf_name(gate.bias(), HfNaming::GptOss).unwrap(), "model.layers.1.mlp.experts.gate_up_proj_bias");
+        assert_eq!(gguf_name(gate.bias()), "blk.1.ffn_gate_exps.bias");
+        let sinks = TensorId::layer(Role::AttnSinks, 0);
+        assert_eq!(gguf_name(sinks), "blk.0.attn_sinks.weight");
+        assert_eq!(hf_name(sinks, HfNaming::GptOss).unwrap(), "model.layers.0.self_attn.sinks");
+        assert_eq!(hf_name(sinks, HfNaming::Llama), None);
     }
 }

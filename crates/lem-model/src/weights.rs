@@ -81,6 +81,11 @@ pub trait WeightSource {
     fn expert_matrix(&mut self, id: TensorId, n_expert: usize, rows: usize, cols: usize)
     -> Result<QMatrix, ModelError>;
 
+    /// Expert `id.expert`'s `len` elements of a per-expert vector role (an expert's
+    /// bias: GGUF row `e` of the 2-D `[n_expert, len]` tensor; Hugging Face the
+    /// expert's own tensor or its row of a stacked one), as f32.
+    fn expert_vector(&mut self, id: TensorId, n_expert: usize, len: usize) -> Result<Vec<f32>, ModelError>;
+
     /// A 1-D tensor of `len` elements as f32.
     fn vector(&mut self, id: TensorId, len: usize) -> Result<Vec<f32>, ModelError>;
 

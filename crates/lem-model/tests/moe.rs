@@ -23,6 +23,14 @@ const MODELS: &[&str] = &[
     "mixtral/q8_0.gguf",
     "mixtral/q4_k.gguf",
     "mixtral/hf",
+    "qwen2moe/f32.gguf",
+    "qwen2moe/q8_0.gguf",
+    "qwen2moe/q4_k.gguf",
+    "qwen2moe/hf",
+    "gpt_oss/f32.gguf",
+    "gpt_oss/q8_0.gguf",
+    "gpt_oss/q4_k.gguf",
+    "gpt_oss/hf",
 ];
 
 fn model(rel: &str) -> Model {
@@ -123,4 +131,35 @@ fn batched_sequences_equal_each_alone_bit_for_bit() {
             }
         }
     }
+}
+
+/// Every element of a GGUF file's tensors (from its tensor table).
+fn stored_elements(rel: &str) -> u64 {
+    let dir = std::env::var_os("LEM_TINY_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tiny-models"));
+    let mut f = std::io::BufReader::new(std::fs::File::open(dir.join(rel)).unwrap());
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    content.tensor_infos.values().map(|i| i.shape.dims().iter().product::<usize>() as u64).sum()
+}
+
+#[test]
+fn parameter_counts_leave_out_the_unrouted_experts() {
+    for rel in MODELS.iter().filter(|r| r.ends_with("f32.gguf")) {
+        let m = model(rel);
+        let c = m.param_counts();
+        assert_eq!(c.total, stored_elements(rel), "{rel}: total parameters differ from the stored tensors");
+        // An expert: gate, up and down, plus gpt-oss's biases.
+        let cfg = m.config();
+        let moe = cfg.moe.expect("a routed model");
+        let biases = if cfg.arch == lem_model::Arch::GptOss { 2 * moe.n_ff_exp + cfg.n_embd } else { 0 };
+        let per_expert = (3 * cfg.n_embd * moe.n_ff_exp + biases) as u64;
+        let unused = (cfg.n_layer * (moe.n_expert - moe.n_expert_used)) as u64 * per_expert;
+        assert_eq!(c.total - c.active, unused, "{rel}: active parameters");
+        let hf = model(&rel.replace("f32.gguf", "hf"));
+        assert_eq!(hf.param_counts(), c, "{rel}: the HF directory counts differently");
+    }
+    // A dense model uses every parameter.
+    let dense = model("qwen3/f32.gguf").param_counts();
+    assert_eq!((dense.active, dense.total), (dense.total, stored_elements("qwen3/f32.gguf")));
 }

@@ -7,7 +7,8 @@
 //! infos, the safetensors headers), since a model keeps no list of its tensors. Whether a
 //! layer applies a rotary embedding is observed: one two-token forward captures each
 //! layer's keys before and after the rotation (position 1 always rotates when the layer
-//! has one).
+//! has one). Active parameters per token are the stored parameters less the experts a
+//! token is not routed to (the loaded model counts each routed block's experts).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -118,6 +119,17 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
         Err(e) => (Value::Null, json!(format!("{e:#}")), false, Value::Null),
     };
     let model_type = if hf { hf_model_type(path) } else { None };
+    // What a token does not touch: the experts it is not routed to.
+    let counts = model.param_counts();
+    let active = tensors.parameters.saturating_sub(counts.total - counts.active);
+    let experts = cfg.moe.map(|m| {
+        json!({
+            "count": m.n_expert,
+            "used_per_token": m.n_expert_used,
+            "feed_forward_length": m.n_ff_exp,
+            "shared_feed_forward_length": m.n_ff_shexp,
+        })
+    });
     Ok(json!({
         "path": path.display().to_string(),
         "format": if hf { "hf" } else { "gguf" },
@@ -125,6 +137,8 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
         "hf_model_type": model_type,
         "name": cfg.name,
         "parameters": tensors.parameters,
+        "active_parameters": active,
+        "experts": experts,
         "tensor_count": tensors.count,
         "tensor_types": tensors.types,
         "weight_bytes": tensors.bytes,
@@ -340,7 +354,21 @@ fn print_table(r: &Value) -> anyhow::Result<()> {
     }
     rows.push(("name", text(&r["name"])));
     let params = r["parameters"].as_u64().unwrap_or(0);
+    let active = r["active_parameters"].as_u64().unwrap_or(params);
     rows.push(("parameters", format!("{} ({params})", human_count(params))));
+    rows.push(("active per token", format!("{} ({active})", human_count(active))));
+    let e = &r["experts"];
+    if !e.is_null() {
+        let shared =
+            e["shared_feed_forward_length"].as_u64().map_or(String::new(), |s| format!(", shared expert ffn {s}"));
+        rows.push((
+            "experts",
+            format!(
+                "{} routed, {} per token, ffn {}{shared}",
+                e["count"], e["used_per_token"], e["feed_forward_length"]
+            ),
+        ));
+    }
     let types: Vec<String> =
         r["tensor_types"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect()).unwrap_or_default();
     rows.push((

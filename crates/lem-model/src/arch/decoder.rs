@@ -80,6 +80,9 @@ pub(crate) struct Recipe {
     pub gate_up: Packing,
     /// Norm placement.
     pub norms: Norms,
+    /// The role of the norm before the feed-forward block (gpt-oss stores it as
+    /// `post_attention_norm`).
+    pub ffn_norm: Role,
     /// Multiplier on `q . k`.
     pub attn_scale: f32,
     /// One plan per layer.
@@ -97,6 +100,7 @@ impl Recipe {
             qkv: Packing::Separate,
             gate_up: Packing::Separate,
             norms: Norms::Pre,
+            ffn_norm: Role::FfnNorm,
             attn_scale: 1.0 / (cfg.head_dim as f32).sqrt(),
             layers: vec![LayerPlan { kind: LayerKind::Full, rope: LayerRope::Model, ffn: FfnPlan::Dense }; cfg.n_layer],
         }
@@ -106,9 +110,21 @@ impl Recipe {
     /// (`norm_topk`: whether the top-k weights are renormalised).
     pub(crate) fn routed_where_declared(mut self, cfg: &ModelConfig, norm_topk: bool) -> Recipe {
         if let Some(m) = cfg.moe {
-            let routing =
-                Routing { n_expert: m.n_expert, n_expert_used: m.n_expert_used, n_ff_exp: m.n_ff_exp, norm_topk };
+            let routing = Routing {
+                weights_scale: m.weights_scale.unwrap_or(1.0),
+                ..Routing::softmax(m.n_expert, m.n_expert_used, m.n_ff_exp, norm_topk)
+            };
             self.layers.iter_mut().for_each(|l| l.ffn = FfnPlan::Routed(routing));
+        }
+        self
+    }
+
+    /// Changes every routed layer's routing.
+    pub(crate) fn map_routing(mut self, f: impl Fn(&mut Routing)) -> Recipe {
+        for l in &mut self.layers {
+            if let FfnPlan::Routed(r) = &mut l.ffn {
+                f(r);
+            }
         }
         self
     }
@@ -172,7 +188,7 @@ pub(crate) fn build(
             attn_norm: norm(&mut l, Role::AttnNorm)?,
             attn: Attention::load(&mut l, i, d, eps, attn, recipe.qkv == Packing::Fused)?,
             post_attn_norm: post(&mut l, Role::PostAttnNorm)?,
-            ffn_norm: norm(&mut l, Role::FfnNorm)?,
+            ffn_norm: norm(&mut l, recipe.ffn_norm)?,
             mlp: match plan.ffn {
                 FfnPlan::Dense => Ffn::Dense(GatedMlp::load(
                     &mut l,

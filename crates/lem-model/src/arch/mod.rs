@@ -5,9 +5,11 @@
 mod decoder;
 mod gemma2;
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod phi3;
 mod qwen2;
+mod qwen2moe;
 mod qwen3;
 mod qwen3moe;
 mod smollm3;
@@ -38,6 +40,11 @@ pub enum Arch {
     Gemma3,
     /// SmolLM3 (no rotary on every fourth layer).
     SmolLm3,
+    /// Qwen 2 MoE (Qwen 2 attention, routed experts and a sigmoid-gated shared expert).
+    Qwen2Moe,
+    /// gpt-oss (attention sinks, alternating sliding window, biases everywhere,
+    /// softmax-after-top-k routing, clamped SwiGLU experts).
+    GptOss,
 }
 
 /// How a Hugging Face checkpoint of an architecture differs from its GGUF conversion.
@@ -67,6 +74,7 @@ struct Entry {
 const LLAMA_HF: HfConventions = HfConventions { naming: HfNaming::Llama, permute_qk: true, norm_plus_one: false };
 const PLAIN_HF: HfConventions = HfConventions { naming: HfNaming::Llama, permute_qk: false, norm_plus_one: false };
 const MIXTRAL_HF: HfConventions = HfConventions { naming: HfNaming::Mixtral, permute_qk: true, norm_plus_one: false };
+const GPT_OSS_HF: HfConventions = HfConventions { naming: HfNaming::GptOss, permute_qk: false, norm_plus_one: false };
 const GEMMA_HF: HfConventions = HfConventions { naming: HfNaming::Gemma, permute_qk: false, norm_plus_one: true };
 
 /// The registry: every supported architecture, its names in both formats. An
@@ -82,14 +90,29 @@ const REGISTRY: &[Entry] = &[
     Entry { arch: Arch::Gemma2, gguf: "gemma2", hf: &["gemma2"], conventions: GEMMA_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::Gemma3, gguf: "gemma3", hf: &["gemma3_text"], conventions: GEMMA_HF, rope_base: 1_000_000.0 },
     Entry { arch: Arch::SmolLm3, gguf: "smollm3", hf: &["smollm3"], conventions: LLAMA_HF, rope_base: 2_000_000.0 },
+    Entry { arch: Arch::Qwen2Moe, gguf: "qwen2moe", hf: &["qwen2_moe"], conventions: PLAIN_HF, rope_base: 10_000.0 },
+    Entry { arch: Arch::GptOss, gguf: "gpt-oss", hf: &["gpt_oss"], conventions: GPT_OSS_HF, rope_base: 150_000.0 },
 ];
 
 /// Architecture names (`general.architecture`) lem can run.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "smollm3"];
+pub const SUPPORTED: &[&str] =
+    &["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "smollm3", "qwen2moe", "gpt-oss"];
 
 /// Hugging Face `model_type`s lem can run.
-pub const SUPPORTED_HF: &[&str] =
-    &["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "gemma2", "gemma3_text", "smollm3"];
+pub const SUPPORTED_HF: &[&str] = &[
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "smollm3",
+    "qwen2_moe",
+    "gpt_oss",
+];
 
 impl Arch {
     fn entry(self) -> &'static Entry {
@@ -147,6 +170,8 @@ pub(crate) fn load(src: &mut dyn WeightSource, opts: &LoadOptions) -> Result<Mod
         Arch::Gemma2 => gemma2::recipe(&mut cfg),
         Arch::Gemma3 => gemma3::recipe(&mut cfg),
         Arch::SmolLm3 => smollm3::recipe(&mut cfg),
+        Arch::Qwen2Moe => qwen2moe::recipe(&mut cfg),
+        Arch::GptOss => gpt_oss::recipe(&mut cfg),
     };
     decoder::build(src, cfg, recipe, opts)
 }

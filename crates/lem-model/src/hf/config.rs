@@ -126,7 +126,8 @@ pub(crate) fn ties_by_default(arch: Arch) -> bool {
     match arch {
         // LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Phi3Config: false.
         // Qwen3MoeConfig, MixtralConfig (model_type mixtral -> Arch::Llama): false.
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 => false,
+        // Qwen2MoeConfig, GptOssConfig: false.
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 | Arch::Qwen2Moe | Arch::GptOss => false,
         // Gemma2Config, Gemma3TextConfig, SmolLM3Config: true.
         Arch::Gemma2 | Arch::Gemma3 | Arch::SmolLm3 => true,
     }

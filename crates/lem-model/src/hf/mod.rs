@@ -11,6 +11,7 @@
 
 mod config;
 mod rope;
+mod stacked;
 mod tensors;
 
 use std::ops::Range;
@@ -317,8 +318,17 @@ impl WeightSource for HfDir {
         rows: usize,
         cols: usize,
     ) -> Result<QMatrix, ModelError> {
-        match id.expert {
-            Some(e) if e < n_expert => self.matrix(id, rows, cols),
+        match (id.expert, self.stacked(id)) {
+            (Some(e), Some(cols_of)) if e < n_expert => self.stacked_matrix(id, e, n_expert, rows, cols, cols_of),
+            (Some(e), None) if e < n_expert => self.matrix(id, rows, cols),
+            _ => Err(ModelError::MissingTensor(self.tensor_name(id))),
+        }
+    }
+
+    fn expert_vector(&mut self, id: TensorId, n_expert: usize, len: usize) -> Result<Vec<f32>, ModelError> {
+        match (id.expert, self.stacked(id)) {
+            (Some(e), Some(cols_of)) if e < n_expert => self.stacked_vector(id, e, n_expert, len, cols_of),
+            (Some(e), None) if e < n_expert => self.vector(id, len),
             _ => Err(ModelError::MissingTensor(self.tensor_name(id))),
         }
     }

@@ -42,6 +42,8 @@ pub struct Attention {
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// Learned per-head sink logits (gpt-oss), where stored.
+    sinks: Option<Vec<f32>>,
     cfg: AttentionConfig,
 }
 
@@ -58,7 +60,8 @@ pub struct AttnBuffers {
 
 impl Attention {
     /// Loads layer `i`'s Q/K/V/output projections (biases where stored; from one fused
-    /// `[q + 2 kv, n_embd]` tensor when `fused`) and its per-head Q/K norms when stored.
+    /// `[q + 2 kv, n_embd]` tensor when `fused`), its per-head Q/K norms and its
+    /// attention sinks when stored.
     pub fn load(
         l: &mut Loader<'_>,
         i: usize,
@@ -88,8 +91,18 @@ impl Attention {
             o: Linear::load(l, id(Role::AttnOut), qd, n_embd)?,
             q_norm: RmsNorm::load_opt(l, id(Role::AttnQNorm), cfg.head_dim, eps)?,
             k_norm: RmsNorm::load_opt(l, id(Role::AttnKNorm), cfg.head_dim, eps)?,
+            sinks: if l.has(id(Role::AttnSinks)) { Some(l.vector(id(Role::AttnSinks), cfg.n_head)?) } else { None },
             cfg,
         })
+    }
+
+    /// Weight, bias, norm and sink elements.
+    pub fn param_count(&self) -> u64 {
+        let norms =
+            [&self.q_norm, &self.k_norm].iter().filter_map(|n| n.as_ref()).map(RmsNorm::param_count).sum::<u64>();
+        [&self.q, &self.k, &self.v, &self.o].iter().map(|l| l.param_count()).sum::<u64>()
+            + norms
+            + self.sinks.as_ref().map_or(0, |s| s.len() as u64)
     }
 
     /// The layer's configuration.
@@ -152,6 +165,7 @@ impl Attention {
             softcap: c.softcap,
             mask: c.kind.mask(),
         };
+        let sinks = self.sinks.as_deref();
         for seg in segments {
             let rows = seg.start..seg.start + seg.len;
             let pos = &positions[rows.clone()];
@@ -173,7 +187,7 @@ impl Attention {
             if want.contains(Capture::ATTENTION) {
                 let cells = view.pos.len();
                 let probs = fit(&mut buf.probs, seg.len * c.n_head * cells);
-                ops::attention(qs, pos, view, &shape, os, Some(probs), k.threads);
+                ops::attention_with_sinks(qs, pos, view, &shape, sinks, os, Some(probs), k.threads);
                 if let Some(o) = observer.as_deref_mut() {
                     o.on_capture(Captured {
                         seq: seg.seq,
@@ -187,7 +201,7 @@ impl Attention {
                     });
                 }
             } else {
-                ops::attention(qs, pos, view, &shape, os, None, k.threads);
+                ops::attention_with_sinks(qs, pos, view, &shape, sinks, os, None, k.threads);
             }
         }
         self.o.forward(attn_out, n, out, k);

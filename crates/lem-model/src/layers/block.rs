@@ -43,7 +43,31 @@ pub struct BlockBuffers {
     moe: MoeBuffers,
 }
 
+impl Ffn {
+    /// Parameters of the block: all of them, and those one token uses.
+    pub fn param_counts(&self) -> (u64, u64) {
+        match self {
+            Ffn::Dense(m) => (m.param_count(), m.param_count()),
+            Ffn::Routed(m) => m.param_counts(),
+        }
+    }
+}
+
 impl DecoderBlock {
+    /// Parameters of the block: all of them, and those one token uses (a routed block's
+    /// router, shared expert and top-k experts).
+    pub fn param_counts(&self) -> (u64, u64) {
+        let norms =
+            [Some(&self.attn_norm), self.post_attn_norm.as_ref(), Some(&self.ffn_norm), self.post_ffn_norm.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(RmsNorm::param_count)
+                .sum::<u64>();
+        let fixed = norms + self.attn.param_count();
+        let (all, active) = self.mlp.param_counts();
+        (fixed + all, fixed + active)
+    }
+
     /// Runs the block on the residual stream `x` (`n` rows) in place.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(

@@ -47,6 +47,17 @@ impl Linear {
         Linear { weight: Arc::new(weight), bias: None }
     }
 
+    /// A projection of a loaded matrix and an optional bias (one expert of a 3-D tensor
+    /// with its row of a 2-D bias).
+    pub fn with_bias(weight: QMatrix, bias: Option<Vec<f32>>) -> Linear {
+        Linear { weight: Arc::new(weight), bias }
+    }
+
+    /// Weights and bias elements.
+    pub fn param_count(&self) -> u64 {
+        (self.weight.rows() * self.weight.cols() + self.bias.as_ref().map_or(0, Vec::len)) as u64
+    }
+
     /// A projection sharing an existing matrix (tied embeddings).
     pub fn shared(weight: Arc<QMatrix>) -> Linear {
         Linear { weight, bias: None }
@@ -54,6 +65,11 @@ impl Linear {
 
     /// The weight matrix.
     pub fn weight(&self) -> &QMatrix {
+        &self.weight
+    }
+
+    /// The shared weight matrix (to tell a tied projection from its own).
+    pub fn weight_arc(&self) -> &Arc<QMatrix> {
         &self.weight
     }
 

@@ -13,6 +13,22 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation (GeGLU): Gemma.
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g = min(gate, 7)`, `u = clamp(up, -7, 7)`,
+    /// `g * sigmoid(1.702 g) * (u + 1)`.
+    SwigluOai,
+}
+
+/// gpt-oss's SwiGLU constants.
+const OAI_ALPHA: f32 = 1.702;
+const OAI_LIMIT: f32 = 7.0;
+
+/// `g = g' * sigmoid(alpha g') * (clamp(u) + 1)` with `g' = min(g, limit)`, element-wise.
+fn swiglu_oai(g: &mut [f32], u: &[f32]) {
+    for (a, &b) in g.iter_mut().zip(u) {
+        let x = a.min(OAI_LIMIT);
+        let y = b.clamp(-OAI_LIMIT, OAI_LIMIT);
+        *a = x / (1.0 + (-OAI_ALPHA * x).exp()) * (y + 1.0);
+    }
 }
 
 /// Elements of the gated activation per parallel chunk.
@@ -64,6 +80,11 @@ impl GatedMlp {
         GatedMlp { gate, up, down, act }
     }
 
+    /// Weights and bias elements of the three projections.
+    pub fn param_count(&self) -> u64 {
+        self.gate.param_count() + self.up.param_count() + self.down.param_count()
+    }
+
     /// Applies the block to `n` rows of `x`, writing `out`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], buf: &mut MlpBuffers, k: &mut Kernels<'_>) {
         let ff = self.gate.out_dim();
@@ -79,6 +100,7 @@ impl GatedMlp {
             match act {
                 Activation::Silu => ops::silu_mul(g, u),
                 Activation::GeluTanh => ops::gelu_mul(g, u),
+                Activation::SwigluOai => swiglu_oai(g, u),
             }
         });
         self.down.forward(gate, n, out, k);

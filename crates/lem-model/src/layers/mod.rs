@@ -12,7 +12,7 @@ pub(crate) use block::BlockBuffers;
 pub use block::{DecoderBlock, Ffn};
 pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp};
-pub use moe::{RoutedMlp, Routing};
+pub use moe::{Gating, RoutedMlp, Routing};
 pub use norm::RmsNorm;
 
 use candle_core::quantized::GgmlDType;
@@ -60,6 +60,12 @@ impl Loader<'_> {
     ) -> Result<lem_kernels::QMatrix, ModelError> {
         let m = self.src.expert_matrix(id, n_expert, rows, cols)?;
         convert(m, self.dtype, &self.src.tensor_name(id))
+    }
+
+    /// Expert `id.expert`'s `len` elements of a per-expert vector role (a bias)
+    /// ([`WeightSource::expert_vector`]).
+    pub fn expert_vector(&mut self, id: TensorId, n_expert: usize, len: usize) -> Result<Vec<f32>, ModelError> {
+        self.src.expert_vector(id, n_expert, len)
     }
 
     /// A 1-D tensor.

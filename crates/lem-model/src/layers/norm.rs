@@ -24,6 +24,11 @@ impl RmsNorm {
         if l.has(id) { RmsNorm::load(l, id, dim, eps).map(Some) } else { Ok(None) }
     }
 
+    /// Weight elements.
+    pub fn param_count(&self) -> u64 {
+        self.weight.len() as u64
+    }
+
     /// Normalises each `dim`-long row of `x` in place.
     pub fn forward(&self, x: &mut [f32]) {
         ops::rms_norm(x, &self.weight, self.eps);
