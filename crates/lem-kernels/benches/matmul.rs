@@ -8,7 +8,8 @@
 //! Environment: `LEM_BENCH_N` (comma-separated row counts, default `1,64`),
 //! `LEM_BENCH_TYPES` (comma-separated GGML type names such as `q4_1,q5_0`, default all),
 //! `LEM_BENCH_THREADS` (default 1), `LEM_BENCH_ROWS` (default 576; e.g. 65536 for a
-//! matrix far larger than the caches, as a decode step streams its weights).
+//! matrix far larger than the caches, as a decode step streams its weights),
+//! `LEM_BENCH_COLS` (default 1536; the row length, a multiple of 256 for the K-quants).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -19,6 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use lem_kernels::{QMatrix, Scratch, Threads};
 use rand::{Rng, SeedableRng};
 
+/// The default row length (`LEM_BENCH_COLS` overrides it).
 const COLS: usize = 1536;
 
 const TYPES: &[(&str, GgmlDType)] = &[
@@ -45,13 +47,14 @@ fn bench_matmul(c: &mut Criterion) {
         .unwrap_or_else(|| vec![1, 64]);
     let types = env_list("LEM_BENCH_TYPES");
     let rows: usize = std::env::var("LEM_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(576);
+    let cols: usize = std::env::var("LEM_BENCH_COLS").ok().and_then(|s| s.parse().ok()).unwrap_or(COLS);
     let threads = Threads::new(std::env::var("LEM_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let w: Vec<f32> = (0..rows * COLS).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let max_n = ns.iter().copied().max().unwrap_or(1);
-    let x: Vec<f32> = (0..max_n * COLS).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let x: Vec<f32> = (0..max_n * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
 
-    let mut group = c.benchmark_group(format!("matmul_{rows}x{COLS}"));
+    let mut group = c.benchmark_group(format!("matmul_{rows}x{cols}"));
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(1));
@@ -59,14 +62,14 @@ fn bench_matmul(c: &mut Criterion) {
         if types.as_ref().is_some_and(|t| !t.iter().any(|t| t == name)) {
             continue;
         }
-        let m = QMatrix::quantize(dtype, rows, COLS, &w).expect("quantize");
+        let m = QMatrix::quantize(dtype, rows, cols, &w).expect("quantize");
         for &n in &ns {
             let mut out = vec![0f32; n * rows];
             let mut scratch = Scratch::default();
-            group.throughput(Throughput::Elements((2 * rows * COLS * n) as u64));
+            group.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
                 b.iter(|| {
-                    m.matmul(&x[..n * COLS], n, &mut out, &mut scratch, &threads);
+                    m.matmul(&x[..n * cols], n, &mut out, &mut scratch, &threads);
                     std::hint::black_box(&out);
                 })
             });

@@ -10,7 +10,7 @@ use candle_core::quantized::k_quants::{
 };
 use half::{bf16, f16};
 
-use crate::dot::{MAX_K, Panel, RowDot};
+use crate::dot::{Panel, RowDot};
 use crate::threads::{SharedMut, Threads};
 
 /// Errors building or using a [`QMatrix`].
@@ -295,7 +295,7 @@ fn matmul_impl<T: GgmlType>(
     let vbpr = cols / T::VecDotType::BLCK_SIZE;
     // Many activation rows: the register-tiled product, which unpacks each weight row
     // once (bit-identical to the row kernel, so the choice never changes a result).
-    let panel = if n >= PANEL_MIN_ROWS { Panel::<T>::new(cols) } else { None };
+    let panel = if n >= panel_min_rows(T::DTYPE) { Panel::<T>::new(cols) } else { None };
     let per = crate::dot::header_floats::<T::VecDotType>();
     let (xq, xh) = scratch.parts::<T::VecDotType>(n * vbpr, n * vbpr * per);
     {
@@ -336,7 +336,6 @@ fn matmul_impl<T: GgmlType>(
     let row_tile = (ROW_TILE_BYTES / (bpr * std::mem::size_of::<T>())).clamp(1, 16);
     let min_chunk = if panel.is_some() { 16 } else { 8 };
     threads.for_ranges(total, min_chunk, |rs| {
-        let mut buf = [0f32; MAX_K];
         for &(w, rows, out_ptr, first) in mats {
             // This worker's share of this matrix, in its own row numbers.
             let (lo, hi) = (rs.start.max(first), rs.end.min(first + rows));
@@ -361,24 +360,29 @@ fn matmul_impl<T: GgmlType>(
                 dot.run_rows(&w[lo * bpr..hi * bpr], xq, xh, o);
                 continue;
             }
-            // Tiles of a few weight rows (hot in L1) meet groups of up to `MAX_K`
-            // activation rows (also hot in L1) in each kernel call, which unpacks the
-            // weights once per call.
+            // Tiles of weight rows meet groups of up to `SHARE_ROWS` activation rows (hot
+            // in L1) in one kernel call, which reads each weight row once for the group;
+            // a few rows (a batched decode step, a draft's verification) are one group,
+            // so each weight is read once per product, as in the one-row case.
             let mut r0 = lo;
             while r0 < hi {
                 let r1 = (r0 + row_tile).min(hi);
                 let mut t = 0;
                 while t < n {
-                    let k = (n - t).min(MAX_K);
-                    let xs = &xq[t * vbpr..(t + k) * vbpr];
-                    let hs = &xh[t * vbpr * per..];
-                    for r in r0..r1 {
-                        dot.run(&w[r * bpr..(r + 1) * bpr], xs, hs, &mut buf[..k]);
-                        for (j, &v) in buf[..k].iter().enumerate() {
-                            // SAFETY: (matrix, t, r) triples are disjoint across workers
-                            // (global rows are partitioned).
-                            unsafe { *out_ptr.ptr().add((t + j) * rows + r) = v };
-                        }
+                    let k = (n - t).min(SHARE_ROWS);
+                    // SAFETY: (matrix, t, r) triples are disjoint across workers (global
+                    // rows are partitioned); the kernel writes rows r0..r1 of output rows
+                    // t..t + k, all inside this matrix's `n * rows` outputs.
+                    unsafe {
+                        dot.run_share(
+                            &w[r0 * bpr..r1 * bpr],
+                            r1 - r0,
+                            &xq[t * vbpr..(t + k) * vbpr],
+                            k,
+                            &xh[t * vbpr * per..(t + k) * vbpr * per],
+                            out_ptr.ptr().add(t * rows + r0),
+                            rows,
+                        );
                     }
                     t += k;
                 }
@@ -388,9 +392,19 @@ fn matmul_impl<T: GgmlType>(
     });
 }
 
-/// Activation rows from which products use the register-tiled kernel (below it, the
-/// row kernel's per-call unpacking is cheaper than repacking).
-const PANEL_MIN_ROWS: usize = 8;
+/// Activation rows one small-product kernel call takes (more are split into groups).
+const SHARE_ROWS: usize = 16;
+
+/// Activation rows from which products of weights of `dtype` use the register-tiled
+/// kernel. Below it the row kernels, one call per worker share and group of activation
+/// rows, are faster: for the 32-element types up to about 64 rows (measured with
+/// `benches/matmul.rs`, see docs/performance-batched.md), for the K-quants up to 8.
+fn panel_min_rows(dtype: GgmlDType) -> usize {
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 => 64,
+        _ => 8,
+    }
+}
 
 /// Matrices one [`QMatrix::matmul_many`] pass handles (more are split into passes).
 const MAX_PARTS: usize = 4;

@@ -106,9 +106,11 @@ fn one_row_at_a_time_equals_a_batch() {
         // the K-quants, one super-block, three, and a feed-forward's 2048 columns.
         let cols_list: &[usize] = if dtype.block_size() == 32 { &[768, 800] } else { &[256, 768, 2048] };
         for &cols in cols_list {
-            // Around the tiled kernels' threshold (8 rows) and tiles (2 x 3 and 4 x 4),
-            // with tail groups of activation rows.
-            for n in [6, 8, 9, 13, 21] {
+            // Every count of a few rows (batched decode, draft verification: one call
+            // of the row kernels with groups of 4 or 8 rows), and around the tiled
+            // kernels' thresholds (8 rows for the K-quants, 64 for the 32-element types)
+            // and tiles (2 x 3 and 4 x 4), with tail groups of activation rows.
+            for n in (1..=17).chain([21, 63, 64, 65]) {
                 // Weight rows: tail rows after the kernels' row groups; 19 rows of 256 or
                 // 768 columns span more than one unpacked tile of the K-quants.
                 let rows = 19;

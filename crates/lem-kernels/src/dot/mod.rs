@@ -35,6 +35,8 @@ mod x86_k;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_small;
 
 /// The most activation rows one kernel call handles; [`vec_dot_multi`] splits longer runs.
 pub(crate) const MAX_K: usize = 4;
@@ -83,16 +85,25 @@ impl Isa {
     }
 }
 
-/// A kernel: `rows` weight rows of `nb` blocks each, back to back at `w`, against `k`
-/// (1..=[`MAX_K`]) activation rows of `nb` blocks each, stored back to back at `x`, whose
-/// block headers [`act_headers`] wrote to `xh`; writes `out[r * k + j]` for weight row
-/// `r` and activation row `j`.
+/// A kernel: `rows` weight rows of `nb` blocks each, back to back at `w`, against `n`
+/// activation rows of `nb` blocks each, stored back to back at `x`, whose block headers
+/// [`act_headers`] wrote to `xh`; writes the dot product of weight row `r` and activation
+/// row `t` to `out[t * stride[0] + r * stride[1]]`.
 ///
 /// # Safety
 /// The CPU supports the kernel's ISA; `w` and `x` point to that many valid, aligned
 /// blocks of the kernel's types; `xh` to their headers (see [`act_headers`]); `out` to
-/// `rows * k` writable floats.
-type KernelFn = unsafe fn(nb: usize, w: *const u8, x: *const u8, xh: *const f32, k: usize, rows: usize, out: *mut f32);
+/// writable floats at every such offset.
+type KernelFn = unsafe fn(
+    nb: usize,
+    w: *const u8,
+    x: *const u8,
+    xh: *const f32,
+    n: usize,
+    rows: usize,
+    out: *mut f32,
+    stride: [usize; 2],
+);
 
 /// Floats of header per activation block of type `V` in [`act_headers`]' output: the
 /// scale of Q8_0; the scale and sum of Q8_1; none for the others (Q8_K's scale is
@@ -252,7 +263,7 @@ impl<T: GgmlType> RowDot<T> {
                     unsafe {
                         let xs = x.as_ptr().add(c * MAX_K * nb);
                         let hs = xh.as_ptr().add(c * MAX_K * nb * per);
-                        f(nb, w.as_ptr().cast(), xs.cast(), hs, chunk.len(), 1, chunk.as_mut_ptr());
+                        f(nb, w.as_ptr().cast(), xs.cast(), hs, chunk.len(), 1, chunk.as_mut_ptr(), [1, 0]);
                     }
                 }
             }
@@ -274,10 +285,54 @@ impl<T: GgmlType> RowDot<T> {
         assert!(w.len() >= rows * nb && x.len() >= nb && xh.len() >= nb * per, "dot product operands too short");
         match self.kernel {
             // SAFETY: as in `run`; `w` holds `rows` rows and `out` has `rows` floats.
-            Some(f) => unsafe { f(nb, w.as_ptr().cast(), x.as_ptr().cast(), xh.as_ptr(), 1, rows, out.as_mut_ptr()) },
+            Some(f) => unsafe {
+                f(nb, w.as_ptr().cast(), x.as_ptr().cast(), xh.as_ptr(), 1, rows, out.as_mut_ptr(), [0, 1])
+            },
             None => {
                 for (r, o) in out.iter_mut().enumerate() {
                     *o = T::vec_dot(self.n, &w[r * nb..(r + 1) * nb], &x[..nb]);
+                }
+            }
+        }
+    }
+
+    /// `out[t * stride + r] = dot(w_r, x_t)` for the `rows` weight rows stored back to
+    /// back in `w` and the `n` activation rows stored back to back in `x` (headers `xh`):
+    /// a product of a few activation rows (a batched decode step, a draft's verification),
+    /// with one kernel call for the whole share, so that each weight row is read once for
+    /// all `n` rows.
+    ///
+    /// # Safety
+    /// `out` points to writable floats at `t * stride + r` for every `t < n`, `r < rows`,
+    /// that nothing else accesses during the call.
+    #[inline]
+    #[allow(clippy::too_many_arguments)] // The operands of `Panel::run`, and the output.
+    pub(crate) unsafe fn run_share(
+        &self,
+        w: &[T],
+        rows: usize,
+        x: &[T::VecDotType],
+        n: usize,
+        xh: &[f32],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let nb = self.nb;
+        let per = header_floats::<T::VecDotType>();
+        assert!(w.len() >= rows * nb && x.len() >= n * nb && xh.len() >= n * nb * per, "operands too short");
+        match self.kernel {
+            // SAFETY: as in `run`; `w` holds `rows` rows and `x` `n`; the output offsets
+            // are the caller's to guarantee.
+            Some(f) => unsafe {
+                f(nb, w.as_ptr().cast(), x.as_ptr().cast(), xh.as_ptr(), n, rows, out, [stride, 1]);
+            },
+            None => {
+                for r in 0..rows {
+                    for t in 0..n {
+                        let v = T::vec_dot(self.n, &w[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
+                        // SAFETY: the caller's guarantee.
+                        unsafe { *out.add(t * stride + r) = v };
+                    }
                 }
             }
         }

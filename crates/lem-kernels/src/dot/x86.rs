@@ -312,6 +312,7 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
     i: usize,
     acc: &mut [[__m256; ACC_LANES]; K],
     accm: &mut [__m256; K],
+    spill: (*mut f32, *const f32),
 ) {
     unsafe {
         let wp = w.add(i);
@@ -331,15 +332,22 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
             if W::PAIRED {
                 accm[k] = _mm256_add_ps(accm[k], prod);
             }
+            // The products go through memory, so that each block's scale is broadcast
+            // by a load (a load port) rather than by shuffles (the shuffle port, which
+            // LLVM's two-instruction broadcasts of lanes 2..7 saturated).
+            if G > 1 {
+                _mm256_storeu_ps(spill.0.add(8 * k), prod);
+            }
+            let sp = spill.1.add(8 * k);
             for j in 0..G {
                 let y = W::Act::qs(xp.add(j));
                 let y = if W::PAIRED { y } else { _mm256_sign_epi8(y, q[j]) };
                 let p = _mm256_cvtepi32_ps(S::dot_u8i8(qa[j], y));
                 let lane = if W::PAIRED { 2 * j } else { j };
-                let sj = if lane == 0 {
+                let sj = if G == 1 {
                     _mm256_broadcastss_ps(_mm256_castps256_ps128(prod))
                 } else {
-                    _mm256_permutevar8x32_ps(prod, _mm256_set1_epi32(lane as i32))
+                    _mm256_broadcast_ss(&*sp.add(lane))
                 };
                 let a = &mut acc[k][if G == 1 { 0 } else { j % ACC_LANES }];
                 *a = _mm256_fmadd_ps(sj, p, *a);
@@ -360,13 +368,19 @@ unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); ACC_LANES]; K];
         let mut accm = [_mm256_setzero_ps(); K];
+        // Room for each activation row's scale products (see `group`), written and read
+        // through two pointers LLVM cannot tell are equal: with one, it forwards the
+        // stored vector to the broadcasts as shuffles again.
+        let mut room = std::mem::MaybeUninit::<[__m256; K]>::uninit();
+        let p = room.as_mut_ptr().cast::<f32>();
+        let spill = (std::hint::black_box(p), std::hint::black_box(p).cast_const());
         let mut i = 0;
         while i + 4 <= nb {
-            group::<W, S, K, 4>(nb, w, x, xh, i, &mut acc, &mut accm);
+            group::<W, S, K, 4>(nb, w, x, xh, i, &mut acc, &mut accm, spill);
             i += 4;
         }
         while i < nb {
-            group::<W, S, K, 1>(nb, w, x, xh, i, &mut acc, &mut accm);
+            group::<W, S, K, 1>(nb, w, x, xh, i, &mut acc, &mut accm, spill);
             i += 1;
         }
         for k in 0..K {
@@ -384,41 +398,114 @@ unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(
     }
 }
 
-/// Defines a `KernelFn` entry point at one ISA level (`Avx2` or `Avx512`), dispatching
-/// on the row count.
+/// What an entry point needs to know about a weight block type beyond its kernel body:
+/// the activation block it meets and how many activation rows one body call takes.
+pub(super) trait Rows {
+    /// The activation block type.
+    type Act;
+    /// Floats of f32 header per activation block (as `header_floats`).
+    const HEADER_FLOATS: usize;
+    /// The most activation rows one body call handles at AVX2 (16 vector registers) and
+    /// at AVX-512 (32): as many as keep the accumulators in registers.
+    const MAX_ROWS: [usize; 2];
+}
+
+macro_rules! rows_32 {
+    ($($w:ty: $max:expr),*) => {$(
+        impl Rows for $w {
+            type Act = <$w as Weight32>::Act;
+            const HEADER_FLOATS: usize = <<$w as Weight32>::Act as Block32>::HEADER_FLOATS;
+            const MAX_ROWS: [usize; 2] = $max;
+        }
+    )*};
+}
+// The types with a minimum keep a second accumulator per row (8 rows would spill).
+rows_32!(Q4_0: [4, 8], Q4_1: [4, 4], Q5_0: [4, 8], Q5_1: [4, 4], Q8_0: [4, 8]);
+
+macro_rules! rows_k {
+    ($($w:ty),*) => {$(
+        impl Rows for $w {
+            type Act = super::blocks::Q8K;
+            const HEADER_FLOATS: usize = 0;
+            const MAX_ROWS: [usize; 2] = [4, 4];
+        }
+    )*};
+}
+rows_k!(super::blocks::Q4K, super::blocks::Q5K, super::blocks::Q6K);
+
+/// `k`, at most `max`: the row count of an entry point's match arm for `k` rows, which
+/// types that take fewer rows per call never reach (and so never instantiate).
+pub(super) const fn cap(k: usize, max: usize) -> usize {
+    if k < max { k } else { max }
+}
+
+/// Defines a `KernelFn` entry point at one ISA level (`Avx2` or `Avx512`): the loops over
+/// weight rows and groups of activation rows, calling the body once per weight row and
+/// group.
 macro_rules! entry {
     ($name:ident, $body:ident, $w:ty, Avx2) => {
-        $crate::dot::x86::entry!(@ $name, $body, $w, $crate::dot::x86::Avx2, "avx2,fma,f16c");
+        $crate::dot::x86::entry!(@ $name, $body, $w, $crate::dot::x86::Avx2, 0, "avx2,fma,f16c");
     };
     ($name:ident, $body:ident, $w:ty, Avx512) => {
         $crate::dot::x86::entry!(
-            @ $name, $body, $w, $crate::dot::x86::Avx512,
+            @ $name, $body, $w, $crate::dot::x86::Avx512, 1,
             "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
         );
     };
-    (@ $name:ident, $body:ident, $w:ty, $s:ty, $features:literal) => {
+    (@ $name:ident, $body:ident, $w:ty, $s:ty, $level:literal, $features:literal) => {
         #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
             nb: usize,
             w: *const u8,
             x: *const u8,
             xh: *const f32,
-            k: usize,
+            n: usize,
             rows: usize,
             out: *mut f32,
+            stride: [usize; 2],
         ) {
+            use $crate::dot::x86::Rows;
             // SAFETY: forwarded from the caller (see `KernelFn`).
             unsafe {
-                let (w, x) = (w.cast::<$w>(), x.cast());
-                // The row loop sits inside the entry point, so that a decode step's many
-                // short rows cost one indirect call per run of rows, not per row.
+                let w = w.cast::<$w>();
+                let max = <$w as Rows>::MAX_ROWS[$level];
+                let act = nb * std::mem::size_of::<<$w as Rows>::Act>();
+                let heads = nb * <$w as Rows>::HEADER_FLOATS;
+                let [ts, rs] = stride;
+                // The row loop sits inside the entry point, so that a product's many short
+                // rows cost one indirect call per worker share, not one per row.
                 for r in 0..rows {
-                    let (w, out) = (w.add(r * nb), out.add(r * k));
-                    match k {
-                        1 => $body::<$s, 1>(nb, w, x, xh, out),
-                        2 => $body::<$s, 2>(nb, w, x, xh, out),
-                        3 => $body::<$s, 3>(nb, w, x, xh, out),
-                        _ => $body::<$s, 4>(nb, w, x, xh, out),
+                    let wr = w.add(r * nb);
+                    if n == 1 {
+                        // A decode step: the body prefetches the streamed weights itself.
+                        $body::<$s, 1>(nb, wr, x.cast(), xh, out.add(r * rs));
+                        continue;
+                    }
+                    // A few activation rows: this weight row meets them all while it is
+                    // in L1 (they stay there across weight rows); fetch the weights
+                    // ahead as the one-row product does.
+                    $crate::dot::x86::prefetch_ahead(wr, nb);
+                    let mut t = 0;
+                    while t < n {
+                        let k = (n - t).min(max);
+                        let (xs, hs) = (x.add(t * act).cast(), xh.add(t * heads));
+                        let mut o = [0f32; 8];
+                        let op = o.as_mut_ptr();
+                        match k {
+                            1 => $body::<$s, 1>(nb, wr, xs, hs, op),
+                            2 => $body::<$s, 2>(nb, wr, xs, hs, op),
+                            3 => $body::<$s, 3>(nb, wr, xs, hs, op),
+                            4 => $body::<$s, 4>(nb, wr, xs, hs, op),
+                            5 => $body::<$s, { $crate::dot::x86::cap(5, <$w as Rows>::MAX_ROWS[$level]) }>(nb, wr, xs, hs, op),
+                            6 => $body::<$s, { $crate::dot::x86::cap(6, <$w as Rows>::MAX_ROWS[$level]) }>(nb, wr, xs, hs, op),
+                            7 => $body::<$s, { $crate::dot::x86::cap(7, <$w as Rows>::MAX_ROWS[$level]) }>(nb, wr, xs, hs, op),
+                            _ => $body::<$s, { $crate::dot::x86::cap(8, <$w as Rows>::MAX_ROWS[$level]) }>(nb, wr, xs, hs, op),
+                        }
+                        for (j, &v) in o[..k].iter().enumerate() {
+                            *out.add((t + j) * ts + r * rs) = v;
+                        }
+                        t += k;
                     }
                 }
             }
