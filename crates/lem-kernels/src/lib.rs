@@ -19,5 +19,7 @@ mod threads;
 
 pub mod ops;
 
+/// MXFP4 blocks and their dot products with Q8_0 activations.
+pub use dot::mxfp4;
 pub use qmatrix::{GgmlType, QMatrix, QuantError, Scratch};
 pub use threads::Threads;

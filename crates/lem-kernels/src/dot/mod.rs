@@ -22,6 +22,7 @@ use candle_core::quantized::GgmlDType;
 use crate::qmatrix::GgmlType;
 
 mod blocks;
+pub mod mxfp4;
 #[cfg(target_arch = "x86_64")]
 mod panel;
 #[cfg(target_arch = "x86_64")]
