@@ -25,7 +25,7 @@ def client(server):
 def reply(server, prompt, speculative, stream, max_tokens=48):
     c = client(server)
     kw = dict(
-        model="any",
+        model=MODEL,
         messages=[{"role": "user", "content": prompt}],
         temperature=0,
         max_tokens=max_tokens,
@@ -75,12 +75,12 @@ def test_opting_out_drafts_nothing(spec_server):
     # Other APIs take the same field.
     r = spec_server.post(
         "/v1/messages",
-        json={"model": "any", "max_tokens": 16, "messages": [{"role": "user", "content": PROMPTS[0]}], "speculative": False},
+        json={"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": PROMPTS[0]}], "speculative": False},
     )
     assert r.status_code == 200, r.text
     r = spec_server.post(
         "/api/chat",
-        json={"model": "any", "stream": False, "messages": [{"role": "user", "content": PROMPTS[0]}],
+        json={"model": MODEL, "stream": False, "messages": [{"role": "user", "content": PROMPTS[0]}],
               "options": {"num_predict": 16, "speculative": False}},
     )
     assert r.status_code == 200, r.text
