@@ -332,10 +332,13 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
             if W::PAIRED {
                 accm[k] = _mm256_add_ps(accm[k], prod);
             }
-            // The products go through memory, so that each block's scale is broadcast
-            // by a load (a load port) rather than by shuffles (the shuffle port, which
-            // LLVM's two-instruction broadcasts of lanes 2..7 saturated).
-            if G > 1 {
+            // With a minimum, the products go through memory, so that each block's scale
+            // is broadcast by a load (a load port) rather than by shuffles: LLVM's
+            // two-instruction broadcasts of lanes 2, 4 and 6 saturated the shuffle port
+            // (16-20% faster Q4_1 products at 1 to 16 rows; no gain for Q8_0, whose
+            // sign operations keep the other ports busier, so it keeps the shuffles).
+            let spilled = G > 1 && W::PAIRED;
+            if spilled {
                 _mm256_storeu_ps(spill.0.add(8 * k), prod);
             }
             let sp = spill.1.add(8 * k);
@@ -344,10 +347,12 @@ unsafe fn group<W: Weight32, S: Simd, const K: usize, const G: usize>(
                 let y = if W::PAIRED { y } else { _mm256_sign_epi8(y, q[j]) };
                 let p = _mm256_cvtepi32_ps(S::dot_u8i8(qa[j], y));
                 let lane = if W::PAIRED { 2 * j } else { j };
-                let sj = if G == 1 {
+                let sj = if spilled {
+                    _mm256_broadcast_ss(&*sp.add(lane))
+                } else if lane == 0 {
                     _mm256_broadcastss_ps(_mm256_castps256_ps128(prod))
                 } else {
-                    _mm256_broadcast_ss(&*sp.add(lane))
+                    _mm256_permutevar8x32_ps(prod, _mm256_set1_epi32(lane as i32))
                 };
                 let a = &mut acc[k][if G == 1 { 0 } else { j % ACC_LANES }];
                 *a = _mm256_fmadd_ps(sj, p, *a);
@@ -368,12 +373,16 @@ unsafe fn dot32<W: Weight32, S: Simd, const K: usize>(
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); ACC_LANES]; K];
         let mut accm = [_mm256_setzero_ps(); K];
-        // Room for each activation row's scale products (see `group`), written and read
-        // through two pointers LLVM cannot tell are equal: with one, it forwards the
-        // stored vector to the broadcasts as shuffles again.
+        // Room for each activation row's scale products (types with a minimum, see
+        // `group`), written and read through two pointers LLVM cannot tell are equal:
+        // with one, it forwards the stored vector to the broadcasts as shuffles again.
         let mut room = std::mem::MaybeUninit::<[__m256; K]>::uninit();
         let p = room.as_mut_ptr().cast::<f32>();
-        let spill = (std::hint::black_box(p), std::hint::black_box(p).cast_const());
+        let spill = if W::PAIRED {
+            (std::hint::black_box(p), std::hint::black_box(p).cast_const())
+        } else {
+            (p, p.cast_const())
+        };
         let mut i = 0;
         while i + 4 <= nb {
             group::<W, S, K, 4>(nb, w, x, xh, i, &mut acc, &mut accm, spill);
