@@ -188,6 +188,70 @@ unsafe fn tile_impl<W: Weight32, S: Simd>(op: &Tile, out: &mut [[f32; TN]; TM]) 
     }
 }
 
+/// AVX-512: blocks `b` and `b + 1` of every product of the tile into `acc`, block `b`
+/// in the low half of each register (the row kernel's first accumulator) and `b + 1` in
+/// the high half (its second). Per block the same operations as [`block`] at the
+/// AVX-512 level: `vpdpbusd` of `|w|` and the activations negated where `w` is negative
+/// (the sign trick; where `w` is zero the product is zero either way), the scale product
+/// rounded once, one FMA.
+#[inline(always)]
+unsafe fn block_pair<W: Weight32>(op: &Tile, b: usize, acc: &mut [[__m512; TN]; TM]) {
+    unsafe {
+        let nb = op.nb;
+        let hw = W::Act::HEADER_FLOATS;
+        let xv: [__m512i; TN] = std::array::from_fn(|c| {
+            let p = op.x[c].cast::<W::Act>();
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(W::Act::qs(p.add(b))), W::Act::qs(p.add(b + 1)))
+        });
+        let dx: [__m512; TN] = std::array::from_fn(|c| {
+            let lo = _mm256_castps_pd(_mm256_broadcast_ss(&*op.xh[c].add(b * hw)));
+            let hi = _mm256_castps_pd(_mm256_broadcast_ss(&*op.xh[c].add((b + 1) * hw)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(lo), hi))
+        });
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let w = _mm512_loadu_si512(op.wq.add((r * nb + b) * 32).cast());
+            let (qa, neg) = if W::PAIRED { (w, 0) } else { (_mm512_abs_epi8(w), _mm512_movepi8_mask(w)) };
+            let dw = _mm512_loadu_ps(op.wd.add((r * nb + b) * 8));
+            for ((a, &xc), &dxc) in acc_r.iter_mut().zip(&xv).zip(&dx) {
+                let y = if W::PAIRED { xc } else { _mm512_mask_sub_epi8(xc, neg, _mm512_setzero_si512(), xc) };
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, y));
+                *a = _mm512_fmadd_ps(_mm512_mul_ps(dw, dxc), p, *a);
+            }
+        }
+    }
+}
+
+/// [`tile_impl`] at the AVX-512 level with 512-bit registers: the 4-block groups two
+/// blocks at a time ([`block_pair`]), the tail blocks as the row kernel sums them.
+#[inline(always)]
+unsafe fn tile_impl_512<W: Weight32>(op: &Tile, out: &mut [[f32; TN]; TM]) {
+    unsafe {
+        let nb = op.nb;
+        let main = nb / 4 * 4;
+        let mut acc = [[_mm512_setzero_ps(); TN]; TM];
+        let mut b = 0;
+        while b < main {
+            block_pair::<W>(op, b, &mut acc);
+            b += 2;
+        }
+        let mut acc0: [[__m256; TN]; TM] =
+            std::array::from_fn(|r| std::array::from_fn(|c| _mm512_castps512_ps256(acc[r][c])));
+        for b in main..nb {
+            block::<W, Avx512>(op, b, &mut acc0);
+        }
+        for r in 0..TM {
+            for c in 0..TN {
+                let acc1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[r][c])));
+                let mut total = hsum8(_mm256_add_ps(acc0[r][c], acc1));
+                if W::PAIRED {
+                    total += min_term(op, r, c, main);
+                }
+                out[r][c] = total;
+            }
+        }
+    }
+}
+
 /// The minimums' contribution to product `(r, c)`, summed as the row kernel sums it:
 /// four lanes (block `j` of each 4-block group in lane `j`, tail blocks in lane 0), then
 /// `0 + ((l0 + l2) + (l1 + l3))`.
@@ -215,9 +279,16 @@ unsafe fn min_term(op: &Tile, r: usize, c: usize, main: usize) -> f32 {
     }
 }
 
+/// [`tile_impl`] at the AVX2 level.
+#[inline(always)]
+unsafe fn tile_avx2<W: Weight32>(op: &Tile, out: &mut [[f32; TN]; TM]) {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_impl::<W, Avx2>(op, out) }
+}
+
 /// Defines the two entry points of one weight type at one ISA level.
 macro_rules! panel {
-    ($repack:ident, $tile:ident, $w:ty, $s:ty, $features:literal) => {
+    ($repack:ident, $tile:ident, $w:ty, $s:ty, $tile_impl:ident, $features:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $repack(nb: usize, rows: usize, w: *const u8, q: *mut u8, d: *mut f32, m: *mut f32) {
             // SAFETY: forwarded from the caller (see `RepackFn`).
@@ -226,19 +297,19 @@ macro_rules! panel {
         #[target_feature(enable = $features)]
         unsafe fn $tile(op: &Tile, out: &mut [[f32; TN]; TM]) {
             // SAFETY: forwarded from the caller (see `TileFn`).
-            unsafe { tile_impl::<$w, $s>(op, out) }
+            unsafe { $tile_impl::<$w>(op, out) }
         }
     };
 }
 
 macro_rules! avx2 {
     ($($repack:ident, $tile:ident: $w:ty;)*) => {$(
-        panel!($repack, $tile, $w, Avx2, "avx2,fma,f16c");
+        panel!($repack, $tile, $w, Avx2, tile_avx2, "avx2,fma,f16c");
     )*};
 }
 macro_rules! avx512 {
     ($($repack:ident, $tile:ident: $w:ty;)*) => {$(
-        panel!($repack, $tile, $w, Avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+        panel!($repack, $tile, $w, Avx512, tile_impl_512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
     )*};
 }
 avx2! {
