@@ -347,6 +347,7 @@ impl<K: Side, V: Side> Ctx<'_, K, V> {
         out.clear();
         out.resize(rows * hd, 0.0);
         self.v.pv(scores, ld, n_kv, hd, it.g, lo..hi, out);
+        self.v.finish(out);
         for ti in 0..nt {
             let dst = ((it.t0 + ti) * n_head + it.h0) * hd;
             // SAFETY: rows (t, h0..h1) of `out` are contiguous and belong to this item alone.

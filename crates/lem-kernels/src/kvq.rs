@@ -153,6 +153,51 @@ impl KvQuant {
     }
 }
 
+/// Chunk size of the rotation applied to keys before they are quantised, for heads of
+/// `head_dim` values: the largest power of two of at least 64 dividing `head_dim`, or
+/// `None` (no rotation) when 64 does not divide it. llama.cpp's rule (`attn_rot_k`).
+pub fn key_rotation(head_dim: usize) -> Option<usize> {
+    if head_dim == 0 || !head_dim.is_multiple_of(64) {
+        return None;
+    }
+    let mut n = 64;
+    while head_dim.is_multiple_of(n * 2) {
+        n *= 2;
+    }
+    Some(n)
+}
+
+/// Chunk size of the rotation applied to values before they are quantised: 64 when it
+/// divides `head_dim` (llama.cpp's `attn_rot_v`), else `None`.
+pub fn value_rotation(head_dim: usize) -> Option<usize> {
+    (head_dim > 0 && head_dim.is_multiple_of(64)).then_some(64)
+}
+
+/// Applies the orthonormal Walsh-Hadamard transform of size `n` (a power of two) to every
+/// `n`-value chunk of `x`, in place: the fast butterfly form of Sylvester's matrix scaled
+/// by `1/sqrt(n)`. The transform is its own inverse (up to rounding), preserves dot
+/// products, and spreads an outlier over the whole chunk, so quantising rotated keys and
+/// values loses far less than quantising them as they are; attention rotates queries the
+/// same way and rotates its output back.
+pub fn hadamard(x: &mut [f32], n: usize) {
+    assert!(n.is_power_of_two() && x.len().is_multiple_of(n), "hadamard: {} values in chunks of {n}", x.len());
+    let scale = 1.0 / (n as f32).sqrt();
+    for c in x.chunks_exact_mut(n) {
+        let mut h = 1;
+        while h < n {
+            for i in (0..n).step_by(2 * h) {
+                for j in i..i + h {
+                    let (a, b) = (c[j], c[j + h]);
+                    c[j] = a + b;
+                    c[j + h] = a - b;
+                }
+            }
+            h *= 2;
+        }
+        c.iter_mut().for_each(|v| *v *= scale);
+    }
+}
+
 /// The f16 at byte `at` of a block, as f32.
 #[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -426,6 +471,34 @@ mod tests {
                     assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{kind:?} avx512");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn hadamard_is_orthonormal_and_its_own_inverse() {
+        assert_eq!(
+            (key_rotation(64), key_rotation(256), key_rotation(96), key_rotation(32)),
+            (Some(64), Some(256), None, None)
+        );
+        assert_eq!((key_rotation(192), value_rotation(256), value_rotation(48)), (Some(64), Some(64), None));
+        for n in [64, 128, 256] {
+            let x = data(2 * n, n as u64);
+            let mut y = x.clone();
+            hadamard(&mut y, n);
+            // Against the matrix definition: H[i][j] = (-1)^popcount(i & j) / sqrt(n).
+            for (c, (xc, yc)) in x.chunks_exact(n).zip(y.chunks_exact(n)).enumerate() {
+                for i in 0..n {
+                    let want: f64 = (0..n)
+                        .map(|j| if (i & j).count_ones() % 2 == 0 { xc[j] as f64 } else { -xc[j] as f64 })
+                        .sum::<f64>()
+                        / (n as f64).sqrt();
+                    assert!((yc[i] as f64 - want).abs() < 1e-4, "n {n} chunk {c} row {i}");
+                }
+            }
+            let norm = |v: &[f32]| v.iter().map(|a| *a as f64 * *a as f64).sum::<f64>();
+            assert!((norm(&x) - norm(&y)).abs() < 1e-3 * norm(&x));
+            hadamard(&mut y, n);
+            assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-4), "n {n}: not its own inverse");
         }
     }
 

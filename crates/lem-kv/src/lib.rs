@@ -129,11 +129,10 @@ impl KvDtype {
         }
     }
 
-    /// Rounds values in place to what this type stores, so that what an observer sees
-    /// is bit for bit what the cache will hold. The one place K/V precision changes.
-    /// Block types quantise and dequantise each whole block of 32 (rows of heads whose
-    /// size is a multiple of 32, as [`CacheLayout::check`] ensures, so blocks never
-    /// straddle two heads); a trailing partial block is left as it is.
+    /// Rounds values in place to what this type stores, without the rotation of
+    /// [`KvDtype::rotation`]: f16 rounding, or each whole block of 32 quantised and
+    /// dequantised (a trailing partial block is left as it is). What a cache holds is
+    /// what [`KvDtype::round_keys`] / [`KvDtype::round_values`] give.
     pub fn round_in_place(self, x: &mut [f32]) {
         match self {
             KvDtype::F32 => {}
@@ -147,6 +146,44 @@ impl KvDtype {
                 }
             }
         }
+    }
+
+    /// Rounds key rows (heads of `head_dim` values) in place to exactly what a cache of
+    /// this type holds for them (rotation and quantisation included), so that what an
+    /// observer sees is bit for bit what the cache will hold. The one place K precision
+    /// changes. `x` must be whole heads.
+    pub fn round_keys(self, x: &mut [f32], head_dim: usize) {
+        self.round_heads(x, true, head_dim);
+    }
+
+    /// [`KvDtype::round_keys`] for value rows.
+    pub fn round_values(self, x: &mut [f32], head_dim: usize) {
+        self.round_heads(x, false, head_dim);
+    }
+
+    fn round_heads(self, x: &mut [f32], keys: bool, head_dim: usize) {
+        let Some(q) = self.quant() else { return self.round_in_place(x) };
+        if head_dim == 0 || !head_dim.is_multiple_of(lem_kernels::kvq::BLOCK) {
+            return self.round_in_place(x);
+        }
+        let rot = self.rotation(keys, head_dim);
+        let mut b = vec![0u8; q.row_bytes(head_dim)];
+        for head in x.chunks_exact_mut(head_dim) {
+            store::encode(q, rot, head, &mut b);
+            store::decode(q, rot, &b, head);
+        }
+    }
+
+    /// The rotation a cache applies to heads of `head_dim` keys (`keys`) or values before
+    /// quantising them into this type: the orthonormal Walsh-Hadamard transform in chunks
+    /// of the returned size (queries meet keys rotated alike and attention rotates its
+    /// output back, so the result is the same up to rounding while quantisation loses
+    /// much less: an outlier channel is spread over the chunk). As llama.cpp does
+    /// (`attn_rot_k` / `attn_rot_v`): only for block types and heads that are a multiple of
+    /// 64; keys in the largest power-of-two chunk dividing the head, values in 64.
+    pub fn rotation(self, keys: bool, head_dim: usize) -> Option<usize> {
+        self.quant()?;
+        if keys { lem_kernels::kvq::key_rotation(head_dim) } else { lem_kernels::kvq::value_rotation(head_dim) }
     }
 }
 

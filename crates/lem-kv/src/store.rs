@@ -4,7 +4,7 @@
 //! are contiguous and can be exported and imported as they are).
 
 use half::f16;
-use lem_kernels::kvq::KvQuant;
+use lem_kernels::kvq::{KvQuant, hadamard};
 use lem_kernels::ops::KvRows;
 
 use crate::KvDtype;
@@ -97,21 +97,43 @@ fn raw_in<E: Elem>(src: &[u8], dst: &mut [E]) {
     }
 }
 
+/// Quantises `src` (whole heads) into `dst`, rotating each `rot`-value chunk first.
+pub(crate) fn encode(kind: KvQuant, rot: Option<usize>, src: &[f32], dst: &mut [u8]) {
+    match rot {
+        None => kind.quantize(src, dst),
+        Some(n) => {
+            let mut x = src.to_vec();
+            hadamard(&mut x, n);
+            kind.quantize(&x, dst);
+        }
+    }
+}
+
+/// Dequantises `src` into `dst` (whole heads), rotating each chunk back.
+pub(crate) fn decode(kind: KvQuant, rot: Option<usize>, src: &[u8], dst: &mut [f32]) {
+    kind.dequantize(src, dst);
+    if let Some(n) = rot {
+        hadamard(dst, n);
+    }
+}
+
 /// One side's cells.
 #[derive(Debug, Clone)]
 pub(crate) enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
-    /// Bytes of GGML blocks, `[cell][n_kv][head_dim / 32]` blocks.
-    Blocks(KvQuant, Vec<u8>),
+    /// Bytes of GGML blocks, `[cell][n_kv][head_dim / 32]` blocks, of heads rotated in
+    /// chunks of the given size before quantising (see [`crate::KvDtype::rotation`]).
+    Blocks(KvQuant, Option<usize>, Vec<u8>),
 }
 
 impl Store {
-    pub(crate) fn new(dtype: KvDtype) -> Store {
+    /// Storage of `dtype` for one side (`keys` or values) of heads of `head_dim` values.
+    pub(crate) fn new(dtype: KvDtype, keys: bool, head_dim: usize) -> Store {
         match dtype {
             KvDtype::F32 => Store::F32(Vec::new()),
             KvDtype::F16 => Store::F16(Vec::new()),
-            q => Store::Blocks(q.quant().expect("block type"), Vec::new()),
+            q => Store::Blocks(q.quant().expect("block type"), q.rotation(keys, head_dim), Vec::new()),
         }
     }
 
@@ -119,7 +141,7 @@ impl Store {
     fn units(&self, values: usize) -> usize {
         match self {
             Store::F32(_) | Store::F16(_) => values,
-            Store::Blocks(q, _) => q.row_bytes(values),
+            Store::Blocks(q, _, _) => q.row_bytes(values),
         }
     }
 
@@ -128,7 +150,7 @@ impl Store {
         match self {
             Store::F32(_) => values * 4,
             Store::F16(_) => values * 2,
-            Store::Blocks(q, _) => q.row_bytes(values),
+            Store::Blocks(q, _, _) => q.row_bytes(values),
         }
     }
 
@@ -137,7 +159,7 @@ impl Store {
         match self {
             Store::F32(v) => v.reserve(n),
             Store::F16(v) => v.reserve(n),
-            Store::Blocks(_, v) => v.reserve(n),
+            Store::Blocks(_, _, v) => v.reserve(n),
         }
     }
 
@@ -145,7 +167,7 @@ impl Store {
         match self {
             Store::F32(v) => v.shrink_to_fit(),
             Store::F16(v) => v.shrink_to_fit(),
-            Store::Blocks(_, v) => v.shrink_to_fit(),
+            Store::Blocks(_, _, v) => v.shrink_to_fit(),
         }
     }
 
@@ -154,7 +176,7 @@ impl Store {
         match self {
             Store::F32(v) => v.capacity() * 4,
             Store::F16(v) => v.capacity() * 2,
-            Store::Blocks(_, v) => v.capacity(),
+            Store::Blocks(_, _, v) => v.capacity(),
         }
     }
 
@@ -163,10 +185,10 @@ impl Store {
         match self {
             Store::F32(v) => v.extend_from_slice(src),
             Store::F16(v) => v.extend(src.iter().map(|&x| f16::from_f32(x))),
-            Store::Blocks(q, v) => {
+            Store::Blocks(q, rot, v) => {
                 let at = v.len();
                 v.resize(at + q.row_bytes(src.len()), 0);
-                q.quantize(src, &mut v[at..]);
+                encode(*q, *rot, src, &mut v[at..]);
             }
         }
     }
@@ -177,7 +199,7 @@ impl Store {
         match self {
             Store::F32(v) => v.resize(n, 0.0),
             Store::F16(v) => v.resize(n, f16::ZERO),
-            Store::Blocks(_, v) => v.resize(n, 0),
+            Store::Blocks(_, _, v) => v.resize(n, 0),
         }
     }
 
@@ -187,7 +209,7 @@ impl Store {
         match self {
             Store::F32(v) => v[c * n..(c + 1) * n].copy_from_slice(src),
             Store::F16(v) => write_floats(src, &mut v[c * n..(c + 1) * n]),
-            Store::Blocks(q, v) => q.quantize(src, &mut v[c * n..(c + 1) * n]),
+            Store::Blocks(q, rot, v) => encode(*q, *rot, src, &mut v[c * n..(c + 1) * n]),
         }
     }
 
@@ -198,7 +220,7 @@ impl Store {
         match self {
             Store::F32(v) => dst.copy_from_slice(&v[at..at + hd]),
             Store::F16(v) => read_floats(&v[at..at + hd], dst),
-            Store::Blocks(q, v) => q.dequantize(&v[at..at + hd], dst),
+            Store::Blocks(q, rot, v) => decode(*q, *rot, &v[at..at + hd], dst),
         }
     }
 
@@ -209,7 +231,7 @@ impl Store {
         match self {
             Store::F32(v) => raw_out(&v[at..at + n], out),
             Store::F16(v) => raw_out(&v[at..at + n], out),
-            Store::Blocks(_, v) => out.extend_from_slice(&v[at..at + n]),
+            Store::Blocks(_, _, v) => out.extend_from_slice(&v[at..at + n]),
         }
     }
 
@@ -221,7 +243,7 @@ impl Store {
         match self {
             Store::F32(v) => raw_in(src, &mut v[at..at + n]),
             Store::F16(v) => raw_in(src, &mut v[at..at + n]),
-            Store::Blocks(_, v) => v[at..at + n].copy_from_slice(src),
+            Store::Blocks(_, _, v) => v[at..at + n].copy_from_slice(src),
         }
     }
 
@@ -230,7 +252,7 @@ impl Store {
         match self {
             Store::F32(v) => KvRows::F32(v),
             Store::F16(v) => KvRows::F16(v),
-            Store::Blocks(kind, data) => KvRows::Blocks { kind: *kind, data },
+            Store::Blocks(kind, rotation, data) => KvRows::Blocks { kind: *kind, data, rotation: *rotation },
         }
     }
 }

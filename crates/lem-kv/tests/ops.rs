@@ -64,8 +64,9 @@ fn row(seed: u64, p: u32, layer: usize, layout: &CacheLayout) -> (Vec<f32>, Vec<
     let n = row_len(layout);
     let mut k: Vec<f32> = (0..n).map(|i| f(i, 0)).collect();
     let mut v: Vec<f32> = (0..n).map(|i| f(i, 7)).collect();
-    layout.k_type.round_in_place(&mut k);
-    layout.v_type.round_in_place(&mut v);
+    let hd = layout.layers[0].head_dim;
+    layout.k_type.round_keys(&mut k, hd);
+    layout.v_type.round_values(&mut v, hd);
     (k, v)
 }
 
@@ -226,7 +227,7 @@ fn side_bits(rows: KvRows<'_>, c: usize, row: usize) -> Vec<u32> {
     match rows {
         KvRows::F32(d) => d[c * row..(c + 1) * row].iter().map(|x| x.to_bits()).collect(),
         KvRows::F16(d) => d[c * row..(c + 1) * row].iter().map(|x| u32::from(x.to_bits())).collect(),
-        KvRows::Blocks { kind, data } => {
+        KvRows::Blocks { kind, data, .. } => {
             let n = kind.row_bytes(row);
             data[c * n..(c + 1) * n].iter().map(|&b| u32::from(b)).collect()
         }
@@ -519,8 +520,8 @@ fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
     // The f32 export is the dequantised values, within the formats' error of the input.
     let e = &c.export()[0];
     let (mut kr, mut vr) = (k.clone(), v.clone());
-    KvDtype::Q8_0.round_in_place(&mut kr);
-    KvDtype::Q4_0.round_in_place(&mut vr);
+    KvDtype::Q8_0.round_keys(&mut kr, 64);
+    KvDtype::Q4_0.round_values(&mut vr, 64);
     for t in 0..5 {
         for h in 0..3 {
             let (src, dst) = (t * 192 + h * 64, (h * 5 + t) * 64);

@@ -93,3 +93,21 @@ fn prefix_blocks_of_a_quantised_cache_are_reused_exactly_and_only_by_the_same_ty
     let (_, reused, _) = run(&q4, &PrefixCache::new(cfg).unwrap());
     assert_eq!(reused, 0, "q4_0 reused q8_0 blocks");
 }
+
+#[test]
+fn smollm2_rotated_q4_0_state_is_exact() {
+    // head_dim 64: keys and values are rotated before quantising (see KvDtype::rotation).
+    let e = engine(&common::model_path("smollm2-135m"), KvDtype::Q4_0, KvDtype::Q8_0);
+    assert_eq!(KvDtype::Q4_0.rotation(true, 64), Some(64));
+    let p = common::tokens(&e, "The quick brown fox jumps over the lazy dog because it wants to see");
+    let mut seq = e.new_sequence();
+    seq.feed(&e, &p).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let snap = d.path().join("s.lemkv");
+    save_snapshot(&snap, &e, &seq, BTreeMap::new()).unwrap();
+    let mut restored = load_snapshot(&snap, &e).unwrap();
+    assert_eq!(restored.cache().export_raw(), seq.cache().export_raw());
+    let cont = common::tokens(&e, " what");
+    let want = gen_ids(&e, &mut seq, &cont, 6);
+    assert_eq!(gen_ids(&e, &mut restored, &cont, 6), want);
+}

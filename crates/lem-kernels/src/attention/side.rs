@@ -28,6 +28,10 @@ pub enum KvRows<'a> {
         kind: KvQuant,
         /// The blocks' bytes.
         data: &'a [u8],
+        /// When set, every head was rotated by [`crate::kvq::hadamard`] in chunks of this
+        /// size before it was quantised: keys meet queries rotated the same way, and a
+        /// weighted sum of values is rotated back.
+        rotation: Option<usize>,
     },
 }
 
@@ -45,6 +49,8 @@ pub(crate) trait Side: Copy + Sync {
     fn round_query(&self, q: &mut [f32]);
     /// Rounds attention weights before their products with these values.
     fn round_weight(&self, w: &mut [f32]);
+    /// Turns weighted sums of these values (rows of `head_dim`) into the output.
+    fn finish(&self, _out: &mut [f32]) {}
     /// `out[r * ld + c - cells.start] = scale * (q_r . k_c)` for KV head `g`.
     #[allow(clippy::too_many_arguments)]
     fn qk(
@@ -101,8 +107,10 @@ impl Side for KvRows<'_> {
         match *self {
             KvRows::F32(d) => d.holds(cells, n_kv, hd),
             KvRows::F16(d) => d.holds(cells, n_kv, hd),
-            KvRows::Blocks { kind, data } => {
-                hd.is_multiple_of(crate::kvq::BLOCK) && data.len() == cells * kind.row_bytes(n_kv * hd)
+            KvRows::Blocks { kind, data, rotation } => {
+                hd.is_multiple_of(crate::kvq::BLOCK)
+                    && data.len() == cells * kind.row_bytes(n_kv * hd)
+                    && rotation.is_none_or(|n| n.is_power_of_two() && hd.is_multiple_of(n))
             }
         }
     }
@@ -110,8 +118,12 @@ impl Side for KvRows<'_> {
         match *self {
             KvRows::F32(d) => d.round_query(q),
             KvRows::F16(d) => d.round_query(q),
-            // Blocks are widened to f32: queries stay f32.
-            KvRows::Blocks { .. } => {}
+            // Blocks are widened to f32: queries stay f32 (rotated as the keys were).
+            KvRows::Blocks { rotation, .. } => {
+                if let Some(n) = rotation {
+                    crate::kvq::hadamard(q, n);
+                }
+            }
         }
     }
     fn round_weight(&self, w: &mut [f32]) {
@@ -119,6 +131,11 @@ impl Side for KvRows<'_> {
             KvRows::F32(d) => d.round_weight(w),
             KvRows::F16(d) => d.round_weight(w),
             KvRows::Blocks { .. } => {}
+        }
+    }
+    fn finish(&self, out: &mut [f32]) {
+        if let KvRows::Blocks { rotation: Some(n), .. } = *self {
+            crate::kvq::hadamard(out, n);
         }
     }
     fn qk(
@@ -135,7 +152,7 @@ impl Side for KvRows<'_> {
         match *self {
             KvRows::F32(d) => d.qk(q, n_kv, hd, g, cells, scale, out, ld),
             KvRows::F16(d) => d.qk(q, n_kv, hd, g, cells, scale, out, ld),
-            KvRows::Blocks { kind, data } => {
+            KvRows::Blocks { kind, data, .. } => {
                 let (row, head) = (kind.row_bytes(n_kv * hd), kind.row_bytes(hd));
                 let n = q.len() / hd;
                 assert!(out.len() == n * ld && ld >= cells.len(), "score shape");
@@ -156,7 +173,7 @@ impl Side for KvRows<'_> {
         match *self {
             KvRows::F32(d) => d.pv(w, ld, n_kv, hd, g, cells, out),
             KvRows::F16(d) => d.pv(w, ld, n_kv, hd, g, cells, out),
-            KvRows::Blocks { kind, data } => {
+            KvRows::Blocks { kind, data, .. } => {
                 let (row, head) = (kind.row_bytes(n_kv * hd), kind.row_bytes(hd));
                 let n = out.len() / hd;
                 assert!(w.len() == n * ld && ld >= cells.len(), "weight shape");
@@ -266,7 +283,7 @@ mod tests {
     /// Blocks of `b` when `kind` is given, else the f32 values.
     fn side<'a>(kind: Option<KvQuant>, b: &'a Option<Vec<u8>>, f: &'a [f32]) -> KvRows<'a> {
         match (kind, b) {
-            (Some(kind), Some(data)) => KvRows::Blocks { kind, data: &data[..] },
+            (Some(kind), Some(data)) => KvRows::Blocks { kind, data: &data[..], rotation: None },
             _ => KvRows::F32(f),
         }
     }
@@ -310,8 +327,8 @@ mod tests {
                 let ((kb, kd), (vb, vd)) = (quantize(kk, &kf), quantize(vk, &vf));
                 let want = run(c, &q, &c.q_pos, KvData::F32 { k: &kd, v: &vd }, &pools[0]);
                 let split = KvData::Split {
-                    k: KvRows::Blocks { kind: kk, data: &kb },
-                    v: KvRows::Blocks { kind: vk, data: &vb },
+                    k: KvRows::Blocks { kind: kk, data: &kb, rotation: None },
+                    v: KvRows::Blocks { kind: vk, data: &vb, rotation: None },
                 };
                 for th in &pools {
                     let got = run(c, &q, &c.q_pos, split, th);
@@ -368,6 +385,54 @@ mod tests {
                 if kk.is_some() || vk.is_some() {
                     assert!(worst > 1e-6, "case {i} {kk:?}/{vk:?}: no error at all?");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rotated_blocks_are_within_the_quantisation_error_of_f64() {
+        // Keys and values rotated per head (as the cache stores them) before quantising;
+        // attention rotates queries and its output. The rotation is orthonormal, so with
+        // 2-norms: each score moves by at most `delta = scale * |q| * |dk|` and each output
+        // row by at most `max |dv| + (e^(2 delta) - 1) * max |v|`.
+        use crate::kvq::{hadamard, key_rotation, value_rotation};
+        let th = Threads::new(2);
+        let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        for (i, c) in cases().iter().enumerate().take(2) {
+            let n = c.cell_pos.len() * c.n_kv * c.hd;
+            let q = data(c.q_pos.len() * c.n_head * c.hd, 80 + i as u64);
+            let (kf, mut vf) = (data(n, 81 + i as u64), data(n, 82 + i as u64));
+            // An outlier channel, which rotation spreads out.
+            vf.iter_mut().step_by(c.hd).for_each(|x| *x *= 8.0);
+            let want = reference(c, &q, &kf, &vf);
+            let (kr, vr) = (key_rotation(c.hd).unwrap(), value_rotation(c.hd).unwrap());
+            for kind in [KvQuant::Q8_0, KvQuant::Q4_0, KvQuant::Q5_1] {
+                let (mut kx, mut vx) = (kf.clone(), vf.clone());
+                hadamard(&mut kx, kr);
+                hadamard(&mut vx, vr);
+                let ((kb, mut kd), (vb, mut vd)) = (quantize(kind, &kx), quantize(kind, &vx));
+                let split = KvData::Split {
+                    k: KvRows::Blocks { kind, data: &kb, rotation: Some(kr) },
+                    v: KvRows::Blocks { kind, data: &vb, rotation: Some(vr) },
+                };
+                let got = run(c, &q, &c.q_pos, split, &th);
+                // Errors of the stored (rotated) rows, measured in the original basis.
+                hadamard(&mut kd, kr);
+                hadamard(&mut vd, vr);
+                let err = |a: &[f32], b: &[f32]| {
+                    a.chunks_exact(c.hd)
+                        .zip(b.chunks_exact(c.hd))
+                        .map(|(x, y)| norm(&x.iter().zip(y).map(|(p, q)| p - q).collect::<Vec<_>>()))
+                        .fold(0f32, f32::max)
+                };
+                let (dk, dv) = (err(&kd, &kf), err(&vd, &vf));
+                let qmax = q.chunks_exact(c.hd).map(norm).fold(0f32, f32::max);
+                let vmax = vf.chunks_exact(c.hd).map(norm).fold(0f32, f32::max);
+                let delta = c.shape().scale * qmax * dk;
+                let tol = dv + ((2.0 * delta).exp() - 1.0) * vmax + 1e-3;
+                let worst = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, f64::max);
+                assert!(worst <= tol as f64, "case {i} {kind:?}: error {worst} > bound {tol}");
+                assert!(worst > 1e-6, "case {i} {kind:?}: no error at all?");
             }
         }
     }

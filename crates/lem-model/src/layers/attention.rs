@@ -152,8 +152,8 @@ impl Attention {
         // cache holds.
         if let Some(first) = batch.first() {
             let layout = first.cache.layout();
-            layout.k_type.round_in_place(kk);
-            layout.v_type.round_in_place(v);
+            layout.k_type.round_keys(kk, hd);
+            layout.v_type.round_values(v, hd);
         }
 
         let attn_out = fit(&mut buf.out, n * qd);
