@@ -136,10 +136,11 @@ impl DraftConfig {
 /// Extra cost of verifying one more draft token, relative to a one-token decode step.
 ///
 /// Measured on the packaged models, 2 threads (`lem bench --draft-cost`, docs/speculative.md):
-/// a forward of `1 + k` tokens costs `1 + c k` decode steps with c between 0.06 and 0.15
-/// for k up to 8. The larger value is used, so drafting stops a little early rather than
-/// a little late.
-pub const VERIFY_COST_PER_TOKEN: f64 = 0.15;
+/// a forward of `1 + k` tokens costs `1 + c k` decode steps with c between 0.13 and 0.45
+/// for k up to 8 (Gemma 3 at the low end, SmolLM2, whose 49,152-row output head is a
+/// third of its weights, at the high end). A middle value is used: drafting stops a
+/// little early on Gemma 3 and a little late on SmolLM2.
+pub const VERIFY_COST_PER_TOKEN: f64 = 0.3;
 
 /// Adaptive draft length: starts in the middle of its bounds, grows by 2 after a draft
 /// was accepted in full, shrinks by 1 after a rejection; and, when adaptive, pauses
@@ -358,8 +359,10 @@ impl NGramDrafter {
             // Most recent earlier occurrence: starts at j with j + n <= len - 1, so at
             // least one token follows it.
             if let Some(j) = (0..len - n).rev().find(|&j| &context[j..j + n] == suffix) {
+                // A short match predicts less: a 1-gram proposes at most one token, each
+                // longer match twice as many.
                 let from = j + n;
-                let to = (from + max).min(len);
+                let to = (from + max.min(1 << (n - 1).min(16))).min(len);
                 out.extend_from_slice(&context[from..to]);
                 return;
             }
@@ -397,7 +400,11 @@ mod tests {
         assert_eq!(propose(&d, &[1, 2, 3, 4, 5, 6, 9, 1, 2, 3], 3), vec![4, 5, 6]);
         // Capped by max, and by the end of the context.
         assert_eq!(propose(&d, &[1, 2, 3, 4, 5, 6, 9, 1, 2, 3], 2), vec![4, 5]);
-        assert_eq!(propose(&d, &[7, 8, 7], 5), vec![8, 7]);
+        assert_eq!(propose(&d, &[7, 8, 9, 7, 8], 5), vec![9, 7]);
+        // A 1-gram match proposes one token, a 2-gram two, a 3-gram four.
+        assert_eq!(propose(&d, &[7, 8, 7], 5), vec![8]);
+        assert_eq!(propose(&d, &[1, 2, 3, 4, 5, 6, 9, 2, 3], 5), vec![4, 5]);
+        assert_eq!(propose(&d, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3], 8), vec![4, 5, 6, 7]);
         // The longer n-gram wins over a more recent shorter one.
         assert_eq!(propose(&d, &[5, 6, 1, 9, 6, 2, 5, 6], 1), vec![1]);
         assert_eq!(propose(&d, &[4, 5, 6, 1, 9, 6, 2, 4, 5, 6], 1), vec![1]);
