@@ -156,7 +156,8 @@ impl<E> Rows<'_, E> {
 
 /// Scores of query rows against cached rows: for the `q.len() / k.len` query rows `r`
 /// and cells `c` in `cells`, `out[r * ld + c - cells.start] = scale * (q_r . k_c)`
-/// (`ld >= cells.len()`; the rest of each row is left as it is).
+/// (`ld >= cells.len()`; the rest of each row is left as it is; `out` may end right after
+/// the last row's scores, so a caller can pass a sub-slice that starts at a column).
 pub fn qk<E: Element>(
     q: &[f32],
     k: Rows<'_, E>,
@@ -167,7 +168,8 @@ pub fn qk<E: Element>(
 ) {
     k.check(&cells);
     assert!(k.len > 0 && q.len().is_multiple_of(k.len), "query rows");
-    assert!(ld >= cells.len() && out.len() == q.len() / k.len * ld, "score shape");
+    let n = q.len() / k.len;
+    assert!(ld >= cells.len() && (n == 0 || out.len() >= (n - 1) * ld + cells.len()), "score shape");
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: as in `dot`; shapes checked above.
@@ -178,11 +180,12 @@ pub fn qk<E: Element>(
 
 /// Weighted sums of cached rows: for the `out.len() / v.len` output rows `r`,
 /// `out_r += sum over c in cells, in order, of w[r * ld + c - cells.start] * v_c` (zero
-/// weights are skipped).
+/// weights are skipped; `w` may end right after the last row's weights).
 pub fn pv<E: Element>(w: &[f32], ld: usize, v: Rows<'_, E>, cells: std::ops::Range<usize>, out: &mut [f32]) {
     v.check(&cells);
     assert!(v.len > 0 && out.len().is_multiple_of(v.len), "output rows");
-    assert!(ld >= cells.len() && w.len() == out.len() / v.len * ld, "weight shape");
+    let n = out.len() / v.len;
+    assert!(ld >= cells.len() && (n == 0 || w.len() >= (n - 1) * ld + cells.len()), "weight shape");
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
         // SAFETY: as in `dot`; shapes checked above.

@@ -1,7 +1,7 @@
 //! One side (keys or values) of a cache as attention reads it: f32 or f16 rows through
-//! [`crate::simd`]'s row kernels, or GGML blocks ([`KvQuant`]) widened one cached row at a
-//! time into a per-thread buffer of `head_dim` floats (never a dequantised copy of the
-//! cache) and then used exactly as an f32 row is: the same dot product and the same
+//! [`crate::simd`]'s row kernels, or GGML blocks ([`KvQuant`]) dequantised a few cached
+//! rows at a time into a small per-thread buffer (never a dequantised copy of the cache)
+//! and then run through the same f32 row kernels: the same dot products and the same
 //! multiply-adds in the same order, so attention over blocks equals attention over f32
 //! rows holding the dequantised values, bit for bit, whatever the batch shape.
 
@@ -35,8 +35,12 @@ pub enum KvRows<'a> {
     },
 }
 
+/// Cached rows dequantised at a time (into a per-thread buffer of `CHUNK * head_dim`
+/// floats, at most 16 KiB for heads of 256) before the f32 row kernels run over them.
+const CHUNK: usize = 16;
+
 thread_local! {
-    /// One dequantised row (per thread).
+    /// Dequantised rows (per thread).
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -158,12 +162,16 @@ impl Side for KvRows<'_> {
                 assert!(out.len() == n * ld && ld >= cells.len(), "score shape");
                 ROW.with(|b| {
                     let buf = &mut *b.borrow_mut();
-                    buf.resize(hd, 0.0);
-                    for c in cells.clone() {
-                        kind.dequantize(&data[c * row + g * head..][..head], buf);
-                        for (r, qr) in q.chunks_exact(hd).enumerate() {
-                            out[r * ld + c - cells.start] = simd::dot(qr, buf) * scale;
+                    buf.resize(CHUNK * hd, 0.0);
+                    let mut c0 = cells.start;
+                    while c0 < cells.end {
+                        let m = CHUNK.min(cells.end - c0);
+                        for i in 0..m {
+                            kind.dequantize(&data[(c0 + i) * row + g * head..][..head], &mut buf[i * hd..(i + 1) * hd]);
                         }
+                        let rows = simd::Rows { data: &buf[..m * hd], stride: hd, offset: 0, len: hd };
+                        simd::qk(q, rows, 0..m, scale, &mut out[c0 - cells.start..], ld);
+                        c0 += m;
                     }
                 });
             }
@@ -179,19 +187,21 @@ impl Side for KvRows<'_> {
                 assert!(w.len() == n * ld && ld >= cells.len(), "weight shape");
                 ROW.with(|b| {
                     let buf = &mut *b.borrow_mut();
-                    buf.resize(hd, 0.0);
-                    for c in cells.clone() {
-                        let i = c - cells.start;
-                        if (0..n).all(|r| w[r * ld + i] == 0.0) {
-                            continue;
-                        }
-                        kind.dequantize(&data[c * row + g * head..][..head], buf);
-                        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-                            let p = w[r * ld + i];
-                            if p != 0.0 {
-                                simd::axpy(o, p, buf);
+                    buf.resize(CHUNK * hd, 0.0);
+                    let mut c0 = cells.start;
+                    while c0 < cells.end {
+                        let m = CHUNK.min(cells.end - c0);
+                        let i0 = c0 - cells.start;
+                        // Chunks no row weighs (masked, or underflowed) are not read.
+                        if (0..n).any(|r| w[r * ld + i0..r * ld + i0 + m].iter().any(|&p| p != 0.0)) {
+                            for i in 0..m {
+                                let src = &data[(c0 + i) * row + g * head..][..head];
+                                kind.dequantize(src, &mut buf[i * hd..(i + 1) * hd]);
                             }
+                            let rows = simd::Rows { data: &buf[..m * hd], stride: hd, offset: 0, len: hd };
+                            simd::pv(&w[i0..], ld, rows, 0..m, out);
                         }
+                        c0 += m;
                     }
                 });
             }
