@@ -165,6 +165,13 @@ fn gguf_q4_k_matches_llama_cpp() {
     run(&every_arch("q4_k.gguf", "gguf-q4_k.json", ROUNDED));
 }
 
+/// gpt-oss as released: the experts' weights MXFP4 (the rest F32), against llama.cpp's
+/// MXFP4 kernels.
+#[test]
+fn gguf_mxfp4_matches_llama_cpp() {
+    run(&[Case { arch: "gpt_oss", source: "mxfp4.gguf", reference: "gguf-mxfp4.json", tol: ROUNDED }]);
+}
+
 #[test]
 fn hf_f32_matches_transformers() {
     run(&every_arch("hf", "hf.json", EXACT));

@@ -170,13 +170,18 @@ pub fn fingerprint(path: &Path) -> Result<String, ModelError> {
     let mut buf = vec![0u8; 1 << 20];
     for (name, info) in infos {
         h.put(name.as_bytes());
-        h.put(format!("{:?}", info.ggml_dtype).as_bytes());
+        // The type as stored (candle's name, or MXFP4, which candle does not know).
+        let ty = g.tensor_type(name).expect("a listed tensor");
+        match ty {
+            crate::gguf::TensorType::Ggml(t) => h.put(format!("{t:?}").as_bytes()),
+            crate::gguf::TensorType::Mxfp4 => h.put(b"MXFP4"),
+        }
         let dims = info.shape.dims();
         h.put(&(dims.len() as u64).to_le_bytes());
         dims.iter().for_each(|&d| h.put(&(d as u64).to_le_bytes()));
         // Bounds were checked when the file was opened.
         let elems: u64 = dims.iter().map(|&d| d as u64).product();
-        let bytes = elems / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64;
+        let bytes = ty.bytes(elems).expect("checked when the file was opened");
         h.put(&bytes.to_le_bytes());
         file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset)).map_err(io)?;
         let mut left = bytes;

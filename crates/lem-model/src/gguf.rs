@@ -3,14 +3,22 @@
 //! Parsing is candle's (`candle_core::quantized::gguf_file`); this module adds the checks
 //! lem promises users: a clear error for a file that is not GGUF, a truncated file, an
 //! unknown tensor type, a missing key or tensor.
+//!
+//! candle does not know MXFP4 (GGML type 39) and refuses a header that lists one. lem
+//! walks the tensor table itself first (as it walks the key/value table for the
+//! alignment), notes the MXFP4 tensors, and hands candle the header with their type ids
+//! replaced by a placeholder; those tensors are then sized and read by lem alone
+//! ([`TensorType`]), re-encoded exactly as Q8_0 (see [`mxfp4_matrix`]).
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use lem_kernels::QMatrix;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use lem_kernels::{QMatrix, QuantError, mxfp4};
 
 use crate::arch::Arch;
 use crate::config::{Factors, Key, RopeScaling, YarnConfig, key_names};
@@ -24,6 +32,110 @@ pub struct GgufFile {
     file: BufReader<File>,
     content: Content,
     size: u64,
+    /// Tensors stored as MXFP4 (candle saw them as [`PLACEHOLDER`]).
+    mxfp4: HashSet<String>,
+}
+
+/// GGML's type id of MXFP4.
+const MXFP4_ID: u32 = 39;
+/// The type candle is told an MXFP4 tensor has while it parses the header.
+const PLACEHOLDER: u32 = 8;
+
+/// A stored tensor's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorType {
+    /// A type candle knows.
+    Ggml(GgmlDType),
+    /// MXFP4: 32 weights in 17 bytes (E8M0 scale, 4-bit E2M1 values).
+    Mxfp4,
+}
+
+impl TensorType {
+    /// Bytes of `elems` elements (a whole number of blocks), `None` on overflow or a
+    /// partial block.
+    pub fn bytes(self, elems: u64) -> Option<u64> {
+        let (block, size) = match self {
+            TensorType::Ggml(t) => (t.block_size() as u64, t.type_size() as u64),
+            TensorType::Mxfp4 => (mxfp4::BLOCK as u64, std::mem::size_of::<mxfp4::BlockMxfp4>() as u64),
+        };
+        elems.is_multiple_of(block).then(|| (elems / block).checked_mul(size)).flatten()
+    }
+
+    /// Elements per block.
+    fn block(self) -> usize {
+        match self {
+            TensorType::Ggml(t) => t.block_size(),
+            TensorType::Mxfp4 => mxfp4::BLOCK,
+        }
+    }
+}
+
+/// `rows` rows of MXFP4 blocks as a matrix: exactly as Q8_0 (each block's doubled E2M1
+/// integers as the 8-bit values, half its E8M0 scale, a power of two, as the f16 scale)
+/// when every scale fits an f16 (`2^-24..=2^15`), so products run on the Q8_0 kernels
+/// with the integer sums llama.cpp's MXFP4 kernels form; otherwise as F32 (also exact).
+pub(crate) fn mxfp4_matrix(raw: &[u8], rows: usize, cols: usize) -> Result<QMatrix, QuantError> {
+    const SIZE: usize = std::mem::size_of::<mxfp4::BlockMxfp4>();
+    let blocks: Vec<mxfp4::BlockMxfp4> = raw
+        .chunks_exact(SIZE)
+        .map(|b| mxfp4::BlockMxfp4 { e: b[0], qs: b[1..SIZE].try_into().expect("16 code bytes") })
+        .collect();
+    if blocks.iter().all(|b| (104..=143).contains(&b.e)) {
+        let mut out = Vec::with_capacity(blocks.len() * 34);
+        for b in &blocks {
+            // f16 bits of 2^k, k = e - 128 in -24..=15 (subnormal below -14).
+            let k = i32::from(b.e) - 128;
+            let bits: u16 = if k >= -14 { ((k + 15) as u16) << 10 } else { 1 << (k + 24) };
+            out.extend_from_slice(&bits.to_le_bytes());
+            out.extend(b.qs.iter().map(|&q| mxfp4::KVALUES[usize::from(q & 0x0F)] as u8));
+            out.extend(b.qs.iter().map(|&q| mxfp4::KVALUES[usize::from(q >> 4)] as u8));
+        }
+        return QMatrix::from_bytes(GgmlDType::Q8_0, rows, cols, &out);
+    }
+    let mut values = vec![0f32; blocks.len() * mxfp4::BLOCK];
+    mxfp4::dequantize(&blocks, &mut values);
+    QMatrix::quantize(GgmlDType::F32, rows, cols, &values)
+}
+
+/// Walks the header to the end of the tensor table; returns its length and, for every
+/// MXFP4 tensor, the file offset of its type id and its name (as candle reads names:
+/// trailing NULs dropped, lossy UTF-8). Any parse problem is an `Err`, left for candle to
+/// report.
+fn scan_tensor_types(r: &mut BufReader<File>, size: u64) -> std::io::Result<(u64, Vec<(u64, String)>)> {
+    let _magic = read_u32(r)?;
+    let wide = read_u32(r)? >= 2;
+    let len = |r: &mut BufReader<File>| if wide { read_u64(r) } else { read_u32(r).map(u64::from) };
+    let n_tensors = len(r)?;
+    let n_kv = len(r)?;
+    for _ in 0..n_kv {
+        let key_len = len(r)?;
+        if key_len > size {
+            return Err(bad("key length"));
+        }
+        skip(r, key_len)?;
+        let ty = read_u32(r)?;
+        skip_value(r, ty, wide, 0)?;
+    }
+    let mut found = Vec::new();
+    for _ in 0..n_tensors {
+        let name_len = len(r)?;
+        if name_len > size {
+            return Err(bad("tensor name length"));
+        }
+        let mut name = vec![0u8; name_len as usize];
+        r.read_exact(&mut name)?;
+        while name.last() == Some(&0) {
+            name.pop();
+        }
+        let n_dims = u64::from(read_u32(r)?);
+        skip(r, n_dims.checked_mul(if wide { 8 } else { 4 }).ok_or_else(|| bad("dimensions"))?)?;
+        let at = r.stream_position()?;
+        if read_u32(r)? == MXFP4_ID {
+            found.push((at, String::from_utf8_lossy(&name).into_owned()));
+        }
+        let _offset = read_u64(r)?;
+    }
+    Ok((r.stream_position()?, found))
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -181,7 +293,20 @@ impl GgufFile {
             return Err(ModelError::Malformed { path: path.to_owned(), reason: "general.alignment is 0".into() });
         }
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let content = Content::read(&mut file).map_err(|e| {
+        let (header_len, mxfp4_at) = scan_tensor_types(&mut file, size).unwrap_or((0, Vec::new()));
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let parsed = if mxfp4_at.is_empty() {
+            Content::read(&mut file)
+        } else {
+            // The header with MXFP4 type ids replaced, for candle.
+            let mut head = vec![0u8; header_len as usize];
+            file.read_exact(&mut head).map_err(io)?;
+            for (at, _) in &mxfp4_at {
+                head[*at as usize..*at as usize + 4].copy_from_slice(&PLACEHOLDER.to_le_bytes());
+            }
+            Content::read(&mut Cursor::new(head))
+        };
+        let content = parsed.map_err(|e| {
             let reason = e.to_string();
             if let Some(id) = reason.strip_prefix("unknown dtype for tensor ") {
                 let id = id.trim().parse::<u32>().unwrap_or(u32::MAX);
@@ -195,7 +320,8 @@ impl GgufFile {
             }
             ModelError::Malformed { path: path.to_owned(), reason }
         })?;
-        let g = GgufFile { path: path.to_owned(), file, content, size };
+        let mxfp4_names = mxfp4_at.into_iter().map(|(_, name)| name).collect();
+        let g = GgufFile { path: path.to_owned(), file, content, size, mxfp4: mxfp4_names };
         g.check_bounds()?;
         Ok(g)
     }
@@ -206,21 +332,16 @@ impl GgufFile {
         for (name, info) in infos {
             // Dimensions come from the file: multiply with overflow checks, or a crafted
             // shape could wrap to a small size, pass this check and break the forward.
-            let block = info.ggml_dtype.block_size() as u64;
+            let ty = self.type_of(name, info);
             let bytes = info
                 .shape
                 .dims()
                 .iter()
                 .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-                .filter(|elems| elems % block == 0)
-                .and_then(|elems| (elems / block).checked_mul(info.ggml_dtype.type_size() as u64))
+                .and_then(|elems| ty.bytes(elems))
                 .ok_or_else(|| ModelError::Malformed {
                     path: self.path.clone(),
-                    reason: format!(
-                        "tensor '{name}' has impossible dimensions {:?} for {:?}",
-                        info.shape.dims(),
-                        info.ggml_dtype
-                    ),
+                    reason: format!("tensor '{name}' has impossible dimensions {:?} for {ty:?}", info.shape.dims()),
                 })?;
             let end = self.content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
             if end > self.size {
@@ -233,6 +354,30 @@ impl GgufFile {
             }
         }
         Ok(())
+    }
+
+    fn type_of(&self, name: &str, info: &TensorInfo) -> TensorType {
+        if self.mxfp4.contains(name) { TensorType::Mxfp4 } else { TensorType::Ggml(info.ggml_dtype) }
+    }
+
+    /// The stored type of tensor `name`.
+    pub fn tensor_type(&self, name: &str) -> Option<TensorType> {
+        self.content.tensor_infos.get(name).map(|i| self.type_of(name, i))
+    }
+
+    /// Every tensor: name, stored type, shape (row-major), and where its data starts in
+    /// the file, in file order.
+    pub fn tensors(&self) -> Vec<(&str, TensorType, Vec<usize>, u64)> {
+        let mut v: Vec<_> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(n, i)| {
+                (n.as_str(), self.type_of(n, i), i.shape.dims().to_vec(), self.content.tensor_data_offset + i.offset)
+            })
+            .collect();
+        v.sort_by_key(|t| t.3);
+        v
     }
 
     /// The file's path.
@@ -373,20 +518,27 @@ impl GgufFile {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
         check_shape(name, Some(info.shape.dims().to_vec()), expected)?;
         let (cols, rows) = (expected[expected.len() - 1], expected[..expected.len() - 1].iter().product::<usize>());
-        let dtype = info.ggml_dtype;
-        if range.end > rows || !cols.is_multiple_of(dtype.block_size()) {
+        let ty = self.type_of(name, info);
+        if range.end > rows || !cols.is_multiple_of(ty.block()) {
             return Err(ModelError::TensorShape {
                 tensor: name.to_owned(),
                 got: vec![rows, cols],
                 expected: vec![range.end, cols],
             });
         }
-        let row_bytes = (cols / dtype.block_size() * dtype.type_size()) as u64;
+        let row_bytes = ty.bytes(cols as u64).expect("whole blocks, checked above");
         let start = self.content.tensor_data_offset + info.offset + range.start as u64 * row_bytes;
         let io = |source| ModelError::Io { path: self.path.clone(), source };
         self.file.seek(SeekFrom::Start(start)).map_err(io)?;
-        QMatrix::read(dtype, range.len(), cols, &mut self.file)
-            .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })
+        let quant = |source| ModelError::Quant { tensor: name.to_owned(), source };
+        match ty {
+            TensorType::Ggml(dtype) => QMatrix::read(dtype, range.len(), cols, &mut self.file).map_err(quant),
+            TensorType::Mxfp4 => {
+                let mut raw = vec![0u8; range.len() * row_bytes as usize];
+                self.file.read_exact(&mut raw).map_err(io)?;
+                mxfp4_matrix(&raw, range.len(), cols).map_err(quant)
+            }
+        }
     }
 
     /// Loads a 1-D tensor of `len` elements as f32 (dequantizing if needed).
@@ -396,11 +548,23 @@ impl GgufFile {
             return Err(ModelError::TensorShape { tensor: name.to_owned(), got: dims, expected: vec![len] });
         }
         let info = &self.content.tensor_infos[name];
-        let (dtype, start) = (info.ggml_dtype, self.content.tensor_data_offset + info.offset);
+        let (ty, start) = (self.type_of(name, info), self.content.tensor_data_offset + info.offset);
         let io = |source| ModelError::Io { path: self.path.clone(), source };
         self.file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let m = QMatrix::read(dtype, 1, len, &mut self.file)
-            .map_err(|source| ModelError::Quant { tensor: name.to_owned(), source })?;
+        let quant = |source| ModelError::Quant { tensor: name.to_owned(), source };
+        let m = match ty {
+            TensorType::Ggml(dtype) => QMatrix::read(dtype, 1, len, &mut self.file).map_err(quant)?,
+            TensorType::Mxfp4 => {
+                let bytes = ty.bytes(len as u64).ok_or_else(|| ModelError::TensorShape {
+                    tensor: name.to_owned(),
+                    got: vec![len],
+                    expected: vec![len.next_multiple_of(mxfp4::BLOCK)],
+                })?;
+                let mut raw = vec![0u8; bytes as usize];
+                self.file.read_exact(&mut raw).map_err(io)?;
+                mxfp4_matrix(&raw, 1, len).map_err(quant)?
+            }
+        };
         Ok(m.to_f32())
     }
 }
@@ -542,5 +706,47 @@ impl WeightSource for GgufWeights {
             return Err(ModelError::TensorShape { tensor: name, got: vec![n_expert], expected: vec![e + 1] });
         }
         Ok(self.file.read_rows(&name, &[n_expert, len], e..e + 1)?.to_f32())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// Random MXFP4 blocks with scales drawn from `scales`, as raw bytes.
+    fn raw_blocks(rng: &mut ChaCha8Rng, n: usize, scales: std::ops::RangeInclusive<u8>) -> Vec<u8> {
+        let mut raw = vec![0u8; n * 17];
+        rng.fill(&mut raw[..]);
+        for b in raw.chunks_exact_mut(17) {
+            b[0] = rng.random_range(scales.clone());
+        }
+        raw
+    }
+
+    fn dequantized(raw: &[u8]) -> Vec<f32> {
+        let blocks: Vec<mxfp4::BlockMxfp4> =
+            raw.chunks_exact(17).map(|b| mxfp4::BlockMxfp4 { e: b[0], qs: b[1..].try_into().unwrap() }).collect();
+        let mut out = vec![0f32; blocks.len() * 32];
+        mxfp4::dequantize(&blocks, &mut out);
+        out
+    }
+
+    #[test]
+    fn mxfp4_is_re_encoded_exactly() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        // Every scale an f16 holds (subnormal ones included): Q8_0, the same values.
+        let raw = raw_blocks(&mut rng, 3 * 4, 104..=143);
+        let m = mxfp4_matrix(&raw, 3, 128).unwrap();
+        assert_eq!(m.dtype(), GgmlDType::Q8_0);
+        assert_eq!(m.to_f32(), dequantized(&raw));
+        // One block outside the f16 range: the whole matrix in F32, still exact.
+        let mut raw = raw_blocks(&mut rng, 2 * 2, 120..=130);
+        raw[17] = 90;
+        let m = mxfp4_matrix(&raw, 2, 64).unwrap();
+        assert_eq!(m.dtype(), GgmlDType::F32);
+        assert_eq!(m.to_f32(), dequantized(&raw));
     }
 }

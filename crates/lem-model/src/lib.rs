@@ -23,7 +23,7 @@ pub use arch::{Arch, HfConventions, SUPPORTED as SUPPORTED_ARCHITECTURES, SUPPOR
 pub use candle_core::quantized::GgmlDType;
 pub use config::{Factors, Key, ModelConfig, MoeConfig, RopeConfig, RopeScaling, YarnConfig};
 pub use error::ModelError;
-pub use gguf::{GgufFile, GgufWeights};
+pub use gguf::{GgufFile, GgufWeights, TensorType};
 pub use hf::HfDir;
 pub use layers::{
     Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Gating, Kernels, Linear, Loader, RmsNorm,

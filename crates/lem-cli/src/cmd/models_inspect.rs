@@ -12,13 +12,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::quantized::GgmlDType;
 use lem_kv::{KvDtype, LayerKind};
-use lem_model::{Capture, CaptureKind, Captured, LoadOptions, LogitsRequest, Model, Observer, SeqInput, Workspace};
+use lem_model::{
+    Capture, CaptureKind, Captured, LoadOptions, LogitsRequest, Model, Observer, SeqInput, TensorType, Workspace,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -208,17 +210,18 @@ fn dtype_name(t: GgmlDType) -> String {
     }
 }
 
-/// The tensor table of a GGUF file.
+/// The tensor table of a GGUF file (lem's reader: it also knows MXFP4, which candle's
+/// does not).
 fn gguf_table(path: &Path) -> anyhow::Result<TensorTable> {
-    let mut r = BufReader::new(File::open(path)?);
-    let content = candle_core::quantized::gguf_file::Content::read(&mut r)
-        .map_err(|e| anyhow::anyhow!("reading the GGUF tensor table: {e}"))?;
+    let g = lem_model::GgufFile::open(path)?;
     let mut t = TensorTable::default();
-    for info in content.tensor_infos.values() {
-        let dims = info.shape.dims();
-        t.add(dtype_name(info.ggml_dtype), dims);
-        let elems: usize = dims.iter().product();
-        t.bytes += (elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64;
+    for (_, ty, dims, _) in g.tensors() {
+        let name = match ty {
+            TensorType::Ggml(d) => dtype_name(d),
+            TensorType::Mxfp4 => "MXFP4".into(),
+        };
+        t.add(name, &dims);
+        t.bytes += ty.bytes(dims.iter().map(|&d| d as u64).product()).unwrap_or(0);
     }
     Ok(t)
 }
