@@ -26,6 +26,8 @@ pub struct BenchReport {
     pub threads: usize,
     /// Peak resident memory of the process so far, in bytes.
     pub peak_rss_bytes: u64,
+    /// The sequence's K/V memory (peak resident bytes, cache types).
+    pub kv: lem_kv::KvMemory,
 }
 
 /// Prefills `prompt_tokens` synthetic tokens, then decodes `gen_tokens` greedily.
@@ -54,6 +56,7 @@ pub fn bench(engine: &Engine, prompt_tokens: usize, gen_tokens: usize) -> Result
         gen_tokens,
         threads: engine.threads().count(),
         peak_rss_bytes: peak_rss_bytes(),
+        kv: seq.cache().memory(),
     })
 }
 
@@ -139,4 +142,77 @@ pub fn verify_cost(
         out.push((k, times[times.len() / 2]));
     }
     Ok(out)
+}
+
+/// Batched decode throughput (see [`bench_parallel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ParallelReport {
+    /// Sequences decoding together.
+    pub sequences: usize,
+    /// Generated tokens per second over all sequences.
+    pub aggregate_tok_s: f64,
+    /// The same with one sequence alone.
+    pub single_tok_s: f64,
+    /// `aggregate_tok_s / single_tok_s`.
+    pub scaling: f64,
+    /// Tokens generated per sequence.
+    pub gen_tokens: usize,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// Decodes `gen_tokens` greedily in each of `sequences` sequences at once through the
+/// [`Batcher`](crate::Batcher) (one forward per step for all of them), after prefilling
+/// each with its own synthetic `prompt_tokens`-token prompt (not timed), and the same
+/// with one sequence; reports both aggregate speeds.
+pub fn bench_parallel(
+    engine: &Engine,
+    sequences: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<ParallelReport, EngineError> {
+    let sequences = sequences.max(1);
+    if prompt_tokens + gen_tokens + 1 > engine.ctx_size() {
+        return Err(EngineError::PromptTooLong { tokens: prompt_tokens + gen_tokens + 1, ctx: engine.ctx_size() });
+    }
+    let run = |n: usize| -> Result<f64, EngineError> {
+        let mut batcher = crate::Batcher::new(crate::BatchConfig { max_active: n, prefill_chunk: 512 });
+        for s in 0..n {
+            let prompt: Vec<u32> =
+                (0..prompt_tokens.max(1)).map(|i| 100 + ((i * 37 + s * 101) % 5000) as u32).collect();
+            let mut seq = engine.new_sequence();
+            seq.feed(engine, &prompt)?;
+            let request = GenerateRequest { max_tokens: gen_tokens, ..Default::default() };
+            // No prompt: the job continues from the sequence's last token.
+            let job = crate::Job { seq, prompt_ids: Vec::new(), request, top_logprobs: None, sink: Box::new(Discard) };
+            batcher.admit(engine, job).map_err(|_| EngineError::StateMismatch("batch full".into()))?;
+        }
+        let t = Instant::now();
+        let mut generated = 0;
+        while !batcher.is_idle() {
+            for f in batcher.step(engine) {
+                generated += f.result?.ids.len();
+            }
+        }
+        Ok(generated as f64 / t.elapsed().as_secs_f64())
+    };
+    let single = run(1)?;
+    let aggregate = if sequences == 1 { single } else { run(sequences)? };
+    Ok(ParallelReport {
+        sequences,
+        aggregate_tok_s: aggregate,
+        single_tok_s: single,
+        scaling: aggregate / single,
+        gen_tokens,
+        threads: engine.threads().count(),
+    })
+}
+
+/// A sink that keeps nothing.
+struct Discard;
+
+impl crate::TokenSink for Discard {
+    fn event(&mut self, _: crate::BatchEvent<'_>) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Continue(())
+    }
 }

@@ -21,7 +21,9 @@ mod sequence;
 pub mod stop;
 
 pub use batch::{BatchConfig, BatchEvent, Batcher, Finished, Job, JobId, TokenSink};
-pub use bench::{BenchReport, DraftBenchReport, bench, bench_draft, peak_rss_bytes, verify_cost};
+pub use bench::{
+    BenchReport, DraftBenchReport, ParallelReport, bench, bench_draft, bench_parallel, peak_rss_bytes, verify_cost,
+};
 pub use constraint::{Constraint, ConstraintFactory, Grammar};
 pub use decode::{DecodeEvent, Decoded, Decoder, SpeculationStats, StepOutcome};
 pub use draft::{DraftConfig, DraftLength, DraftMethod, DraftModel, Drafter, NGramDrafter, Speculator};

@@ -364,6 +364,22 @@ pub struct SeqCache {
     layout: CacheLayout,
     layers: Vec<LayerCache>,
     len: u32,
+    /// Most bytes of K/V held at once (see [`SeqCache::peak_bytes_used`]).
+    peak: usize,
+}
+
+/// What a sequence's K/V costs in memory, as `lem generate --json` and `lem bench --json`
+/// report it (`kv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KvMemory {
+    /// Bytes of K/V held in memory: the peak over the sequence's life.
+    pub resident_bytes: usize,
+    /// Bytes of K/V held elsewhere (always 0: lem keeps every cell in memory).
+    pub offloaded_bytes: usize,
+    /// Storage type of the keys.
+    pub cache_type_k: KvDtype,
+    /// Storage type of the values.
+    pub cache_type_v: KvDtype,
 }
 
 impl SeqCache {
@@ -376,7 +392,7 @@ impl SeqCache {
             .iter()
             .map(|spec| LayerCache::new(*spec, layout.k_type, layout.v_type, layout.max_batch))
             .collect();
-        SeqCache { layout: layout.clone(), layers, len: 0 }
+        SeqCache { layout: layout.clone(), layers, len: 0, peak: 0 }
     }
 
     /// The layout this cache was made for.
@@ -431,6 +447,7 @@ impl SeqCache {
     /// Records that `n` more positions were appended to every layer.
     pub fn advance(&mut self, n: u32) {
         self.len += n;
+        self.peak = self.peak.max(self.bytes_used());
         debug_assert!(self.layers.iter().all(|l| l.newest().is_none_or(|p| p < self.len)));
     }
 
@@ -453,6 +470,23 @@ impl SeqCache {
     /// An independent copy; later appends to either side do not affect the other.
     pub fn fork(&self) -> SeqCache {
         self.clone()
+    }
+
+    /// The most bytes of K/V in live cells this cache has held at once (after any
+    /// forward; truncation does not lower it; an import starts it afresh; a fork inherits
+    /// it).
+    pub fn peak_bytes_used(&self) -> usize {
+        self.peak.max(self.bytes_used())
+    }
+
+    /// The memory report of this cache (peak resident bytes and storage types).
+    pub fn memory(&self) -> KvMemory {
+        KvMemory {
+            resident_bytes: self.peak_bytes_used(),
+            offloaded_bytes: 0,
+            cache_type_k: self.layout.k_type,
+            cache_type_v: self.layout.v_type,
+        }
     }
 
     /// Bytes of K/V data held in live cells.
@@ -514,6 +548,7 @@ impl SeqCache {
             import(l, e).map_err(|what| KvError::Shape { layer: i, what })?;
         }
         fresh.len = len;
+        fresh.peak = fresh.bytes_used();
         *self = fresh;
         Ok(())
     }

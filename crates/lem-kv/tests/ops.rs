@@ -517,6 +517,13 @@ fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
     c.layer_mut(0).append(&[0, 1, 2, 3, 4], &k, &v);
     c.advance(5);
     assert_eq!(c.bytes_used(), 5 * q.bytes_per_token());
+    c.truncate(2).unwrap();
+    let m = c.memory();
+    assert_eq!(m.resident_bytes, 5 * q.bytes_per_token(), "peak survives truncation");
+    assert_eq!((m.offloaded_bytes, m.cache_type_k, m.cache_type_v), (0, KvDtype::Q8_0, KvDtype::Q4_0));
+    assert_eq!(c.bytes_used(), 2 * q.bytes_per_token());
+    c.layer_mut(0).append(&[2, 3, 4], &k[2 * 192..], &v[2 * 192..]);
+    c.advance(3);
     // The f32 export is the dequantised values, within the formats' error of the input.
     let e = &c.export()[0];
     let (mut kr, mut vr) = (k.clone(), v.clone());

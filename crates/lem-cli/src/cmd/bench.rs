@@ -27,6 +27,10 @@ pub struct Args {
     /// after a context of --prompt-tokens, in decode steps.
     #[arg(long)]
     draft_cost: bool,
+    /// Batched decode: N sequences decoding together (one forward per step), against one
+    /// alone; prints the aggregate tokens per second of each and the ratio.
+    #[arg(long, value_name = "N")]
+    parallel: Option<usize>,
     #[command(flatten)]
     draft: DraftArgs,
 }
@@ -58,6 +62,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             };
             println!("1 + {k} tokens: {ms:.2} ms = {:.2} decode steps{per}", ms / base);
         }
+        return Ok(());
+    }
+    if let Some(n) = a.parallel {
+        let r = lem_engine::bench_parallel(&engine, n, a.prompt_tokens, a.gen_tokens)?;
+        if a.json {
+            let mut v = serde_json::to_value(r)?;
+            v["model"] = serde_json::json!(name);
+            return print_json(&v);
+        }
+        println!(
+            "{}: {} sequences {:.1} tok/s in all, 1 sequence {:.1} tok/s ({:.2}x), {} tokens each after {} prompt tokens, {} threads",
+            engine.path().display(),
+            r.sequences,
+            r.aggregate_tok_s,
+            r.single_tok_s,
+            r.scaling,
+            r.gen_tokens,
+            a.prompt_tokens,
+            r.threads
+        );
         return Ok(());
     }
     if let Some(draft) = a.draft.config(&engine)? {
@@ -96,14 +120,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         print_json(&v)
     } else {
         println!(
-            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), {} threads, peak RSS {:.1} MiB",
+            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), {} threads, peak RSS {:.1} MiB, \
+             KV {:.2} MiB (K {}, V {})",
             engine.path().display(),
             r.prefill_tok_s,
             r.prompt_tokens,
             r.decode_tok_s,
             r.gen_tokens,
             r.threads,
-            r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            r.kv.resident_bytes as f64 / (1024.0 * 1024.0),
+            r.kv.cache_type_k,
+            r.kv.cache_type_v
         );
         Ok(())
     }

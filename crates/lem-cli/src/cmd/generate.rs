@@ -96,6 +96,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "finish_reason": g.finish_reason,
             "seed": params.seed,
             "timings": g.timings,
+            "kv": seq.cache().memory(),
         });
         if let Some(c) = cache_report {
             v["prefix_cache"] = c;
