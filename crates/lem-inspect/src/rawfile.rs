@@ -119,10 +119,7 @@ pub fn write_capture_file(
         ("head_dim", id.head_dim.to_string()),
         ("layers", json(serde_json::to_string(&layers))?),
         ("captured", json(serde_json::to_string(&kind_names))?),
-        (
-            "kv_dtype",
-            meta.kv_dtype.name().to_owned(),
-        ),
+        ("kv_dtype", meta.kv_dtype.name().to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -248,10 +248,7 @@ impl Model {
         threads: &Threads,
     ) -> Result<(), ModelError> {
         if layers == 0 || layers > self.blocks.len() {
-            return Err(ModelError::Input(format!(
-                "cannot run {layers} layers of a model with {}",
-                self.blocks.len()
-            )));
+            return Err(ModelError::Input(format!("cannot run {layers} layers of a model with {}", self.blocks.len())));
         }
         self.forward_inner(layers, batch, ws, threads, None)
     }
