@@ -487,12 +487,12 @@ mod tests {
             hadamard(&mut y, n);
             // Against the matrix definition: H[i][j] = (-1)^popcount(i & j) / sqrt(n).
             for (c, (xc, yc)) in x.chunks_exact(n).zip(y.chunks_exact(n)).enumerate() {
-                for i in 0..n {
+                for (i, &got) in yc.iter().enumerate() {
                     let want: f64 = (0..n)
                         .map(|j| if (i & j).count_ones() % 2 == 0 { xc[j] as f64 } else { -xc[j] as f64 })
                         .sum::<f64>()
                         / (n as f64).sqrt();
-                    assert!((yc[i] as f64 - want).abs() < 1e-4, "n {n} chunk {c} row {i}");
+                    assert!((got as f64 - want).abs() < 1e-4, "n {n} chunk {c} row {i}");
                 }
             }
             let norm = |v: &[f32]| v.iter().map(|a| *a as f64 * *a as f64).sum::<f64>();

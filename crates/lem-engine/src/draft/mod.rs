@@ -222,7 +222,7 @@ impl DraftLength {
 
     /// Counts one decode step and says how many tokens to draft in it: the current
     /// length, or 0 while drafting is paused.
-    pub fn next(&mut self) -> usize {
+    pub fn advance(&mut self) -> usize {
         if self.paused > 0 {
             self.paused -= 1;
             // The last paused step probes with the shortest draft.
@@ -303,7 +303,7 @@ impl<'a> Speculator<'a> {
         input: &mut Vec<u32>,
     ) -> Result<usize, EngineError> {
         debug_assert_eq!(input.len(), 1);
-        let k = self.length.next().min(cap);
+        let k = self.length.advance().min(cap);
         if k == 0 {
             return Ok(0);
         }
@@ -437,7 +437,7 @@ mod tests {
         }
         assert_eq!(l.get(), 1);
         // Fixed: never pauses, however bad the acceptance.
-        assert_eq!(l.next(), 1);
+        assert_eq!(l.advance(), 1);
         assert_eq!(DraftLength::new(0, 0).get(), 1);
     }
 
@@ -445,12 +445,12 @@ mod tests {
     fn drafting_pauses_while_it_does_not_pay_and_probes_again() {
         let mut l = DraftLength::new(1, 8);
         assert!(l.expected_gain(1) > 1.0, "the prior drafts");
-        assert_eq!(l.next(), 4);
+        assert_eq!(l.advance(), 4);
         // Rejections drive the acceptance below the cost of a draft token.
         let mut paused_after = None;
         for i in 0..10 {
             l.update(l.get(), 0);
-            if l.next() == 0 {
+            if l.advance() == 0 {
                 paused_after = Some(i);
                 break;
             }
@@ -460,18 +460,18 @@ mod tests {
         // The back-off: BACKOFF_MIN steps in all, the last of which probes.
         let mut steps = vec![0];
         for _ in 1..BACKOFF_MIN {
-            steps.push(l.next());
+            steps.push(l.advance());
         }
         assert_eq!(steps, [0, 0, 0, 1], "paused after {first} rejections, then a probe of the shortest draft");
         // A failed probe doubles the back-off.
         l.update(1, 0);
-        let skipped = (0..2 * BACKOFF_MIN).take_while(|_| l.next() == 0).count();
+        let skipped = (0..2 * BACKOFF_MIN).take_while(|_| l.advance() == 0).count();
         assert_eq!(skipped, 2 * BACKOFF_MIN - 1);
         // Accepted drafts bring the estimate back up and drafting resumes.
         for _ in 0..4 {
             l.update(l.get(), l.get());
         }
         assert!(l.expected_gain(1) > 1.0);
-        assert!(l.next() > 0);
+        assert!(l.advance() > 0);
     }
 }
