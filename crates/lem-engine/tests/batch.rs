@@ -109,6 +109,24 @@ fn run_all(e: &Engine, b: &mut Batcher, jobs: Vec<(usize, Job)>) -> Vec<Finished
     (0..n).map(|i| out.remove(&i).expect("every job finished")).collect()
 }
 
+/// Runs `(prompt, request, admitted before step)` cases through one batcher; returns the
+/// finished jobs and their streamed texts, in case order.
+fn run_cases(
+    e: &Engine,
+    config: BatchConfig,
+    cases: &[(Vec<u32>, GenerateRequest, usize)],
+) -> (Vec<Finished>, Vec<Arc<Mutex<String>>>) {
+    let mut b = Batcher::new(config);
+    let mut texts = Vec::new();
+    let mut later = Vec::new();
+    for (prompt, req, at) in cases {
+        let (j, text, _) = job(e, prompt, req);
+        texts.push(text);
+        later.push((*at, j));
+    }
+    (run_all(e, &mut b, later), texts)
+}
+
 #[test]
 fn batched_sequences_match_generate_alone() {
     let e = engine(MODEL);
@@ -127,15 +145,7 @@ fn batched_sequences_match_generate_alone() {
         (chat(&e, "Count to five."), greedy(1), 2),
     ];
     // Small chunks: prompts are prefilled over several steps, beside decoding sequences.
-    let mut b = Batcher::new(BatchConfig { max_active: 8, prefill_chunk: 13 });
-    let mut texts = Vec::new();
-    let mut later = Vec::new();
-    for (prompt, req, at) in &cases {
-        let (j, text, _) = job(&e, prompt, req);
-        texts.push(text);
-        later.push((*at, j));
-    }
-    let out = run_all(&e, &mut b, later);
+    let (out, texts) = run_cases(&e, BatchConfig { max_active: 8, prefill_chunk: 13 }, &cases);
     for (i, (prompt, req, _)) in cases.iter().enumerate() {
         let want = alone(&e, prompt, req);
         let got = out[i].result.as_ref().unwrap();
@@ -259,15 +269,7 @@ fn speculating_and_plain_sequences_share_a_batch() {
             (chat_ids("List five fruits."), with(sampled(24, 3), &own), 4),
             (chat_ids(&long), with(greedy(40), &ngram), 5),
         ];
-        let mut b = Batcher::new(BatchConfig { max_active: 8, prefill_chunk: 48 });
-        let mut texts = Vec::new();
-        let mut later = Vec::new();
-        for (prompt, req, at) in &cases {
-            let (j, text, _) = job(&e, prompt, req);
-            texts.push(text);
-            later.push((*at, j));
-        }
-        let out = run_all(&e, &mut b, later);
+        let (out, texts) = run_cases(&e, BatchConfig { max_active: 8, prefill_chunk: 48 }, &cases);
         let mut drafted = 0;
         for (i, (prompt, req, _)) in cases.iter().enumerate() {
             let want = alone(&e, prompt, &GenerateRequest { draft: None, ..req.clone() });

@@ -115,6 +115,16 @@ enum Source {
     Model(DraftModel),
 }
 
+impl Source {
+    /// The model this source runs and how many of its layers.
+    fn model<'a>(&'a self, engine: &'a Engine) -> (&'a Model, usize) {
+        match self {
+            Source::EarlyExit(l) => (engine.model(), *l),
+            Source::Model(m) => (m.model(), m.model().n_layers()),
+        }
+    }
+}
+
 /// Greedy drafting with a model and a cache of its own.
 pub(crate) struct ModelDrafter {
     source: Source,
@@ -150,10 +160,7 @@ impl ModelDrafter {
     /// Feeds `tokens` after what the cache holds, in batches; the logits of the last one
     /// are in `self.ws`.
     fn feed(&mut self, engine: &Engine, tokens: &[u32]) -> Result<(), EngineError> {
-        let (model, layers) = match &self.source {
-            Source::EarlyExit(l) => (engine.model(), *l),
-            Source::Model(m) => (m.model(), m.model().n_layers()),
-        };
+        let (model, layers) = self.source.model(engine);
         let cache = self.cache.as_mut().expect("made before feeding");
         let chunks: Vec<&[u32]> = tokens.chunks(model.max_batch()).collect();
         let last = chunks.len().saturating_sub(1);
@@ -181,10 +188,7 @@ impl Drafter for ModelDrafter {
     }
 
     fn propose(&mut self, engine: &Engine, context: &[u32], max: usize, out: &mut Vec<u32>) -> Result<(), EngineError> {
-        let (model, layers) = match &self.source {
-            Source::EarlyExit(l) => (engine.model(), *l),
-            Source::Model(m) => (m.model(), m.model().n_layers()),
-        };
+        let (model, layers) = self.source.model(engine);
         let vocab = model.vocab();
         let target_vocab = engine.model().vocab();
         if context.is_empty() || context.len() + max > model.config().context_length.min(engine.ctx_size()) {
