@@ -242,8 +242,8 @@ fn draft_ngram_generates_exactly_what_plain_decoding_does() {
     assert_eq!(spec["ids"], plain["ids"]);
     assert_eq!(spec["text"], plain["text"]);
     assert_eq!(spec["finish_reason"], plain["finish_reason"]);
-    assert!(plain.get("speculation").is_none());
-    let sp = &spec["speculation"];
+    assert!(plain.get("speculative").is_none());
+    let sp = &spec["speculative"];
     assert!(sp["accepted"].as_u64().unwrap() > 0, "nothing accepted on a repetitive prompt: {sp}");
     assert!(sp["decode_steps"].as_u64().unwrap() < spec["ids"].as_array().unwrap().len() as u64, "{sp}");
     // An unknown drafter is a usage error naming the choices.
