@@ -14,7 +14,7 @@ pub struct DraftArgs {
     /// `early-exit[:L]` (the model's own first L layers; default three quarters), or a
     /// draft model (GGUF file, Hugging Face directory or packaged alias) with the same
     /// tokenizer.
-    #[arg(long, value_name = "ngram|early-exit[:L]|MODEL")]
+    #[arg(long, value_name = "ngram|early-exit[:L]|MODEL", value_parser = parse_spec)]
     pub draft: Option<String>,
     /// Most tokens per draft.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -49,6 +49,26 @@ impl DraftArgs {
 pub fn default_exit_layers(engine: &Engine) -> usize {
     let n = engine.model().n_layers();
     (3 * n / 4).clamp(1, n.saturating_sub(1).max(1))
+}
+
+/// Checks a `--draft` value without loading anything, so that a typo is a usage error
+/// (exit 2) naming the choices: `ngram`, `early-exit`, `early-exit:L`, an existing file
+/// or directory, or a packaged model alias.
+fn parse_spec(spec: &str) -> Result<String, String> {
+    let layers_ok = |l: &str| l.parse::<usize>().is_ok_and(|l| l > 0);
+    let valid = spec == "ngram"
+        || spec == "early-exit"
+        || spec.strip_prefix("early-exit:").is_some_and(layers_ok)
+        || (!spec.is_empty() && std::path::Path::new(spec).exists())
+        || lem_hub::find(spec).is_some();
+    if valid {
+        return Ok(spec.to_owned());
+    }
+    let aliases: Vec<&str> = lem_hub::registry().iter().map(|m| m.alias).collect();
+    Err(format!(
+        "expected ngram, early-exit, early-exit:L (L a number of layers), a GGUF file or model directory, or a packaged model ({})",
+        aliases.join(", ")
+    ))
 }
 
 fn parse_method(spec: &str, engine: &Engine) -> anyhow::Result<DraftMethod> {
