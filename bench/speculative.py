@@ -12,7 +12,10 @@ one (it always must).
 
   bench/speculative.py [--model smollm2-135m --model gemma3-270m] [--draft ngram]
                        [--draft early-exit] [--draft MODEL] [--threads 2] [--pairs 5]
-                       [--gen-tokens 128] [--json]
+                       [--gen-tokens 128] [--draft-max 8] [--json]
+
+Also printed per set: tokens per forward pass, and the same for a perfect prompt lookup
+on the plain output (`lookup_bound`: the ceiling of any prompt-lookup drafter there).
 
 Run from the repository root after `cargo build --release -p lem-cli`.
 """
@@ -28,13 +31,13 @@ LEM = os.path.join(ROOT, "target", "release", "lem")
 PROMPTS = os.path.join(ROOT, "tests", "fixtures", "speculative", "prompts.json")
 
 
-def generate(model, prompt, threads, gen_tokens, draft):
+def generate(model, prompt, threads, gen_tokens, draft, draft_max=8):
     cmd = [LEM, "generate", "-m", model, "-t", str(threads), "-n", str(gen_tokens), "--temperature", "0",
            "--json", "-p", prompt["text"]]
     if prompt["form"] == "chat":
         cmd.append("--chat")
     if draft:
-        cmd += ["--draft", draft]
+        cmd += ["--draft", draft, "--draft-max", str(draft_max)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -46,6 +49,26 @@ def decode_seconds(g):
     return n, (n / rate if rate > 0 else 0.0)
 
 
+def lookup_bound(g, cap):
+    """Tokens per forward pass that a perfect prompt lookup would reach on generation `g`:
+    at each step it drafts the longest run (at most `cap`) of the tokens that actually
+    follow which occurs verbatim anywhere in the context, and the verifier adds one. No
+    prompt-lookup drafter can do better on the same output, whatever it matches on;
+    the speed-up is at most this (verification is not free)."""
+    ctx, rest = list(g["prompt_ids"]) + g["ids"][:1], g["ids"][1:]
+    text = lambda seq: "," + ",".join(map(str, seq)) + ","
+    forwards, i = 0, 0
+    while i < len(rest):
+        hay, k = text(ctx), 0
+        while k < cap and i + k < len(rest) and text(rest[i : i + k + 1]) in hay:
+            k += 1
+        step = min(k + 1, len(rest) - i)
+        ctx += rest[i : i + step]
+        i += step
+        forwards += 1
+    return len(rest), forwards
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append")
@@ -53,6 +76,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--draft-max", type=int, default=8, help="lem's --draft-max (and the lookup bound's cap)")
     ap.add_argument("--only", choices=["grounded", "open"], help="one prompt set")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -70,11 +94,11 @@ def main():
                 acc = {}
                 for i, p in enumerate(prompts):
                     order = [None, draft] if (pair + i) % 2 == 0 else [draft, None]
-                    got = {d: generate(model, p, a.threads, a.gen_tokens, d) for d in order}
+                    got = {d: generate(model, p, a.threads, a.gen_tokens, d, a.draft_max) for d in order}
                     plain, spec = got[None], got[draft]
                     if plain["ids"] != spec["ids"]:
                         sys.exit(f"speculative.py: {model}/{draft}/{p['name']}: output differs from plain decoding")
-                    row = acc.setdefault(p["kind"], [0, 0.0, 0, 0.0, 0, 0, 0])
+                    row = acc.setdefault(p["kind"], [0, 0.0, 0, 0.0, 0, 0, 0, 0, 0, 0])
                     n, s = decode_seconds(plain)
                     row[0] += n
                     row[1] += s
@@ -85,13 +109,17 @@ def main():
                     row[4] += sp["drafted"]
                     row[5] += sp["accepted"]
                     row[6] += sp["verify_steps"]
+                    row[7] += sp["decode_steps"]
+                    bound = lookup_bound(plain, a.draft_max)
+                    row[8] += bound[0]
+                    row[9] += bound[1]
                 for kind, row in acc.items():
                     sets.setdefault(kind, []).append(row)
                 print(f"# {model} {draft}: pair {pair + 1}/{a.pairs} done", file=sys.stderr)
             for kind, rows in sets.items():
                 plain = statistics.median(r[0] / r[1] for r in rows if r[1] > 0)
                 spec = statistics.median(r[2] / r[3] for r in rows if r[3] > 0)
-                drafted, accepted, verifies = (sum(r[j] for r in rows) for j in (4, 5, 6))
+                drafted, accepted, verifies, steps, b_tokens, b_forwards = (sum(r[j] for r in rows) for j in range(4, 10))
                 res = {
                     "model": model,
                     "draft": draft,
@@ -103,13 +131,16 @@ def main():
                     "speedup": round(spec / plain, 3),
                     "acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
                     "mean_accepted_per_step": round(accepted / verifies, 2) if verifies else 0.0,
+                    "tokens_per_forward": round(sum(r[2] for r in rows) / steps, 2) if steps else 0.0,
+                    "lookup_bound_tokens_per_forward": round(b_tokens / b_forwards, 2) if b_forwards else 0.0,
                 }
                 results.append(res)
                 if not a.json:
                     print(
                         f"{model:14} {draft:12} {kind:8} plain {plain:7.1f} tok/s  speculative {spec:7.1f} tok/s  "
                         f"{spec / plain:5.2f}x  acceptance {res['acceptance_rate']:.2f}  "
-                        f"{res['mean_accepted_per_step']:.2f}/verify  ({len(rows)} pairs, {res['prompts']} prompts)",
+                        f"{res['mean_accepted_per_step']:.2f}/verify  {res['tokens_per_forward']:.2f} tok/forward "
+                        f"(lookup bound {res['lookup_bound_tokens_per_forward']:.2f})  ({len(rows)} pairs, {res['prompts']} prompts)",
                         flush=True,
                     )
     if a.json:
