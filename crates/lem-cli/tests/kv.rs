@@ -139,14 +139,14 @@ fn kv_load_refusals() {
     let line = load(&snap, other.to_str().unwrap(), &[]);
     assert!(line.contains("another model") && line.contains("other.gguf"), "{line}");
     // Another layout: a snapshot that says its K/V are stored as f32.
-    let (from, to) = (r#"\"dtype\":\"f16\""#, r#"\"dtype\":\"f32\""#);
+    let (from, to) = (r#"\"k_type\":\"f16\",\"v_type\":\"f16\""#, r#"\"k_type\":\"f32\",\"v_type\":\"f32\""#);
     let f32_file = env.path("f32.lemkv");
     let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("layout dtype in the header");
     let mut edited = bytes.clone();
     edited[at..at + to.len()].copy_from_slice(to.as_bytes());
     std::fs::write(&f32_file, &edited).unwrap();
     let line = load(&f32_file, &env.model, &[]);
-    assert!(line.contains("cache layout") && line.contains("F32 vs F16"), "{line}");
+    assert!(line.contains("cache layout") && line.contains("K cache type f32 vs f16"), "{line}");
     // Corruptions.
     let bad = env.path("bad.lemkv");
     std::fs::write(&bad, &bytes[..bytes.len() - 100]).unwrap();
