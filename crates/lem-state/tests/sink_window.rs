@@ -1,16 +1,20 @@
 //! Sink + window bounds (`LoadOptions::kv_bound`, `--kv-sinks` / `--kv-window`) on tiny
 //! models: a bounded layer gives bit-identical logits to full attention while the
 //! sequence fits in sinks + window and different ones past it, whatever the batch shape;
-//! its cache stops growing; snapshots of a bounded cache restore exactly, and a snapshot
-//! made under another bound (or none) is refused as another layout.
+//! its cache stops growing; speculative decoding (which rolls back rejected drafts) gives
+//! the plain output on a wrapped bounded ring; snapshots of a bounded cache restore
+//! exactly, and a snapshot made under another bound (or none) is refused as another
+//! layout.
 #![allow(missing_docs)]
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{gen_ids, isolate_cache, tiny};
-use lem_engine::{Engine, EngineConfig};
+use std::ops::ControlFlow;
+
+use common::{gen_ids, greedy, isolate_cache, tiny};
+use lem_engine::{DraftConfig, Engine, EngineConfig, GenerateRequest, generate};
 use lem_kv::{KvBound, LayerKind};
 use lem_model::LoadOptions;
 use lem_state::{StateError, load_snapshot, save_snapshot};
@@ -135,4 +139,20 @@ fn on_gemma3_the_bound_takes_the_global_layers_only() {
         gen_ids(&bounded, &mut bounded.new_sequence(), &p, 5),
         gen_ids(&native, &mut native.new_sequence(), &p, 5)
     );
+}
+
+#[test]
+fn speculation_rolls_back_within_a_wrapped_bounded_ring() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny::write(&tiny::llama(9), d.path(), "l.gguf");
+    let e = engine(&model, Some(KvBound { sinks: 3, window: 16 }));
+    // A cycle of 20 tokens, repeated past the ring (3 + 16 + max_batch cells): prompt
+    // lookup finds matches to draft from.
+    let cycle = prompt(20, 3);
+    let p: Vec<u32> = cycle.iter().copied().cycle().take(e.model().max_batch() + 200).collect();
+    let plain = gen_ids(&e, &mut e.new_sequence(), &p, 24);
+    let req = GenerateRequest { draft: Some(DraftConfig::ngram()), ..greedy(24) };
+    let g = generate(&e, &mut e.new_sequence(), &p, &req, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert!(g.speculation.drafted > 0, "nothing was drafted");
+    assert_eq!(g.ids, plain, "speculative output differs ({:?})", g.speculation);
 }
