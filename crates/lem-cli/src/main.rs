@@ -39,6 +39,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Serve the model over HTTP (OpenAI, Anthropic and Ollama APIs).
     Serve(cmd::serve::Args),
+    /// Needle-in-a-haystack recall under several KV cache configurations side by side.
+    Niah(cmd::niah::Args),
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the message
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd::score::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Niah(a) => cmd::niah::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod eval;
 mod generate;
+pub mod niah;
 pub mod sampling;
 mod sequence;
 pub mod stop;

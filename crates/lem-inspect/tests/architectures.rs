@@ -126,7 +126,7 @@ fn captured_keys_equal_the_cache() {
                 let t = ex.positions.len();
                 match c.layer_kinds[l] {
                     LayerKind::Full => assert_eq!(t, ids.len(), "{name}: layer {l}"),
-                    LayerKind::SlidingWindow { .. } => {
+                    LayerKind::SlidingWindow { .. } | LayerKind::SinkWindow { .. } => {
                         let ring = stored.layer(l).ring_capacity().unwrap();
                         assert_eq!(t, ring, "{name}: layer {l} holds a full ring");
                         assert!(t < ids.len(), "{name}: layer {l}'s ring did not wrap");
@@ -186,6 +186,9 @@ fn attention_is_zero_outside_the_window() {
                             let visible = match *kind {
                                 LayerKind::Full => p <= q,
                                 LayerKind::SlidingWindow { window } => p <= q && q - p < window as usize,
+                                LayerKind::SinkWindow { sinks, window } => {
+                                    p <= q && (p < sinks as usize || q - p < window as usize)
+                                }
                             };
                             if visible {
                                 assert!(w > 0.0, "{name} {what}: layer {l} head {h}: query {q} ignores key {p}");

@@ -100,6 +100,9 @@ fn attention_weights_are_masked_distributions() {
                         let visible = match kind {
                             LayerKind::Full => p <= q,
                             LayerKind::SlidingWindow { window } => p <= q && q - p < window as usize,
+                            LayerKind::SinkWindow { sinks, window } => {
+                                p <= q && (p < sinks as usize || q - p < window as usize)
+                            }
                         };
                         assert!(visible || w == 0.0, "layer {l} head {h}: query {q} sees key {p} ({w})");
                     }

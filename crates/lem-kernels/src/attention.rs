@@ -109,6 +109,15 @@ pub enum Mask {
         /// Window length in positions.
         window: u32,
     },
+    /// Causal, and only the first `sinks` positions (attention sinks) or the `window` most
+    /// recent ones (`p < sinks || q - p < window`); `sinks: 0` is
+    /// [`Mask::SlidingWindow`].
+    SinkWindow {
+        /// Leading positions every query sees.
+        sinks: u32,
+        /// Window length in positions.
+        window: u32,
+    },
 }
 
 impl Mask {
@@ -117,7 +126,8 @@ impl Mask {
     pub fn visible(self, q: u32, p: u32) -> bool {
         match self {
             Mask::Causal => p <= q,
-            Mask::SlidingWindow { window } => p <= q && q - p < window,
+            Mask::SlidingWindow { window } => Mask::SinkWindow { sinks: 0, window }.visible(q, p),
+            Mask::SinkWindow { sinks, window } => p <= q && (p < sinks || q - p < window),
         }
     }
 }

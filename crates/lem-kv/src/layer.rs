@@ -4,7 +4,7 @@ use lem_kernels::ops::{KvData, KvRows, KvView};
 
 use crate::raw::RawLayer;
 use crate::store::Store;
-use crate::{KvDtype, LayerKind, LayerSpec};
+use crate::{KvDtype, LayerSpec};
 
 /// Position recorded for a cell that holds nothing: a hole that truncation or an import
 /// left in a sliding-window ring. No query ever sees it (every mask needs `p <= q`).
@@ -16,7 +16,9 @@ pub const EMPTY_POS: u32 = u32::MAX;
 /// Full-attention layers keep cells in position order. Sliding-window layers are a ring
 /// of `window + max_batch` cells in which position `p` always lives in cell
 /// `p % capacity`: a new cell overwrites the one `capacity` positions older, which no
-/// query of the current or any later batch can see. Because placement depends only on
+/// query of the current or any later batch can see. Sink-window layers keep position
+/// `p < sinks` in cell `p` forever, followed by such a ring: position `p >= sinks` lives
+/// in cell `sinks + (p - sinks) % (window + max_batch)` ([`Ring`]). Because placement depends only on
 /// the position, two caches holding the same positions lay them out identically whatever
 /// their history (appends, truncations, a restore), so attention sums cells in the same
 /// order and gives bit-identical results. Truncation and imports may leave holes in the
@@ -29,10 +31,26 @@ pub struct LayerCache {
     k: Store,
     v: Store,
     pos: Vec<u32>,
-    /// Ring capacity in cells (sliding window only).
-    ring: Option<usize>,
+    /// Ring geometry (bounded layers only).
+    ring: Option<Ring>,
     /// Cells that hold a position (not holes).
     live: usize,
+}
+
+/// Where a bounded layer keeps each position: the first `sinks` positions in their own
+/// cells, the rest in a ring of `cap` cells after them.
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    sinks: usize,
+    cap: usize,
+}
+
+impl Ring {
+    /// The cell of position `p` (a function of the position alone).
+    fn cell(self, p: u32) -> usize {
+        let p = p as usize;
+        if p < self.sinks { p } else { self.sinks + (p - self.sinks) % self.cap }
+    }
 }
 
 /// A layer's live K/V in position order, head-major: `k` and `v` are
@@ -52,10 +70,10 @@ impl LayerCache {
     /// An empty layer. Block types need `head_dim` to be a multiple of 32, which
     /// [`crate::CacheLayout::check`] ensures for layouts a model declares.
     pub(crate) fn new(spec: LayerSpec, k_type: KvDtype, v_type: KvDtype, max_batch: usize) -> LayerCache {
-        let ring = match spec.kind {
-            LayerKind::Full => None,
-            LayerKind::SlidingWindow { window } => Some(window as usize + max_batch.max(1)),
-        };
+        let ring = spec
+            .kind
+            .window()
+            .map(|window| Ring { sinks: spec.kind.sinks() as usize, cap: window as usize + max_batch.max(1) });
         LayerCache {
             spec,
             k_type,
@@ -83,9 +101,10 @@ impl LayerCache {
         self.v_type
     }
 
-    /// Cells of the sliding-window ring (`None` for full-attention layers, which grow).
+    /// Cells of a bounded layer, sinks and ring together (`None` for full-attention
+    /// layers, which grow).
     pub fn ring_capacity(&self) -> Option<usize> {
-        self.ring
+        self.ring.map(|r| r.sinks + r.cap)
     }
 
     fn row(&self) -> usize {
@@ -123,7 +142,7 @@ impl LayerCache {
     }
 
     pub(crate) fn reserve(&mut self, total: usize) {
-        let cells = self.ring.map_or(total, |r| r.min(total));
+        let cells = self.ring.map_or(total, |r| (r.sinks + r.cap).min(total));
         let more = cells.saturating_sub(self.pos.len());
         let row = self.row();
         self.k.reserve(more * row);
@@ -148,7 +167,7 @@ impl LayerCache {
     /// The cell that holds position `p`, if any.
     fn cell_of(&self, p: u32) -> Option<usize> {
         let c = match self.ring {
-            Some(cap) => p as usize % cap,
+            Some(r) => r.cell(p),
             None => p.checked_sub(*self.pos.first()?)? as usize,
         };
         (self.pos.get(c) == Some(&p)).then_some(c)
@@ -173,8 +192,8 @@ impl LayerCache {
         for (i, &p) in positions.iter().enumerate() {
             let (kr, vr) = (&k[i * row..(i + 1) * row], &v[i * row..(i + 1) * row]);
             match self.ring {
-                Some(cap) => {
-                    let c = p as usize % cap;
+                Some(r) => {
+                    let c = r.cell(p);
                     if c == self.pos.len() {
                         self.k.push(kr);
                         self.v.push(vr);
@@ -225,12 +244,12 @@ impl LayerCache {
 
     /// `Err(oldest)` if truncating to `len` would need evicted positions.
     pub(crate) fn check_truncate(&self, len: u32) -> Result<(), u32> {
-        if let LayerKind::SlidingWindow { window } = self.spec.kind {
-            let Some(oldest) = self.oldest() else { return Ok(()) };
-            // The next query (at `len`) needs positions len - window + 1 ..= len - 1.
-            let need_from = (len + 1).saturating_sub(window);
-            if len > 0 && oldest > need_from {
-                return Err(oldest);
+        if self.ring.is_some() && len > 0 {
+            // The next query (at `len`) needs what the mask shows it: the sinks and
+            // the window's positions below `len`.
+            let [sinks, recent] = self.spec.kind.needed(len);
+            if let Some(p) = sinks.chain(recent).find(|&p| self.cell_of(p).is_none()) {
+                return Err(self.live_positions().filter(|&q| q >= p).min().unwrap_or(p));
             }
         }
         Ok(())
@@ -314,10 +333,16 @@ impl LayerCache {
         if positions.last() == Some(&EMPTY_POS) {
             return Err(format!("position {EMPTY_POS} is reserved"));
         }
-        if let (Some(cap), Some(&first), Some(&last)) = (self.ring, positions.first(), positions.last())
-            && (last - first) as usize >= cap
-        {
-            return Err(format!("positions {first}..={last} do not fit the sliding-window ring of {cap} cells"));
+        if let Some(r) = self.ring {
+            let tail = &positions[positions.partition_point(|&p| (p as usize) < r.sinks)..];
+            if let (Some(&first), Some(&last)) = (tail.first(), tail.last())
+                && (last - first) as usize >= r.cap
+            {
+                return Err(format!(
+                    "positions {first}..={last} do not fit the sliding-window ring of {} cells",
+                    r.cap
+                ));
+            }
         }
         Ok(())
     }
@@ -332,8 +357,8 @@ impl LayerCache {
                 self.v.resize(positions.len(), row);
                 (0..positions.len()).collect()
             }
-            Some(cap) => {
-                let cells: Vec<usize> = positions.iter().map(|&p| p as usize % cap).collect();
+            Some(r) => {
+                let cells: Vec<usize> = positions.iter().map(|&p| r.cell(p)).collect();
                 let n = cells.iter().max().map_or(0, |&c| c + 1);
                 self.pos = vec![EMPTY_POS; n];
                 self.k.resize(n, row);

@@ -36,24 +36,76 @@ pub enum LayerKind {
         /// Window length in positions.
         window: u32,
     },
+    /// Attends to the first `sinks` positions (attention sinks, kept forever) and the
+    /// `window` most recent ones, at their original positions: the cache keeps the sinks
+    /// plus a ring of the window and room for one batch (`--kv-sinks` / `--kv-window`,
+    /// which bound a model's full-attention layers).
+    SinkWindow {
+        /// Leading positions kept forever.
+        sinks: u32,
+        /// Window length in positions.
+        window: u32,
+    },
 }
 
 impl LayerKind {
-    /// The window length of a sliding-window layer.
+    /// The window length of a bounded layer (sliding or sink window).
     pub fn window(self) -> Option<u32> {
         match self {
             LayerKind::Full => None,
-            LayerKind::SlidingWindow { window } => Some(window),
+            LayerKind::SlidingWindow { window } | LayerKind::SinkWindow { window, .. } => Some(window),
         }
     }
 
-    /// The attention mask this kind implies.
+    /// Leading positions a bounded layer keeps forever (0 unless a sink window).
+    pub fn sinks(self) -> u32 {
+        match self {
+            LayerKind::SinkWindow { sinks, .. } => sinks,
+            _ => 0,
+        }
+    }
+
+    /// The attention mask this kind implies (the one definition of what a query sees;
+    /// [`LayerKind::needed`] follows from it).
     pub fn mask(self) -> lem_kernels::ops::Mask {
         match self {
             LayerKind::Full => lem_kernels::ops::Mask::Causal,
             LayerKind::SlidingWindow { window } => lem_kernels::ops::Mask::SlidingWindow { window },
+            LayerKind::SinkWindow { sinks, window } => lem_kernels::ops::Mask::SinkWindow { sinks, window },
         }
     }
+
+    /// The positions below `len` that a query at position `len` sees under
+    /// [`LayerKind::mask`], as two ascending ranges (the sinks, then the window; either may
+    /// be empty): what a layer must still hold for a sequence of `len` tokens to go on.
+    pub fn needed(self, len: u32) -> [std::ops::Range<u32>; 2] {
+        match self.window() {
+            None => [0..len, len..len],
+            Some(window) => {
+                let sinks = self.sinks().min(len);
+                [0..sinks, (len + 1).saturating_sub(window).max(sinks)..len]
+            }
+        }
+    }
+
+    /// In words, for messages.
+    fn describe(self) -> String {
+        match self {
+            LayerKind::Full => "full attention".to_owned(),
+            LayerKind::SlidingWindow { window } => format!("sliding window {window}"),
+            LayerKind::SinkWindow { sinks, window } => format!("{sinks} sinks + window {window}"),
+        }
+    }
+}
+
+/// A bound on the full-attention layers' caches: keep the first `sinks` positions and the
+/// most recent `window` (`--kv-sinks` / `--kv-window`; see [`CacheLayout::with_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvBound {
+    /// Leading positions kept forever (0: a plain window).
+    pub sinks: u32,
+    /// Most recent positions kept (at least 1).
+    pub window: u32,
 }
 
 /// Storage type of stored keys or values (llama.cpp's `--cache-type-k/-v` names).
@@ -271,12 +323,7 @@ impl CacheLayout {
         if self.layers.len() != other.layers.len() {
             return Some(format!("{} layers vs {}", self.layers.len(), other.layers.len()));
         }
-        let describe = |s: &LayerSpec| match s.kind {
-            LayerKind::Full => format!("full attention, {} KV heads x {}", s.n_kv, s.head_dim),
-            LayerKind::SlidingWindow { window } => {
-                format!("sliding window {window}, {} KV heads x {}", s.n_kv, s.head_dim)
-            }
-        };
+        let describe = |s: &LayerSpec| format!("{}, {} KV heads x {}", s.kind.describe(), s.n_kv, s.head_dim);
         self.layers
             .iter()
             .zip(&other.layers)
@@ -307,6 +354,22 @@ impl CacheLayout {
         Ok(l)
     }
 
+    /// This layout with every full-attention layer bounded to `bound`'s sinks and window
+    /// ([`LayerKind::SinkWindow`]); layers that are already sliding windows stay as they
+    /// are. Fails on a window of 0.
+    pub fn with_bound(&self, bound: KvBound) -> Result<CacheLayout, KvError> {
+        if bound.window == 0 {
+            return Err(KvError::EmptyWindow);
+        }
+        let mut l = self.clone();
+        for s in &mut l.layers {
+            if s.kind == LayerKind::Full {
+                s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window };
+            }
+        }
+        Ok(l)
+    }
+
     /// Bytes of K and V one position occupies in every layer that holds it.
     pub fn bytes_per_token(&self) -> usize {
         self.layers
@@ -319,8 +382,8 @@ impl CacheLayout {
 /// Errors of sequence operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
-    /// A sliding-window layer no longer holds positions that the truncated sequence
-    /// would need.
+    /// A sliding-window (or sink-window) layer no longer holds positions that the
+    /// truncated sequence would need.
     #[error("cannot truncate to {len} tokens: layer {layer} (sliding window) already evicted positions below {oldest}")]
     EvictedByWindow {
         /// Layer index.
@@ -353,6 +416,9 @@ pub enum KvError {
         /// Its head size.
         head_dim: usize,
     },
+    /// A sink window (or sliding window) of no positions.
+    #[error("a KV window must hold at least 1 position")]
+    EmptyWindow,
     /// A cache type name that is not one of llama.cpp's.
     #[error("unknown KV cache type '{0}' (expected one of: {1})")]
     UnknownType(String, String),
@@ -555,32 +621,31 @@ impl SeqCache {
 }
 
 /// Whether `positions` (ascending) is what a layer of `kind` must hold for a sequence of
-/// `len` tokens to continue correctly.
+/// `len` tokens to continue correctly: every position [`LayerKind::needed`] names, nothing
+/// at or past `len`, and (bounded layers) the positions past the sinks one contiguous run
+/// ending at `len - 1`, as the ring leaves them.
 fn check_held(kind: LayerKind, positions: &[u32], len: u32) -> Result<(), String> {
-    let contiguous_to_end = positions.last().is_none_or(|&last| last + 1 == len)
-        && positions.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
-    match kind {
-        LayerKind::Full => {
-            if positions.len() != len as usize || !contiguous_to_end || positions.first().is_some_and(|&p| p != 0) {
-                let span = match (positions.first(), positions.last()) {
-                    (Some(a), Some(b)) => format!("{} positions {a}..={b}", positions.len()),
-                    _ => "no positions".to_owned(),
-                };
-                return Err(format!("full-attention layer must hold positions 0..{len}, got {span}"));
-            }
-        }
-        LayerKind::SlidingWindow { window } => {
-            let need_from = (len + 1).saturating_sub(window);
-            let first = positions.first().copied().unwrap_or(len);
-            if !contiguous_to_end || first > need_from || (len > 0 && positions.is_empty()) {
-                return Err(format!(
-                    "sliding-window layer (window {window}) must hold a contiguous run of positions from at most \
-                     {need_from} up to {}, got {} positions starting at {first}",
-                    len.saturating_sub(1),
-                    positions.len()
-                ));
-            }
-        }
+    let span = match (positions.first(), positions.last()) {
+        (Some(a), Some(b)) => format!("{} positions {a}..={b}", positions.len()),
+        _ => "no positions".to_owned(),
+    };
+    let sinks = kind.sinks().min(len);
+    let tail = &positions[positions.partition_point(|&p| p < sinks)..];
+    let contiguous_to_end =
+        tail.last().is_none_or(|&last| last + 1 == len) && tail.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
+    let [head, recent] = kind.needed(len);
+    let holds = |mut r: std::ops::Range<u32>| r.all(|p| positions.binary_search(&p).is_ok());
+    let ok = contiguous_to_end && holds(head.clone()) && holds(recent.clone()) && (len == 0 || !positions.is_empty());
+    if kind == LayerKind::Full && (!ok || positions.len() != len as usize) {
+        return Err(format!("full-attention layer must hold positions 0..{len}, got {span}"));
+    }
+    if !ok {
+        return Err(format!(
+            "{} layer must hold positions {head:?} and a contiguous run from at most {} up to {}, got {span}",
+            kind.describe(),
+            recent.start,
+            len.saturating_sub(1),
+        ));
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! The reference keeps, per layer, a map from position to the K/V row appended there
 //! (rounded to the storage type) and applies the cache's documented rules: a full layer
 //! keeps every position; a sliding-window ring of `capacity` cells evicts position
-//! `p - capacity` when `p` is appended; truncation drops positions `>= len` and fails,
-//! changing nothing, when a window layer no longer holds what the next query needs.
+//! `p - capacity` when `p` is appended; a sink-window layer keeps its first `sinks`
+//! positions forever and evicts like a ring of `capacity` cells past them; truncation
+//! drops positions `>= len` and fails, changing nothing, when a window layer no longer
+//! holds what the next query needs.
 //! Random programs of append / truncate / fork / export-import run on a pool of
 //! sequences; after every step every sequence must match its reference exactly, and a
 //! cache rebuilt from the reference contents must lay its cells out identically (so
@@ -36,6 +38,9 @@ fn layout_kv(k_type: KvDtype, v_type: KvDtype) -> CacheLayout {
             spec(LayerKind::Full),
             spec(LayerKind::SlidingWindow { window: 3 }),
             spec(LayerKind::SlidingWindow { window: 6 }),
+            spec(LayerKind::SinkWindow { sinks: 2, window: 3 }),
+            spec(LayerKind::SinkWindow { sinks: 5, window: 2 }),
+            spec(LayerKind::SinkWindow { sinks: 0, window: 4 }),
         ],
         k_type,
         v_type,
@@ -85,16 +90,28 @@ impl Reference {
         Reference { len: 0, layers: vec![BTreeMap::new(); layout.layers.len()] }
     }
 
-    fn capacity(kind: LayerKind) -> Option<u32> {
-        kind.window().map(|w| w + MAX_BATCH as u32)
+    /// `(sinks, ring cells past them)` of a bounded layer.
+    fn ring(kind: LayerKind) -> Option<(u32, u32)> {
+        match kind {
+            LayerKind::Full => None,
+            LayerKind::SlidingWindow { window } => Some((0, window + MAX_BATCH as u32)),
+            LayerKind::SinkWindow { sinks, window } => Some((sinks, window + MAX_BATCH as u32)),
+        }
+    }
+
+    /// The first position of the window a query at `len` sees (past the sinks).
+    fn window_start(kind: LayerKind, len: u32) -> Option<u32> {
+        let (sinks, cap) = Self::ring(kind)?;
+        let window = cap - MAX_BATCH as u32;
+        Some((len + 1).saturating_sub(window).max(sinks.min(len)))
     }
 
     fn append(&mut self, layout: &CacheLayout, n: u32, seed: u64) {
         for p in self.len..self.len + n {
             for (i, spec) in layout.layers.iter().enumerate() {
                 self.layers[i].insert(p, row(seed, p, i, layout));
-                if let Some(cap) = Self::capacity(spec.kind)
-                    && p >= cap
+                if let Some((sinks, cap)) = Self::ring(spec.kind)
+                    && p >= sinks + cap
                 {
                     self.layers[i].remove(&(p - cap));
                 }
@@ -109,9 +126,11 @@ impl Reference {
             return Ok(());
         }
         for (i, spec) in layout.layers.iter().enumerate() {
-            if let (Some(w), Some((&oldest, _))) = (spec.kind.window(), self.layers[i].first_key_value())
-                && len > 0
-                && oldest > (len + 1).saturating_sub(w)
+            let sinks = spec.kind.sinks();
+            if let (Some(from), Some((&oldest, _))) =
+                (Self::window_start(spec.kind, len), self.layers[i].range(sinks..).next())
+                && from < len
+                && oldest > from
             {
                 return Err((i, oldest));
             }
@@ -188,17 +207,20 @@ fn check(cache: &SeqCache, reference: &Reference, what: &str) {
         let cell = N_KV * (layout.k_type.row_bytes(hd) + layout.v_type.row_bytes(hd));
         assert_eq!(layer.cell_bytes(), cell, "{what}: layer {i} bytes per cell");
         bytes += want.len() * cell;
-        // Placement: position p lives in cell p % capacity of a ring.
+        // Placement: a sink p lives in cell p, any other position p in cell
+        // sinks + (p - sinks) % capacity of the ring after them.
         let view = layer.view();
-        if let Some(cap) = layer.ring_capacity() {
-            assert!(view.pos.len() <= cap, "{what}: layer {i} ring grew past its capacity");
+        if let Some((sinks, cap)) = Reference::ring(spec.kind) {
+            assert_eq!(layer.ring_capacity(), Some((sinks + cap) as usize), "{what}: layer {i} cells");
+            assert!(view.pos.len() <= (sinks + cap) as usize, "{what}: layer {i} ring grew past its capacity");
             for (c, &p) in view.pos.iter().enumerate() {
-                assert!(p == EMPTY_POS || p as usize % cap == c, "{what}: layer {i} cell {c} holds {p}");
+                let cell = if p < sinks { p } else { sinks + (p - sinks) % cap };
+                assert!(p == EMPTY_POS || cell as usize == c, "{what}: layer {i} cell {c} holds {p}");
             }
         }
-        // The next query sees every position its window covers.
-        if let Some(w) = spec.kind.window() {
-            for p in (reference.len + 1).saturating_sub(w)..reference.len {
+        // The next query sees every sink and every position its window covers.
+        if let Some(from) = Reference::window_start(spec.kind, reference.len) {
+            for p in (0..spec.kind.sinks().min(reference.len)).chain(from..reference.len) {
                 assert!(want.contains_key(&p), "{what}: layer {i} lost position {p} of the window");
             }
         }
@@ -548,4 +570,67 @@ fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
     let mut other = SeqCache::new(&l.with_types(KvDtype::Q8_0, KvDtype::Q8_0).unwrap());
     let err = other.import_raw(&raw, 5).unwrap_err();
     assert!(err.to_string().contains("q8_0/q4_0"), "{err}");
+}
+
+/// What a layer must still hold ([`LayerKind::needed`]) is exactly what its mask shows
+/// the next query.
+#[test]
+fn needed_positions_are_what_the_mask_shows() {
+    let kinds = [
+        LayerKind::Full,
+        LayerKind::SlidingWindow { window: 1 },
+        LayerKind::SlidingWindow { window: 4 },
+        LayerKind::SinkWindow { sinks: 0, window: 3 },
+        LayerKind::SinkWindow { sinks: 3, window: 1 },
+        LayerKind::SinkWindow { sinks: 4, window: 5 },
+    ];
+    for kind in kinds {
+        for len in 0..20u32 {
+            let [a, b] = kind.needed(len);
+            assert!(a.end <= b.start || b.is_empty(), "{kind:?} {len}: ranges overlap");
+            let needed: Vec<u32> = a.chain(b).collect();
+            let shown: Vec<u32> = (0..len).filter(|&p| kind.mask().visible(len, p)).collect();
+            assert_eq!(needed, shown, "{kind:?} at {len}");
+        }
+    }
+}
+
+/// `with_bound` turns full layers into sink windows and leaves native windows alone; the
+/// layouts differ in words, and a window of 0 is refused.
+#[test]
+fn bounds_apply_to_full_layers_only() {
+    let l = layout(KvDtype::F16);
+    let b = l.with_bound(lem_kv::KvBound { sinks: 4, window: 16 }).unwrap();
+    assert_eq!(b.layers[0].kind, LayerKind::SinkWindow { sinks: 4, window: 16 });
+    assert_eq!(&b.layers[1..], &l.layers[1..]);
+    assert_eq!(
+        l.difference(&b).unwrap(),
+        "layer 0: full attention, 2 KV heads x 3 vs 4 sinks + window 16, 2 KV heads x 3"
+    );
+    let other = l.with_bound(lem_kv::KvBound { sinks: 0, window: 16 }).unwrap();
+    assert!(b.difference(&other).unwrap().contains("0 sinks + window 16"));
+    assert_eq!(l.with_bound(lem_kv::KvBound { sinks: 4, window: 0 }).unwrap_err(), KvError::EmptyWindow);
+    // The new kind serialises and reads back.
+    let json = serde_json::to_string(&b).unwrap();
+    assert!(json.contains("\"kind\":\"sink_window\",\"sinks\":4,\"window\":16"), "{json}");
+    assert_eq!(serde_json::from_str::<CacheLayout>(&json).unwrap(), b);
+}
+
+/// A sink-window cache stops growing at sinks + window + max_batch cells however long the
+/// sequence, keeps its sinks, and rolls back one batch.
+#[test]
+fn sink_window_cells_are_bounded_and_keep_the_sinks() {
+    let spec = LayerSpec { kind: LayerKind::SinkWindow { sinks: 2, window: 5 }, n_kv: N_KV, head_dim: 3 };
+    let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F32, v_type: KvDtype::F32, max_batch: MAX_BATCH };
+    let mut c = SeqCache::new(&l);
+    for i in 0..20 {
+        append(&mut c, 3, i);
+        assert!(c.layer(0).cells() <= 2 + 5 + MAX_BATCH, "after {} positions", c.len());
+    }
+    let held = c.layer(0).export().positions;
+    assert_eq!(held, [0, 1].into_iter().chain(60 - 9..60).collect::<Vec<_>>());
+    assert_eq!(c.peak_bytes_used(), (2 + 5 + MAX_BATCH) * c.layer(0).cell_bytes());
+    c.truncate(60 - MAX_BATCH as u32).unwrap();
+    let err = c.truncate(40).unwrap_err();
+    assert!(matches!(err, KvError::EvictedByWindow { layer: 0, len: 40, .. }), "{err}");
 }

@@ -155,6 +155,9 @@ impl Model {
         let v_type = opts.kv_dtype_v.unwrap_or(opts.kv_dtype);
         model.layout =
             model.layout.with_types(opts.kv_dtype, v_type).map_err(|e| ModelError::Unsupported(e.to_string()))?;
+        if let Some(bound) = opts.kv_bound {
+            model.layout = model.layout.with_bound(bound).map_err(|e| ModelError::Input(e.to_string()))?;
+        }
         Ok(model)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use lem_kernels::QMatrix;
-use lem_kv::KvDtype;
+use lem_kv::{KvBound, KvDtype};
 
 use crate::arch::Arch;
 use crate::config::{Key, RopeScaling};
@@ -29,6 +29,10 @@ pub struct LoadOptions {
     pub kv_dtype: KvDtype,
     /// Storage type of the values when it differs from the keys' (`None`: `kv_dtype`).
     pub kv_dtype_v: Option<KvDtype>,
+    /// Bound every full-attention layer's cache to its first `sinks` positions and the
+    /// most recent `window` (`--kv-sinks` / `--kv-window`); native sliding layers stay as
+    /// they are. `None`: full layers keep every position.
+    pub kv_bound: Option<KvBound>,
 }
 
 /// A source of hyper-parameters and tensors.

@@ -42,6 +42,7 @@ fn check_layout(case: Case, seq: &Sequence) {
                 assert_eq!((case.arch, l, window), ("gemma2", 0, 32), "{}: layer {l}", case.name());
                 assert!(oldest.unwrap() > 0, "{}: layer {l}'s ring did not wrap ({oldest:?})", case.name());
             }
+            other => panic!("{}: layer {l} declares {other:?}", case.name()),
         }
     }
     let sliding = (0..c.n_layers()).filter(|&l| c.layer(l).spec().kind != LayerKind::Full).count();

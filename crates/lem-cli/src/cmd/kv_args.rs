@@ -1,11 +1,13 @@
 //! `--cache-type-k` / `--cache-type-v`: the KV cache's storage types, with llama.cpp's
-//! flag names and type names. Flattened into [`crate::common::WeightArgs`], so every
-//! command that loads a model (generate, chat, serve, bench, eval, kv, inspect, ...) takes
-//! them and applies them in the one place the load options are built.
+//! flag names and type names; `--kv-sinks` / `--kv-window`: a bound on the full-attention
+//! layers' caches (attention sinks plus a window). Flattened into
+//! [`crate::common::WeightArgs`], so every command that loads a model (generate, chat,
+//! serve, bench, eval, kv, inspect, ...) takes them and applies them in the one place the
+//! load options are built.
 
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use lem_kv::KvDtype;
+use lem_kv::{KvBound, KvDtype};
 use lem_model::LoadOptions;
 
 /// The type names the flags accept (llama.cpp's).
@@ -27,12 +29,26 @@ pub struct KvCacheArgs {
     /// as in llama.cpp).
     #[arg(long, value_name = "TYPE", value_parser = kv_type())]
     pub cache_type_v: Option<KvDtype>,
+    /// Keep the first N positions of every full-attention layer forever (attention
+    /// sinks; 0 for a plain window). Needs --kv-window.
+    #[arg(long, value_name = "N", requires = "kv_window")]
+    pub kv_sinks: Option<u32>,
+    /// Bound every full-attention layer to the N most recent positions (plus the
+    /// --kv-sinks first ones), at their original positions: the cache stops growing at
+    /// sinks + window + one batch. A model's native sliding layers stay as they are.
+    /// Needs --kv-sinks.
+    #[arg(long, value_name = "N", requires = "kv_sinks", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_window: Option<u32>,
 }
 
 impl KvCacheArgs {
-    /// `opts` with the requested cache types. As in llama.cpp the two flags are
-    /// independent, each defaulting to f16; with neither, `opts` is left as it is.
+    /// `opts` with the requested cache types and bound. As in llama.cpp the two type
+    /// flags are independent, each defaulting to f16; with neither, the types are left as
+    /// they are (and with no bound, the bound).
     pub fn apply(&self, mut opts: LoadOptions) -> LoadOptions {
+        if let (Some(sinks), Some(window)) = (self.kv_sinks, self.kv_window) {
+            opts.kv_bound = Some(KvBound { sinks, window });
+        }
         if self.cache_type_k.is_none() && self.cache_type_v.is_none() {
             return opts;
         }
@@ -67,5 +83,26 @@ mod tests {
         assert_eq!(o, LoadOptions::default());
         let err = Cli::try_parse_from(["lem", "--cache-type-k", "q4_k"]).err().unwrap().to_string();
         assert!(err.contains("q8_0"), "{err}");
+    }
+
+    #[test]
+    fn sinks_and_window_go_together_and_bound_the_load() {
+        let o = Cli::try_parse_from(["lem", "--kv-sinks", "4", "--kv-window", "512"])
+            .unwrap()
+            .kv
+            .apply(LoadOptions::default());
+        assert_eq!(o.kv_bound, Some(KvBound { sinks: 4, window: 512 }));
+        assert_eq!((o.kv_dtype, o.kv_dtype_v), (KvDtype::F16, None), "types untouched");
+        let o = Cli::try_parse_from(["lem", "--kv-sinks", "0", "--kv-window", "1"])
+            .unwrap()
+            .kv
+            .apply(LoadOptions::default());
+        assert_eq!(o.kv_bound, Some(KvBound { sinks: 0, window: 1 }));
+        for args in [&["lem", "--kv-sinks", "4"][..], &["lem", "--kv-window", "512"]] {
+            let err = Cli::try_parse_from(args).err().unwrap();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
+        let err = Cli::try_parse_from(["lem", "--kv-sinks", "4", "--kv-window", "0"]).err().unwrap().to_string();
+        assert!(err.contains("--kv-window"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod kv_args;
 pub mod models;
 pub mod models_inspect;
+pub mod niah;
 pub mod score;
 pub mod serve;
 pub mod session;

@@ -90,6 +90,7 @@ fn inspect(path: &Path, load: &WeightArgs) -> anyhow::Result<Value> {
             let (attention, window) = match kind {
                 LayerKind::Full => ("full", None),
                 LayerKind::SlidingWindow { window } => ("sliding_window", Some(*window)),
+                LayerKind::SinkWindow { window, .. } => ("sink_window", Some(*window)),
             };
             LayerInfo { index, attention, window, rope: ropes.get(index).copied().unwrap_or(false) }
         })

@@ -191,6 +191,43 @@ fn sliding_window_ring_with_holes() {
 }
 
 #[test]
+fn sink_window_mask_keeps_the_first_positions_and_the_window() {
+    let m = Mask::SinkWindow { sinks: 2, window: 3 };
+    let seen: Vec<u32> = (0..12).filter(|&p| m.visible(10, p)).collect();
+    assert_eq!(seen, vec![0, 1, 8, 9, 10]);
+    // Never the future; sinks 0 is the plain sliding window.
+    assert!(!m.visible(1, 2));
+    for q in 0..20 {
+        for p in 0..20 {
+            let plain = Mask::SlidingWindow { window: 4 }.visible(q, p);
+            assert_eq!(Mask::SinkWindow { sinks: 0, window: 4 }.visible(q, p), plain, "q {q} p {p}");
+        }
+    }
+}
+
+#[test]
+fn sink_window_ring_with_holes() {
+    // Sinks 0..3 in cells 0..3, then a ring of 9 cells: position p >= 3 in cell
+    // 3 + (p - 3) % 9; positions 0..3 and 30..=38 present, one hole.
+    let mut cell_pos = vec![u32::MAX; 12];
+    for p in (0..3u32).chain(30..=38) {
+        let c = if p < 3 { p as usize } else { 3 + (p as usize - 3) % 9 };
+        cell_pos[c] = p;
+    }
+    cell_pos[3 + (33 - 3) % 9] = u32::MAX;
+    let case = Case {
+        n_head: 4,
+        n_kv: 2,
+        hd: 16,
+        mask: Mask::SinkWindow { sinks: 3, window: 5 },
+        softcap: None,
+        cell_pos,
+        q_pos: (35..=38).collect(),
+    };
+    check(case, 250);
+}
+
+#[test]
 fn queries_that_see_nothing_give_zeros() {
     // Every cached position is in the future of the queries.
     let case = Case {

@@ -149,11 +149,15 @@ impl Attention {
             rope.apply(kk, c.n_kv, hd, &buf.rope);
         }
         // Round K/V to the cache's storage type once, so observers see exactly what the
-        // cache holds.
+        // cache holds. The mask is the cache's too: a layout bounded at load
+        // (`LoadOptions::kv_bound`) makes a full layer a sink window (every sequence of a
+        // batch has the same layout).
+        let mut kind = c.kind;
         if let Some(first) = batch.first() {
             let layout = first.cache.layout();
             layout.k_type.round_keys(kk, hd);
             layout.v_type.round_values(v, hd);
+            kind = layout.layers[layer].kind;
         }
 
         let attn_out = fit(&mut buf.out, n * qd);
@@ -163,7 +167,7 @@ impl Attention {
             head_dim: hd,
             scale: c.scale,
             softcap: c.softcap,
-            mask: c.kind.mask(),
+            mask: kind.mask(),
         };
         let sinks = self.sinks.as_deref();
         for seg in segments {
