@@ -104,6 +104,12 @@ fn kv_save_inspect_load() {
     assert!(info["model_fingerprint"].as_str().unwrap().len() == 64);
     let text = env.ok(&["kv", "inspect", s], false);
     assert!(text.contains("checksum ok") && text.contains("window 4"), "{text}");
+    // A bounded cache shows its sinks (the tiny Gemma's global layers take the bound).
+    let bounded = env.path("b.lemkv");
+    let b = bounded.to_str().unwrap();
+    env.ok(&["kv", "save", "-p", PROMPT, "-o", b, "--kv-sinks", "2", "--kv-window", "8"], true);
+    let text = env.ok(&["kv", "inspect", b], false);
+    assert!(text.contains("2 sinks + 8") && text.contains("window 4"), "{text}");
 
     // Continuing the snapshot directly equals generating from the prompt.
     let gargs = ["--temperature", "0", "-n", "8", "--json"];

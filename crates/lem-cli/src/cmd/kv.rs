@@ -245,9 +245,10 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         info.layers.len()
     )?;
     for (i, l) in info.layers.iter().enumerate() {
-        let kind = match l.kind.window() {
-            Some(w) => format!("window {w}"),
-            None => "full".to_owned(),
+        let kind = match (l.kind.window(), l.kind.sinks()) {
+            (Some(w), 0) => format!("window {w}"),
+            (Some(w), s) => format!("{s} sinks + {w}"),
+            (None, _) => "full".to_owned(),
         };
         let span = match (l.first_position, l.last_position) {
             (Some(a), Some(b)) => format!("positions {a}..={b}"),
