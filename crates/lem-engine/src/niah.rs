@@ -10,7 +10,7 @@
 //! `k=q4_0,v=q4_0`, `sinks=4,window=512`, ...) names the cache a run is measured under;
 //! `lem niah` runs a grid of lengths x depths under several of them side by side.
 
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 
 use lem_kv::{KvBound, KvDtype};
 use lem_model::LoadOptions;
@@ -385,20 +385,17 @@ pub fn build_case(
     Ok(Case { length, depth, needle, context, needle_span })
 }
 
-/// The prompt text of `case` in `form`, and the byte offset in it where the needle
-/// sentence ends.
-pub fn prompt(engine: &Engine, case: &Case, form: Form) -> Result<(String, usize), EngineError> {
+/// The prompt text of `case` in `form`, and the byte range in it of the needle sentence
+/// (empty at 0 when the context holds no needle).
+pub fn prompt(engine: &Engine, case: &Case, form: Form) -> Result<(String, Range<usize>), EngineError> {
     let body = wrap(&case.needle, &case.context, form);
+    let text = match form {
+        Form::Completion => body,
+        Form::Chat => engine.render_chat(&[ChatMessage::user(body)])?,
+    };
     let marker = case.needle.sentence();
-    let end_in_body = body.find(&marker).map_or(0, |i| i + marker.len());
-    match form {
-        Form::Completion => Ok((body, end_in_body)),
-        Form::Chat => {
-            let text = engine.render_chat(&[ChatMessage::user(body.clone())])?;
-            let end = text.find(&marker).map_or(0, |i| i + marker.len());
-            Ok((text, end))
-        }
-    }
+    let span = text.find(&marker).map_or(0..0, |i| i..i + marker.len());
+    Ok((text, span))
 }
 
 /// Prompt tokens of `case`'s wrapping alone (instruction, question, template), so that
@@ -426,6 +423,8 @@ pub fn is_hit(answer: &str, value: &str) -> bool {
 pub struct CaseResult {
     /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Tokens before the start of the needle (its first position).
+    pub needle_start_token: usize,
     /// Tokens before the end of the needle (its last position + 1).
     pub needle_end_token: usize,
     /// The model's answer.
@@ -441,10 +440,11 @@ pub struct CaseResult {
 /// Runs one case greedily on `engine` (whose cache layout is the configuration measured)
 /// with at most `max_tokens` generated.
 pub fn run_case(engine: &Engine, case: &Case, form: Form, max_tokens: usize) -> Result<CaseResult, EngineError> {
-    let (text, needle_end) = prompt(engine, case, form)?;
+    let (text, needle) = prompt(engine, case, form)?;
     let tok = engine.tokenizer();
     let ids = tok.encode(&text, Bos::ModelDefault)?;
-    let needle_end_token = tok.encode(&text[..needle_end], Bos::ModelDefault)?.len();
+    let tokens_before = |at: usize| tok.encode(&text[..at], Bos::ModelDefault).map(|t| t.len());
+    let (needle_start_token, needle_end_token) = (tokens_before(needle.start)?, tokens_before(needle.end)?);
     let stop = match form {
         Form::Completion => vec!["\n".to_owned()],
         Form::Chat => Vec::new(),
@@ -454,12 +454,22 @@ pub fn run_case(engine: &Engine, case: &Case, form: Form, max_tokens: usize) -> 
     let g = generate(engine, &mut seq, &ids, &req, &mut |_| ControlFlow::Continue(()))?;
     Ok(CaseResult {
         prompt_tokens: ids.len(),
+        needle_start_token,
         needle_end_token,
         hit: is_hit(&g.text, &case.needle.value),
         answer: g.text,
         resident_bytes: seq.cache().memory().resident_bytes,
         decode_tok_s: g.timings.decode_tok_s,
     })
+}
+
+impl CaseResult {
+    /// Whether `bound` evicted the whole needle before the answer: it starts past the
+    /// sinks and ends before the window that the first answer token sees.
+    pub fn needle_evicted(&self, bound: KvBound) -> bool {
+        self.needle_start_token >= bound.sinks as usize
+            && self.needle_end_token + bound.window as usize <= self.prompt_tokens
+    }
 }
 
 /// A cache configuration to measure: storage types and an optional sink + window bound.

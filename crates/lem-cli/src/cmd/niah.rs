@@ -195,12 +195,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     cell.prompt_tokens = cell.prompt_tokens.max(r.prompt_tokens);
                     cell.resident_bytes = cell.resident_bytes.max(r.resident_bytes);
                     if is_control {
-                        // Counted only when the needle is evicted: past the sinks and ending
-                        // before the window the first answer token sees.
-                        let start = r.needle_end_token.saturating_sub(niah_needle_tokens(&engine, case));
-                        let outside = start >= a.control_sinks as usize
-                            && r.needle_end_token + a.control_window as usize <= r.prompt_tokens;
-                        if !outside {
+                        // Counted only where the bound evicted the needle.
+                        if !r.needle_evicted(KvBound { sinks: a.control_sinks, window: a.control_window }) {
                             continue;
                         }
                     }
@@ -246,11 +242,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     print_tables(&a, &reports);
     Ok(())
-}
-
-/// Tokens of the needle sentence alone.
-fn niah_needle_tokens(engine: &Engine, case: &niah::Case) -> usize {
-    engine.tokenizer().encode(&case.needle.sentence(), Bos::Omit).map_or(0, |ids| ids.len())
 }
 
 /// The per-cell accuracy table and the per-configuration summary.
