@@ -133,11 +133,22 @@ impl ModelArgs {
         resolve_model(&self.model)
     }
 
-    /// Loads the engine (with `--dtype`).
+    /// Loads the engine (with `--dtype` and the KV flags; `--kv-full-layers auto`
+    /// measures its layers here and prints what it chose on stderr).
     pub fn load(&self) -> anyhow::Result<Engine> {
         let path = self.path()?;
         let cfg = EngineConfig { threads: self.threads, ctx_size: self.ctx_size };
-        Engine::load_with(&path, cfg, self.load.options()).with_context(|| format!("loading {}", path.display()))
+        let mut engine =
+            Engine::load_with(&path, cfg, self.load.options()).with_context(|| format!("loading {}", path.display()))?;
+        if let Some((bound, keep)) = self.load.kv.auto_keep() {
+            let keep = keep.unwrap_or_else(|| lem_engine::kv_policy::default_keep(&engine));
+            let choice = lem_engine::kv_policy::bound_auto(&mut engine, bound, keep)?;
+            eprintln!(
+                "--kv-full-layers auto: keeping layers {:?} full (measured on {} calibration tokens)",
+                choice.full_layers, choice.calibration_tokens
+            );
+        }
+        Ok(engine)
     }
 
     /// Loads only the tokenizer ([`load_tokenizer`]).

@@ -36,6 +36,8 @@ pub struct Engine {
     template: ChatTemplate,
     threads: Threads,
     ctx_size: usize,
+    /// The context size asked for (before [`context_for`]).
+    requested_ctx: usize,
     /// The model fingerprint, computed on first use.
     fingerprint: OnceLock<String>,
     /// The matrix type the weights were converted to at load, if any.
@@ -62,7 +64,10 @@ impl Engine {
             return Err(EngineError::VocabMismatch { tokenizer: tokenizer.vocab_size(), model: model.vocab() });
         }
         let template = ChatTemplate::for_model(&tokenizer, &model.config().architecture)?;
-        let ctx_size = config.ctx_size.clamp(1, model.config().context_length);
+        // Capped at the trained context, unless every layer bounds the distance from a
+        // query to what it sees (sliding windows, rebased sink windows): then a stream may
+        // run past it, as StreamingLLM's does.
+        let ctx_size = context_for(&model, config.ctx_size);
         Ok(Engine {
             path: path.to_owned(),
             model,
@@ -70,6 +75,7 @@ impl Engine {
             template,
             threads: Threads::new(config.threads),
             ctx_size,
+            requested_ctx: config.ctx_size,
             fingerprint: OnceLock::new(),
             dtype: opts.dtype,
             constraints: OnceLock::new(),
@@ -152,6 +158,15 @@ impl Engine {
         &self.threads
     }
 
+    /// Bounds the model's full-attention layers' caches ([`lem_model::Model::bound_cache`])
+    /// for sequences created from now on; the context size follows
+    /// ([`CacheLayout::bounded_distance`](lem_kv::CacheLayout::bounded_distance)).
+    pub fn bound_kv(&mut self, bound: lem_kv::KvBound) -> Result<(), EngineError> {
+        self.model.bound_cache(bound)?;
+        self.ctx_size = context_for(&self.model, self.requested_ctx);
+        Ok(())
+    }
+
     /// Context size in tokens.
     pub fn ctx_size(&self) -> usize {
         self.ctx_size
@@ -167,4 +182,12 @@ impl Engine {
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
         Ok(self.template.render(messages, true)?)
     }
+}
+
+/// The context an engine runs at: `requested`, capped at the trained context unless every
+/// layer bounds the distance from a query to what it sees (sliding windows, rebased sink
+/// windows), in which case a stream may run past it, as StreamingLLM's does.
+fn context_for(model: &Model, requested: usize) -> usize {
+    let trained = if model.cache_layout().bounded_distance() { usize::MAX } else { model.config().context_length };
+    requested.clamp(1, trained)
 }

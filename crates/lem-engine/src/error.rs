@@ -46,6 +46,9 @@ pub enum EngineError {
         /// Why it is refused.
         reason: String,
     },
+    /// A KV policy that cannot be applied (`--kv-full-layers auto` on a bounded cache).
+    #[error("KV policy: {0}")]
+    KvPolicy(String),
     /// The tokenizer and the model disagree.
     #[error("tokenizer has {tokenizer} tokens but the model's vocabulary has {model}")]
     VocabMismatch {

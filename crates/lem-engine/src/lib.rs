@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod eval;
 mod generate;
+pub mod kv_policy;
 pub mod niah;
 pub mod sampling;
 mod sequence;

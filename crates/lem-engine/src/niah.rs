@@ -12,11 +12,12 @@
 
 use std::ops::{ControlFlow, Range};
 
-use lem_kv::{KvBound, KvDtype};
+use lem_kv::{KvBound, KvDtype, SinkPositions};
 use lem_model::LoadOptions;
 use lem_tokenizer::{Bos, ChatMessage};
 use serde::Serialize;
 
+use crate::kv_policy::{self, AutoChoice, FullLayers};
 use crate::sampling::SamplingParams;
 use crate::{Engine, EngineError, GenerateRequest, generate};
 
@@ -488,17 +489,45 @@ pub struct CacheConfig {
     /// Sinks and window of the full-attention layers, if bounded.
     #[serde(skip)]
     pub bound: Option<KvBound>,
+    /// Layers the bound leaves full (`full=0/9/19` or `full=auto[:N]`).
+    #[serde(skip)]
+    pub full: Option<FullLayers>,
 }
 
 impl CacheConfig {
     /// The full-attention f16 reference.
     pub fn full() -> CacheConfig {
-        CacheConfig { name: "full".into(), k: KvDtype::F16, v: KvDtype::F16, bound: None }
+        CacheConfig { name: "full".into(), k: KvDtype::F16, v: KvDtype::F16, bound: None, full: None }
     }
 
-    /// `base` with this configuration's cache types and bound.
+    /// `base` with this configuration's cache types and bound (the bound is left out
+    /// when `auto` is to measure the full layers first).
     pub fn load_options(&self, base: LoadOptions) -> LoadOptions {
-        LoadOptions { kv_dtype: self.k, kv_dtype_v: Some(self.v), kv_bound: self.bound, ..base }
+        let kv_bound = match self.full {
+            Some(FullLayers::Auto(_)) => None,
+            Some(FullLayers::Listed(keep_full)) => self.bound.map(|b| KvBound { keep_full, ..b }),
+            None => self.bound,
+        };
+        LoadOptions { kv_dtype: self.k, kv_dtype_v: Some(self.v), kv_bound, ..base }
+    }
+
+    /// Loads the engine this configuration measures; with `full=auto` the full layers
+    /// are measured and the choice returned.
+    pub fn load(
+        &self,
+        path: &std::path::Path,
+        cfg: crate::EngineConfig,
+        base: LoadOptions,
+    ) -> Result<(Engine, Option<AutoChoice>), EngineError> {
+        let mut engine = Engine::load_with(path, cfg, self.load_options(base))?;
+        let choice = match (self.full, self.bound) {
+            (Some(FullLayers::Auto(keep)), Some(bound)) => {
+                let keep = keep.unwrap_or_else(|| kv_policy::default_keep(&engine));
+                Some(kv_policy::bound_auto(&mut engine, bound, keep)?)
+            }
+            _ => None,
+        };
+        Ok((engine, choice))
     }
 }
 
@@ -512,7 +541,7 @@ impl std::str::FromStr for CacheConfig {
             return Ok(CacheConfig::full());
         }
         let mut c = CacheConfig { name, ..CacheConfig::full() };
-        let (mut sinks, mut window) = (None, None);
+        let (mut sinks, mut window, mut positions) = (None, None, None);
         for part in s.split(',').map(str::trim) {
             let (key, value) = part.split_once('=').ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
             let number =
@@ -522,15 +551,22 @@ impl std::str::FromStr for CacheConfig {
                 "v" => c.v = value.parse().map_err(|e: lem_kv::KvError| bad(e.to_string()))?,
                 "sinks" => sinks = Some(number()?),
                 "window" => window = Some(number()?),
+                "positions" => positions = Some(value.parse::<SinkPositions>().map_err(bad)?),
+                "full" => c.full = Some(value.parse::<FullLayers>().map_err(bad)?),
                 other => return Err(bad(format!("unknown key '{other}'"))),
             }
         }
         c.bound = match (sinks, window) {
             (None, None) => None,
             (Some(_), Some(0)) => return Err(bad("window must be at least 1".into())),
-            (Some(sinks), Some(window)) => Some(KvBound { sinks, window }),
+            (Some(sinks), Some(window)) => {
+                Some(KvBound { positions: positions.unwrap_or_default(), ..KvBound::new(sinks, window) })
+            }
             _ => return Err(bad("sinks and window go together".into())),
         };
+        if c.bound.is_none() && (positions.is_some() || c.full.is_some()) {
+            return Err(bad("positions and full need sinks and window".into()));
+        }
         Ok(c)
     }
 }
@@ -612,9 +648,9 @@ mod tests {
         let c: CacheConfig = "k=q4_0,v=q8_0".parse().unwrap();
         assert_eq!((c.k, c.v, c.bound), (KvDtype::Q4_0, KvDtype::Q8_0, None));
         let c: CacheConfig = "sinks=4, window=512".parse().unwrap();
-        assert_eq!((c.k, c.v, c.bound), (KvDtype::F16, KvDtype::F16, Some(KvBound { sinks: 4, window: 512 })));
+        assert_eq!((c.k, c.v, c.bound), (KvDtype::F16, KvDtype::F16, Some(KvBound::new(4, 512))));
         let o = c.load_options(LoadOptions::default());
-        assert_eq!((o.kv_bound, o.kv_dtype_v), (Some(KvBound { sinks: 4, window: 512 }), Some(KvDtype::F16)));
+        assert_eq!((o.kv_bound, o.kv_dtype_v), (Some(KvBound::new(4, 512)), Some(KvDtype::F16)));
         for bad in ["sinks=4", "window=512", "k=q3_k", "sinks=4,window=0", "depth=3", "fast", "sinks=x,window=2"] {
             let err = bad.parse::<CacheConfig>().unwrap_err();
             assert!(matches!(err, NiahError::Config { .. }), "{bad}: {err}");

@@ -186,7 +186,7 @@ fn attention_is_zero_outside_the_window() {
                             let visible = match *kind {
                                 LayerKind::Full => p <= q,
                                 LayerKind::SlidingWindow { window } => p <= q && q - p < window as usize,
-                                LayerKind::SinkWindow { sinks, window } => {
+                                LayerKind::SinkWindow { sinks, window, .. } => {
                                     p <= q && (p < sinks as usize || q - p < window as usize)
                                 }
                             };

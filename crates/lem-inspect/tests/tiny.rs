@@ -100,7 +100,7 @@ fn attention_weights_are_masked_distributions() {
                         let visible = match kind {
                             LayerKind::Full => p <= q,
                             LayerKind::SlidingWindow { window } => p <= q && q - p < window as usize,
-                            LayerKind::SinkWindow { sinks, window } => {
+                            LayerKind::SinkWindow { sinks, window, .. } => {
                                 p <= q && (p < sinks as usize || q - p < window as usize)
                             }
                         };

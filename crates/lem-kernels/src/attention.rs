@@ -159,6 +159,9 @@ struct Scratch {
     q: Vec<f32>,
     /// Scores, then weights, `[rows][span]`.
     scores: Vec<f32>,
+    /// Rounded sink queries, `[rows][head_dim]`, and their scores against one cell.
+    sink_q: Vec<f32>,
+    sink_scores: Vec<f32>,
     /// Outputs, `[rows][head_dim]`.
     out: Vec<f32>,
 }
@@ -180,27 +183,41 @@ pub fn attention(
     probs: Option<&mut [f32]>,
     threads: &Threads,
 ) {
-    attention_with_sinks(q, q_pos, kv, shape, None, out, probs, threads)
+    attention_with_sinks(q, q_pos, kv, shape, AttnExtras::default(), out, probs, threads)
 }
 
-/// [`attention`] with learned per-head sink logits (`sinks[h]`, gpt-oss): each row's
-/// softmax denominator also holds `exp(sinks[h])`, as if every query saw one more cell
-/// whose value is zero. `None` is plain [`attention`].
+/// What an attention call may take beyond queries, keys and values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttnExtras<'a> {
+    /// Learned per-head sink logits (`sink_logits[h]`, gpt-oss): each row's softmax
+    /// denominator also holds `exp(sink_logits[h])`, as if every query saw one more cell
+    /// whose value is zero.
+    pub sink_logits: Option<&'a [f32]>,
+    /// Queries in `q`'s layout used, instead of `q`, for the scores against the attention
+    /// sinks (cells at positions below [`Mask::SinkWindow`]'s `sinks`): the queries rotated
+    /// at the rebased position of a StreamingLLM cache (`lem_kv::SinkPositions::Rebased`).
+    pub sink_queries: Option<&'a [f32]>,
+}
+
+/// [`attention`] with [`AttnExtras`]; `AttnExtras::default()` is plain [`attention`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_with_sinks(
     q: &[f32],
     q_pos: &[u32],
     kv: KvView<'_>,
     shape: &AttnShape,
-    sinks: Option<&[f32]>,
+    extras: AttnExtras<'_>,
     out: &mut [f32],
     probs: Option<&mut [f32]>,
     threads: &Threads,
 ) {
-    if let Some(s) = sinks {
+    if let Some(s) = extras.sink_logits {
         assert_eq!(s.len(), shape.n_head, "one sink per query head");
     }
-    let probs = (probs, sinks);
+    if let Some(s) = extras.sink_queries {
+        assert_eq!(s.len(), q.len(), "sink queries in the queries' layout");
+    }
+    let probs = (probs, extras);
     match kv.data {
         KvData::F32 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
         KvData::F16 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
@@ -226,7 +243,7 @@ fn attention_impl<K: Side, V: Side>(
     pos: &[u32],
     shape: &AttnShape,
     out: &mut [f32],
-    (probs, sinks): (Option<&mut [f32]>, Option<&[f32]>),
+    (probs, extras): (Option<&mut [f32]>, AttnExtras<'_>),
     threads: &Threads,
 ) {
     let AttnShape { n_head, n_kv, head_dim: hd, .. } = *shape;
@@ -250,7 +267,7 @@ fn attention_impl<K: Side, V: Side>(
         assert_eq!(p.len(), n_tok * n_head * cells);
         SharedMut(p.as_mut_ptr())
     });
-    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr, sinks };
+    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr, extras };
     threads.for_ranges(items, 1, |range| {
         SCRATCH.with(|s| {
             let sc = &mut *s.borrow_mut();
@@ -275,8 +292,8 @@ struct Ctx<'a, K, V> {
     shape: &'a AttnShape,
     out: SharedMut<f32>,
     probs: Option<SharedMut<f32>>,
-    /// Per-head sink logits.
-    sinks: Option<&'a [f32]>,
+    /// Sink logits and sink queries.
+    extras: AttnExtras<'a>,
 }
 
 // SAFETY: the raw pointers are only written at the disjoint rows each item owns.
@@ -304,16 +321,32 @@ impl<K: Side, V: Side> Ctx<'_, K, V> {
         let ld = ((hi + 7) & !7) - lo;
         let span = hi - lo;
 
-        let Scratch { q: qbuf, scores, out } = sc;
-        qbuf.resize(rows * hd, 0.0);
-        for ti in 0..nt {
-            let src = ((it.t0 + ti) * n_head + it.h0) * hd;
-            qbuf[ti * nh * hd..(ti + 1) * nh * hd].copy_from_slice(&self.q[src..src + nh * hd]);
-        }
-        self.k.round_query(qbuf);
+        let Scratch { q: qbuf, scores, sink_q, sink_scores, out } = sc;
+        let gather = |dst: &mut Vec<f32>, src: &[f32]| {
+            dst.resize(rows * hd, 0.0);
+            for ti in 0..nt {
+                let at = ((it.t0 + ti) * n_head + it.h0) * hd;
+                dst[ti * nh * hd..(ti + 1) * nh * hd].copy_from_slice(&src[at..at + nh * hd]);
+            }
+            self.k.round_query(dst);
+        };
+        gather(qbuf, self.q);
         scores.clear();
         scores.resize(rows * ld, f32::NEG_INFINITY);
         self.k.qk(qbuf, n_kv, hd, it.g, lo..hi, scale, scores, ld);
+        // Scores against the attention sinks from the sink queries (rebased positions),
+        // one cell at a time, so each score is computed the same way however the work
+        // was split.
+        if let (Some(sq), Mask::SinkWindow { sinks, .. }) = (self.extras.sink_queries, mask) {
+            gather(sink_q, sq);
+            sink_scores.resize(rows, 0.0);
+            for c in (lo..hi).filter(|&c| self.pos[c] < sinks) {
+                self.k.qk(sink_q, n_kv, hd, it.g, c..c + 1, scale, sink_scores, 1);
+                for (r, &s) in sink_scores.iter().enumerate() {
+                    scores[r * ld + c - lo] = s;
+                }
+            }
+        }
         // Mask and soft-cap.
         for (ti, &t) in qp.iter().enumerate() {
             let block = &mut scores[ti * nh * ld..(ti + 1) * nh * ld];
@@ -337,7 +370,7 @@ impl<K: Side, V: Side> Ctx<'_, K, V> {
                 s.fill(0.0);
                 continue;
             }
-            let sink = self.sinks.map(|k| k[it.h0 + r % nh]);
+            let sink = self.extras.sink_logits.map(|k| k[it.h0 + r % nh]);
             let m = sink.map_or(m, |k| m.max(k));
             let sum = simd::exp_sub_sum(s, m) + sink.map_or(0.0, |k| (k - m).exp());
             simd::scale(s, 1.0 / sum);

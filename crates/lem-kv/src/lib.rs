@@ -37,15 +37,66 @@ pub enum LayerKind {
         window: u32,
     },
     /// Attends to the first `sinks` positions (attention sinks, kept forever) and the
-    /// `window` most recent ones, at their original positions: the cache keeps the sinks
-    /// plus a ring of the window and room for one batch (`--kv-sinks` / `--kv-window`,
-    /// which bound a model's full-attention layers).
+    /// `window` most recent ones: the cache keeps the sinks plus a ring of the window and
+    /// room for one batch (`--kv-sinks` / `--kv-window`, which bound a model's
+    /// full-attention layers).
     SinkWindow {
         /// Leading positions kept forever.
         sinks: u32,
         /// Window length in positions.
         window: u32,
+        /// Where the sinks sit for rotary purposes ([`SinkPositions`]).
+        #[serde(default, skip_serializing_if = "SinkPositions::is_original")]
+        positions: SinkPositions,
     },
+}
+
+/// The rotary positions a sink window attends at.
+///
+/// The window's keys always sit at their original positions. With `Original`, so do the
+/// sinks: a query at position `q` sees sink `j` at distance `q - j`, which grows without
+/// bound (past the trained context once `q` does). With `Rebased` (StreamingLLM), the
+/// positions are those within the cache: sinks at `0..sinks`, the window right after them,
+/// so the distance to sink `j` is at most `sinks + window - 1 - j` and a stream may run
+/// past the model's context. Rotary attention depends only on the distance between query
+/// and key, so rebasing needs no re-rotation of stored keys: the query is rotated a second
+/// time, at `min(q, sinks + window - 1)`, for its scores against the sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkPositions {
+    /// Every key at the position it was appended at.
+    #[default]
+    Original,
+    /// Sinks just before the window (StreamingLLM's positions within the cache).
+    Rebased,
+}
+
+impl SinkPositions {
+    /// Whether these are the original positions (the serialised default).
+    pub fn is_original(&self) -> bool {
+        *self == SinkPositions::Original
+    }
+
+    /// The position a query at `q` is rotated at for its scores against the sinks of a
+    /// layer of `sinks` sinks and a `window`-position window.
+    pub fn sink_query_position(self, q: u32, sinks: u32, window: u32) -> u32 {
+        match self {
+            SinkPositions::Original => q,
+            SinkPositions::Rebased => q.min((sinks + window).saturating_sub(1)),
+        }
+    }
+}
+
+impl std::str::FromStr for SinkPositions {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SinkPositions, String> {
+        match s {
+            "original" => Ok(SinkPositions::Original),
+            "rebased" => Ok(SinkPositions::Rebased),
+            other => Err(format!("unknown position policy {other:?} (original, rebased)")),
+        }
+    }
 }
 
 impl LayerKind {
@@ -71,7 +122,7 @@ impl LayerKind {
         match self {
             LayerKind::Full => lem_kernels::ops::Mask::Causal,
             LayerKind::SlidingWindow { window } => lem_kernels::ops::Mask::SlidingWindow { window },
-            LayerKind::SinkWindow { sinks, window } => lem_kernels::ops::Mask::SinkWindow { sinks, window },
+            LayerKind::SinkWindow { sinks, window, .. } => lem_kernels::ops::Mask::SinkWindow { sinks, window },
         }
     }
 
@@ -93,19 +144,96 @@ impl LayerKind {
         match self {
             LayerKind::Full => "full attention".to_owned(),
             LayerKind::SlidingWindow { window } => format!("sliding window {window}"),
-            LayerKind::SinkWindow { sinks, window } => format!("{sinks} sinks + window {window}"),
+            LayerKind::SinkWindow { sinks, window, positions: SinkPositions::Original } => {
+                format!("{sinks} sinks + window {window}")
+            }
+            LayerKind::SinkWindow { sinks, window, positions: SinkPositions::Rebased } => {
+                format!("{sinks} sinks + window {window}, rebased positions")
+            }
+        }
+    }
+
+    /// Whether a query at `q` is rotated at another position for its scores against the
+    /// sinks (a rebased sink window once the window has moved past them).
+    pub fn rebases(self, q: u32) -> bool {
+        match self {
+            LayerKind::SinkWindow { sinks, window, positions } => {
+                sinks > 0 && positions.sink_query_position(q, sinks, window) != q
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the distance between a query and any key it sees is bounded whatever the
+    /// query's position (a sliding window, or a sink window with rebased sinks), so a
+    /// sequence may run past the model's trained context.
+    pub fn bounded_distance(self) -> bool {
+        match self {
+            LayerKind::Full => false,
+            LayerKind::SlidingWindow { .. } => true,
+            LayerKind::SinkWindow { sinks, positions, .. } => sinks == 0 || positions == SinkPositions::Rebased,
         }
     }
 }
 
 /// A bound on the full-attention layers' caches: keep the first `sinks` positions and the
-/// most recent `window` (`--kv-sinks` / `--kv-window`; see [`CacheLayout::with_bound`]).
+/// most recent `window` (`--kv-sinks` / `--kv-window`; see [`CacheLayout::with_bound`]),
+/// except in the layers of `keep_full` (`--kv-full-layers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KvBound {
     /// Leading positions kept forever (0: a plain window).
     pub sinks: u32,
     /// Most recent positions kept (at least 1).
     pub window: u32,
+    /// Where the sinks sit for rotary purposes.
+    pub positions: SinkPositions,
+    /// Full-attention layers left unbounded.
+    pub keep_full: LayerSet,
+}
+
+impl KvBound {
+    /// Sinks and a window at original positions, on every full-attention layer.
+    pub fn new(sinks: u32, window: u32) -> KvBound {
+        KvBound { sinks, window, positions: SinkPositions::Original, keep_full: LayerSet::EMPTY }
+    }
+}
+
+/// A set of layer indices below [`LayerSet::CAPACITY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LayerSet([u64; 4]);
+
+impl LayerSet {
+    /// Layers a set can name.
+    pub const CAPACITY: usize = 256;
+    /// No layer.
+    pub const EMPTY: LayerSet = LayerSet([0; 4]);
+
+    /// The set of `layers`; `None` when one is at or past [`LayerSet::CAPACITY`].
+    pub fn of(layers: impl IntoIterator<Item = usize>) -> Option<LayerSet> {
+        let mut s = LayerSet::EMPTY;
+        for l in layers {
+            if l >= Self::CAPACITY {
+                return None;
+            }
+            s.0[l / 64] |= 1 << (l % 64);
+        }
+        Some(s)
+    }
+
+    /// Whether `layer` is in the set.
+    pub fn contains(&self, layer: usize) -> bool {
+        layer < Self::CAPACITY && self.0[layer / 64] & (1 << (layer % 64)) != 0
+    }
+
+    /// The members, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..Self::CAPACITY).filter(|&l| self.contains(l))
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        *self == LayerSet::EMPTY
+    }
 }
 
 /// Storage type of stored keys or values (llama.cpp's `--cache-type-k/-v` names).
@@ -354,20 +482,31 @@ impl CacheLayout {
         Ok(l)
     }
 
-    /// This layout with every full-attention layer bounded to `bound`'s sinks and window
-    /// ([`LayerKind::SinkWindow`]); layers that are already sliding windows stay as they
-    /// are. Fails on a window of 0.
+    /// This layout with every full-attention layer not in `bound.keep_full` bounded to
+    /// `bound`'s sinks and window ([`LayerKind::SinkWindow`]); layers that are already
+    /// sliding windows stay as they are. Fails on a window of 0, or when `keep_full` names a
+    /// layer the model does not have or one that is not full attention.
     pub fn with_bound(&self, bound: KvBound) -> Result<CacheLayout, KvError> {
         if bound.window == 0 {
             return Err(KvError::EmptyWindow);
         }
+        if let Some(layer) = bound.keep_full.iter().find(|&i| self.layers.get(i).is_none_or(|s| s.kind != LayerKind::Full))
+        {
+            return Err(KvError::NotFullLayer { layer, layers: self.layers.len() });
+        }
         let mut l = self.clone();
-        for s in &mut l.layers {
-            if s.kind == LayerKind::Full {
-                s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window };
+        for (i, s) in l.layers.iter_mut().enumerate() {
+            if s.kind == LayerKind::Full && !bound.keep_full.contains(i) {
+                s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window, positions: bound.positions };
             }
         }
         Ok(l)
+    }
+
+    /// Whether every layer bounds the distance from a query to what it sees
+    /// ([`LayerKind::bounded_distance`]): then positions may run past the trained context.
+    pub fn bounded_distance(&self) -> bool {
+        self.layers.iter().all(|s| s.kind.bounded_distance())
     }
 
     /// Bytes of K and V one position occupies in every layer that holds it.
@@ -419,6 +558,14 @@ pub enum KvError {
     /// A sink window (or sliding window) of no positions.
     #[error("a KV window must hold at least 1 position")]
     EmptyWindow,
+    /// `--kv-full-layers` names a layer that does not exist or is not full attention.
+    #[error("layer {layer} cannot be kept full: the model has {layers} layers, and only full-attention ones can be")]
+    NotFullLayer {
+        /// The layer named.
+        layer: usize,
+        /// Layers in the model.
+        layers: usize,
+    },
     /// A cache type name that is not one of llama.cpp's.
     #[error("unknown KV cache type '{0}' (expected one of: {1})")]
     UnknownType(String, String),

@@ -38,9 +38,9 @@ fn layout_kv(k_type: KvDtype, v_type: KvDtype) -> CacheLayout {
             spec(LayerKind::Full),
             spec(LayerKind::SlidingWindow { window: 3 }),
             spec(LayerKind::SlidingWindow { window: 6 }),
-            spec(LayerKind::SinkWindow { sinks: 2, window: 3 }),
-            spec(LayerKind::SinkWindow { sinks: 5, window: 2 }),
-            spec(LayerKind::SinkWindow { sinks: 0, window: 4 }),
+            spec(LayerKind::SinkWindow { sinks: 2, window: 3, positions: Default::default() }),
+            spec(LayerKind::SinkWindow { sinks: 5, window: 2, positions: Default::default() }),
+            spec(LayerKind::SinkWindow { sinks: 0, window: 4, positions: Default::default() }),
         ],
         k_type,
         v_type,
@@ -95,7 +95,7 @@ impl Reference {
         match kind {
             LayerKind::Full => None,
             LayerKind::SlidingWindow { window } => Some((0, window + MAX_BATCH as u32)),
-            LayerKind::SinkWindow { sinks, window } => Some((sinks, window + MAX_BATCH as u32)),
+            LayerKind::SinkWindow { sinks, window, .. } => Some((sinks, window + MAX_BATCH as u32)),
         }
     }
 
@@ -580,9 +580,9 @@ fn needed_positions_are_what_the_mask_shows() {
         LayerKind::Full,
         LayerKind::SlidingWindow { window: 1 },
         LayerKind::SlidingWindow { window: 4 },
-        LayerKind::SinkWindow { sinks: 0, window: 3 },
-        LayerKind::SinkWindow { sinks: 3, window: 1 },
-        LayerKind::SinkWindow { sinks: 4, window: 5 },
+        LayerKind::SinkWindow { sinks: 0, window: 3, positions: Default::default() },
+        LayerKind::SinkWindow { sinks: 3, window: 1, positions: Default::default() },
+        LayerKind::SinkWindow { sinks: 4, window: 5, positions: Default::default() },
     ];
     for kind in kinds {
         for len in 0..20u32 {
@@ -600,16 +600,16 @@ fn needed_positions_are_what_the_mask_shows() {
 #[test]
 fn bounds_apply_to_full_layers_only() {
     let l = layout(KvDtype::F16);
-    let b = l.with_bound(lem_kv::KvBound { sinks: 4, window: 16 }).unwrap();
-    assert_eq!(b.layers[0].kind, LayerKind::SinkWindow { sinks: 4, window: 16 });
+    let b = l.with_bound(lem_kv::KvBound::new(4, 16)).unwrap();
+    assert_eq!(b.layers[0].kind, LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() });
     assert_eq!(&b.layers[1..], &l.layers[1..]);
     assert_eq!(
         l.difference(&b).unwrap(),
         "layer 0: full attention, 2 KV heads x 3 vs 4 sinks + window 16, 2 KV heads x 3"
     );
-    let other = l.with_bound(lem_kv::KvBound { sinks: 0, window: 16 }).unwrap();
+    let other = l.with_bound(lem_kv::KvBound::new(0, 16)).unwrap();
     assert!(b.difference(&other).unwrap().contains("0 sinks + window 16"));
-    assert_eq!(l.with_bound(lem_kv::KvBound { sinks: 4, window: 0 }).unwrap_err(), KvError::EmptyWindow);
+    assert_eq!(l.with_bound(lem_kv::KvBound::new(4, 0)).unwrap_err(), KvError::EmptyWindow);
     // The new kind serialises and reads back.
     let json = serde_json::to_string(&b).unwrap();
     assert!(json.contains("\"kind\":\"sink_window\",\"sinks\":4,\"window\":16"), "{json}");
@@ -620,7 +620,7 @@ fn bounds_apply_to_full_layers_only() {
 /// sequence, keeps its sinks, and rolls back one batch.
 #[test]
 fn sink_window_cells_are_bounded_and_keep_the_sinks() {
-    let spec = LayerSpec { kind: LayerKind::SinkWindow { sinks: 2, window: 5 }, n_kv: N_KV, head_dim: 3 };
+    let spec = LayerSpec { kind: LayerKind::SinkWindow { sinks: 2, window: 5, positions: Default::default() }, n_kv: N_KV, head_dim: 3 };
     let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F32, v_type: KvDtype::F32, max_batch: MAX_BATCH };
     let mut c = SeqCache::new(&l);
     for i in 0..20 {

@@ -156,9 +156,16 @@ impl Model {
         model.layout =
             model.layout.with_types(opts.kv_dtype, v_type).map_err(|e| ModelError::Unsupported(e.to_string()))?;
         if let Some(bound) = opts.kv_bound {
-            model.layout = model.layout.with_bound(bound).map_err(|e| ModelError::Input(e.to_string()))?;
+            model.bound_cache(bound)?;
         }
         Ok(model)
+    }
+
+    /// Bounds the cache layout's full-attention layers ([`CacheLayout::with_bound`]):
+    /// sequences created afterwards use the bounded layout.
+    pub fn bound_cache(&mut self, bound: lem_kv::KvBound) -> Result<(), ModelError> {
+        self.layout = self.layout.with_bound(bound).map_err(|e| ModelError::Input(e.to_string()))?;
+        Ok(())
     }
 
     /// Assembles a model from parts (used by architecture files).

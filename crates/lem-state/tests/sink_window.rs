@@ -49,11 +49,11 @@ fn logits_each(e: &Engine, ids: &[u32], chunk: usize) -> Vec<Vec<f32>> {
 fn bounded_layers_equal_full_attention_until_the_bound() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny::write(&tiny::llama(3), d.path(), "l.gguf");
-    let bound = KvBound { sinks: 4, window: 16 };
+    let bound = KvBound::new(4, 16);
     let full = engine(&model, None);
     let bounded = engine(&model, Some(bound));
     assert!(
-        bounded.model().cache_layout().layers.iter().all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16 })
+        bounded.model().cache_layout().layers.iter().all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() })
     );
     let ids = prompt(40, 1);
     let want = logits_each(&full, &ids, 1);
@@ -84,7 +84,7 @@ fn bounded_layers_equal_full_attention_until_the_bound() {
 fn bounded_caches_stop_growing_and_restore_exactly() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny::write(&tiny::llama(5), d.path(), "l.gguf");
-    let bound = KvBound { sinks: 2, window: 8 };
+    let bound = KvBound::new(2, 8);
     let e = engine(&model, Some(bound));
     let cap = e.model().new_cache().layer(0).ring_capacity().unwrap();
     assert_eq!(cap, 2 + 8 + e.model().max_batch());
@@ -110,7 +110,7 @@ fn bounded_caches_stop_growing_and_restore_exactly() {
     assert_eq!(gen_ids(&e, &mut fork, &cont, 8), want, "fork");
 
     // Another bound, or none, is another layout.
-    for other in [None, Some(KvBound { sinks: 2, window: 9 }), Some(KvBound { sinks: 0, window: 8 })] {
+    for other in [None, Some(KvBound::new(2, 9)), Some(KvBound::new(0, 8))] {
         let err = load_snapshot(&snap, &engine(&model, other)).unwrap_err();
         match &err {
             StateError::LayoutMismatch { what, .. } => assert!(what.contains("sinks"), "{other:?}: {err}"),
@@ -124,12 +124,12 @@ fn on_gemma3_the_bound_takes_the_global_layers_only() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny::write(&tiny::gemma3(7), d.path(), "g.gguf");
     let native = engine(&model, None);
-    let bounded = engine(&model, Some(KvBound { sinks: 4, window: 32 }));
+    let bounded = engine(&model, Some(KvBound::new(4, 32)));
     let (a, b) = (native.model().cache_layout(), bounded.model().cache_layout());
     assert!(a.layers.iter().any(|l| l.kind == LayerKind::Full), "the tiny gemma3 has global layers");
     for (n, bl) in a.layers.iter().zip(&b.layers) {
         match n.kind {
-            LayerKind::Full => assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32 }),
+            LayerKind::Full => assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() }),
             kind => assert_eq!(bl.kind, kind, "a native sliding layer changed"),
         }
     }
@@ -145,7 +145,7 @@ fn on_gemma3_the_bound_takes_the_global_layers_only() {
 fn speculation_rolls_back_within_a_wrapped_bounded_ring() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny::write(&tiny::llama(9), d.path(), "l.gguf");
-    let e = engine(&model, Some(KvBound { sinks: 3, window: 16 }));
+    let e = engine(&model, Some(KvBound::new(3, 16)));
     // A cycle of 20 tokens, repeated past the ring (3 + 16 + max_batch cells): prompt
     // lookup finds matches to draft from.
     let cycle = prompt(20, 3);

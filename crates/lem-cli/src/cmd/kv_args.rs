@@ -1,13 +1,15 @@
 //! `--cache-type-k` / `--cache-type-v`: the KV cache's storage types, with llama.cpp's
 //! flag names and type names; `--kv-sinks` / `--kv-window`: a bound on the full-attention
-//! layers' caches (attention sinks plus a window). Flattened into
+//! layers' caches (attention sinks plus a window), `--kv-positions` where the sinks sit,
+//! `--kv-full-layers` the layers left full (listed, or measured: `auto`). Flattened into
 //! [`crate::common::WeightArgs`], so every command that loads a model (generate, chat,
 //! serve, bench, eval, kv, inspect, ...) takes them and applies them in the one place the
 //! load options are built.
 
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use lem_kv::{KvBound, KvDtype};
+use lem_engine::kv_policy::FullLayers;
+use lem_kv::{KvBound, KvDtype, SinkPositions};
 use lem_model::LoadOptions;
 
 /// The type names the flags accept (llama.cpp's).
@@ -39,6 +41,39 @@ pub struct KvCacheArgs {
     /// Needs --kv-sinks.
     #[arg(long, value_name = "N", requires = "kv_sinks", value_parser = clap::value_parser!(u32).range(1..))]
     pub kv_window: Option<u32>,
+    /// Where the sinks sit for the rotary embedding: `original` (where they were
+    /// appended) or `rebased` (StreamingLLM: just before the window, so the distance from
+    /// a query to anything it sees stays below sinks + window and, when every layer is
+    /// bounded, a stream may run past the model's trained context; --ctx-size is then
+    /// not capped). Needs --kv-window.
+    #[arg(long, value_name = "POLICY", requires = "kv_window", value_enum)]
+    pub kv_positions: Option<PositionsArg>,
+    /// Full-attention layers to leave unbounded: comma-separated indices (0,9,19), or
+    /// `auto[:N]` to keep the N layers (default a fifth) that attend most to a needle past
+    /// the window of a calibration text, measured at load and printed. Needs --kv-window.
+    #[arg(long, value_name = "LAYERS", requires = "kv_window", value_parser = clap::value_parser!(FullLayersArg))]
+    pub kv_full_layers: Option<FullLayersArg>,
+}
+
+/// `--kv-positions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PositionsArg {
+    /// Every key where it was appended.
+    Original,
+    /// Sinks just before the window (StreamingLLM).
+    Rebased,
+}
+
+/// [`FullLayers`] as clap parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullLayersArg(pub FullLayers);
+
+impl std::str::FromStr for FullLayersArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FullLayersArg, String> {
+        s.parse().map(FullLayersArg)
+    }
 }
 
 impl KvCacheArgs {
@@ -46,8 +81,13 @@ impl KvCacheArgs {
     /// flags are independent, each defaulting to f16; with neither, the types are left as
     /// they are (and with no bound, the bound).
     pub fn apply(&self, mut opts: LoadOptions) -> LoadOptions {
-        if let (Some(sinks), Some(window)) = (self.kv_sinks, self.kv_window) {
-            opts.kv_bound = Some(KvBound { sinks, window });
+        if let Some(bound) = self.bound() {
+            opts.kv_bound = match self.kv_full_layers {
+                // Measured on the unbounded model first (`auto_keep`).
+                Some(FullLayersArg(FullLayers::Auto(_))) => None,
+                Some(FullLayersArg(FullLayers::Listed(keep_full))) => Some(KvBound { keep_full, ..bound }),
+                None => Some(bound),
+            };
         }
         if self.cache_type_k.is_none() && self.cache_type_v.is_none() {
             return opts;
@@ -56,6 +96,24 @@ impl KvCacheArgs {
         opts.kv_dtype_v = Some(self.cache_type_v.unwrap_or_default());
         opts
     }
+
+    /// The sinks, window and positions asked for (without the full layers).
+    pub fn bound(&self) -> Option<KvBound> {
+        let (sinks, window) = (self.kv_sinks?, self.kv_window?);
+        let positions = match self.kv_positions {
+            Some(PositionsArg::Rebased) => SinkPositions::Rebased,
+            Some(PositionsArg::Original) | None => SinkPositions::Original,
+        };
+        Some(KvBound { positions, ..KvBound::new(sinks, window) })
+    }
+
+    /// With `--kv-full-layers auto[:N]`: the bound to apply after measuring, and N.
+    pub fn auto_keep(&self) -> Option<(KvBound, Option<usize>)> {
+        match self.kv_full_layers {
+            Some(FullLayersArg(FullLayers::Auto(keep))) => Some((self.bound()?, keep)),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +121,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use lem_kv::LayerSet;
 
     #[derive(Parser)]
     struct Cli {
@@ -91,18 +150,46 @@ mod tests {
             .unwrap()
             .kv
             .apply(LoadOptions::default());
-        assert_eq!(o.kv_bound, Some(KvBound { sinks: 4, window: 512 }));
+        assert_eq!(o.kv_bound, Some(KvBound::new(4, 512)));
         assert_eq!((o.kv_dtype, o.kv_dtype_v), (KvDtype::F16, None), "types untouched");
         let o = Cli::try_parse_from(["lem", "--kv-sinks", "0", "--kv-window", "1"])
             .unwrap()
             .kv
             .apply(LoadOptions::default());
-        assert_eq!(o.kv_bound, Some(KvBound { sinks: 0, window: 1 }));
+        assert_eq!(o.kv_bound, Some(KvBound::new(0, 1)));
         for args in [&["lem", "--kv-sinks", "4"][..], &["lem", "--kv-window", "512"]] {
             let err = Cli::try_parse_from(args).err().unwrap();
             assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{args:?}");
         }
         let err = Cli::try_parse_from(["lem", "--kv-sinks", "4", "--kv-window", "0"]).err().unwrap().to_string();
         assert!(err.contains("--kv-window"), "{err}");
+    }
+
+    #[test]
+    fn positions_and_full_layers_refine_the_bound() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lem", "--kv-sinks", "4", "--kv-window", "64"], args].concat());
+        let o = parse(&["--kv-positions", "rebased", "--kv-full-layers", "0, 9,19"]).unwrap().kv.apply(LoadOptions::default());
+        let want = KvBound {
+            positions: SinkPositions::Rebased,
+            keep_full: LayerSet::of([0, 9, 19]).unwrap(),
+            ..KvBound::new(4, 64)
+        };
+        assert_eq!(o.kv_bound, Some(want));
+        // auto: nothing bounded at load; the bound and the count come back for measuring.
+        let cli = parse(&["--kv-full-layers", "auto:3"]).unwrap();
+        assert_eq!(cli.kv.apply(LoadOptions::default()).kv_bound, None);
+        assert_eq!(cli.kv.auto_keep(), Some((KvBound::new(4, 64), Some(3))));
+        assert_eq!(parse(&["--kv-full-layers", "auto"]).unwrap().kv.auto_keep(), Some((KvBound::new(4, 64), None)));
+        for bad in ["auto:0", "auto3", "1,x", "300", ""] {
+            let err = parse(&["--kv-full-layers", bad]).err().map(|e| e.to_string());
+            assert!(err.is_some(), "{bad:?} accepted");
+        }
+        let err = parse(&["--kv-positions", "shifted"]).err().unwrap().to_string();
+        assert!(err.contains("rebased"), "{err}");
+        // Both need a bound.
+        for args in [&["lem", "--kv-positions", "rebased"][..], &["lem", "--kv-full-layers", "1"]] {
+            let err = Cli::try_parse_from(args).err().unwrap();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
     }
 }

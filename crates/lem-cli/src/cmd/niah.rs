@@ -136,14 +136,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     configs.extend(a.configs.iter().filter(|c| c.name != "full").cloned());
     let control = CacheConfig {
         name: format!("control: sinks={},window={}", a.control_sinks, a.control_window),
-        bound: Some(KvBound { sinks: a.control_sinks, window: a.control_window.max(1) }),
+        bound: Some(KvBound::new(a.control_sinks, a.control_window.max(1))),
         ..CacheConfig::full()
     };
     let path = a.model.path()?;
     let ecfg = EngineConfig { threads: a.model.threads, ctx_size: a.model.ctx_size };
     let base = a.model.load.options();
-    let load = |c: &CacheConfig| {
-        Engine::load_with(&path, ecfg, c.load_options(base)).with_context(|| format!("loading {}", path.display()))
+    let load = |c: &CacheConfig| -> anyhow::Result<Engine> {
+        let (engine, choice) = c.load(&path, ecfg, base).with_context(|| format!("loading {}", path.display()))?;
+        if let Some(choice) = choice {
+            let reach: Vec<String> =
+                choice.reach.iter().map(|r| format!("{}:{:.2}/{:.2}/{:.3}", r.layer, r.max_head, r.mean_head, r.needle)).collect();
+            eprintln!(
+                "[{}: auto keeps layers {:?} full, measured on {} calibration tokens; far attention mass per layer (max/mean head): {}]",
+                c.name,
+                choice.full_layers,
+                choice.calibration_tokens,
+                reach.join(" ")
+            );
+        }
+        Ok(engine)
     };
     // The cases, built once with the reference engine's tokenizer.
     let reference = load(&configs[0])?;
@@ -196,7 +208,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     cell.resident_bytes = cell.resident_bytes.max(r.resident_bytes);
                     if is_control {
                         // Counted only where the bound evicted the needle.
-                        if !r.needle_evicted(KvBound { sinks: a.control_sinks, window: a.control_window }) {
+                        if !r.needle_evicted(KvBound::new(a.control_sinks, a.control_window)) {
                             continue;
                         }
                     }

@@ -285,3 +285,95 @@ fn results_do_not_depend_on_how_queries_are_grouped() {
         assert_eq!(bits(&parts), bits(&whole), "chunks of {chunk}");
     }
 }
+
+/// StreamingLLM's rebased positions by sink queries: rotating each query a second time at
+/// `min(q, sinks + window - 1)` for its scores against the sinks gives the attention of a
+/// cache whose keys sit at their positions within the cache (sinks at `0..sinks`, the
+/// window right after), which is what rotating the stored keys would give. The result does
+/// not depend on thread count or on how queries are grouped.
+#[test]
+fn sink_queries_give_the_rebased_cache_positions() {
+    use crate::ops::{Rope, RopeStyle};
+    let (n_head, n_kv, hd, sinks, window) = (4usize, 2usize, 16usize, 3u32, 5u32);
+    let rope = Rope::new(10_000.0, hd, RopeStyle::Neox);
+    let rotate = |x: &mut [f32], heads: usize, pos: &[u32]| {
+        let mut table = Vec::new();
+        rope.fill_table(pos, None, &mut table);
+        rope.apply(x, heads, hd, &table);
+    };
+    // Sinks 0..3 in cells 0..3, a ring of window + 4 cells holding 30..=38, one hole.
+    let ring = window as usize + 4;
+    let mut cell_pos = vec![u32::MAX; sinks as usize + ring];
+    for p in (0..sinks).chain(30..=38) {
+        let c = if p < sinks { p as usize } else { sinks as usize + (p - sinks) as usize % ring };
+        cell_pos[c] = p;
+    }
+    cell_pos[sinks as usize + (33 - sinks) as usize % ring] = u32::MAX;
+    let q_pos: Vec<u32> = vec![6, 7, 35, 36, 37, 38];
+    let cells = cell_pos.len();
+    let q_raw = data(q_pos.len() * n_head * hd, 900);
+    let k_raw = data(cells * n_kv * hd, 901);
+    let v = data(cells * n_kv * hd, 902);
+    let mask = Mask::SinkWindow { sinks, window };
+    let shape = AttnShape { n_head, n_kv, head_dim: hd, scale: 0.25, softcap: None, mask };
+
+    // What lem runs: keys at their original positions, queries at theirs, sink queries
+    // at the rebased one.
+    let mut k = k_raw.clone();
+    for (c, &p) in cell_pos.iter().enumerate() {
+        let p = if p == u32::MAX { 0 } else { p };
+        rotate(&mut k[c * n_kv * hd..(c + 1) * n_kv * hd], n_kv, &[p]);
+    }
+    let mut q = q_raw.clone();
+    rotate(&mut q, n_head, &q_pos);
+    let clamped: Vec<u32> = q_pos.iter().map(|&p| p.min(sinks + window - 1)).collect();
+    let mut sq = q_raw.clone();
+    rotate(&mut sq, n_head, &clamped);
+    let view = KvView { data: KvData::F32 { k: &k, v: &v }, pos: &cell_pos };
+    let extras = AttnExtras { sink_logits: None, sink_queries: Some(&sq) };
+    let row = n_head * hd;
+    let mut got = vec![0f32; q.len()];
+    attention_with_sinks(&q, &q_pos, view, &shape, extras, &mut got, None, &Threads::new(1));
+    for th in [Threads::new(2), Threads::new(3)] {
+        let mut again = vec![0f32; q.len()];
+        attention_with_sinks(&q, &q_pos, view, &shape, extras, &mut again, None, &th);
+        assert_eq!(bits(&again), bits(&got), "{} threads", th.count());
+    }
+    for (t, &p) in q_pos.iter().enumerate() {
+        let one = AttnExtras { sink_logits: None, sink_queries: Some(&sq[t * row..(t + 1) * row]) };
+        let mut alone = vec![0f32; row];
+        attention_with_sinks(&q[t * row..(t + 1) * row], &[p], view, &shape, one, &mut alone, None, &Threads::new(2));
+        assert_eq!(bits(&alone), bits(&got[t * row..(t + 1) * row]), "query {p} alone");
+    }
+
+    // The reference: per query, the visible cells with keys rotated at their positions
+    // within the cache and the query at its own, under a plain causal mask.
+    for (t, &p) in q_pos.iter().enumerate() {
+        let first_window = (p + 1).saturating_sub(window).max(sinks);
+        let rebased = |kp: u32| if kp < sinks { kp } else { sinks + (kp - first_window) };
+        let seen: Vec<usize> = (0..cells).filter(|&c| cell_pos[c] != u32::MAX && mask.visible(p, cell_pos[c])).collect();
+        let mut kr = Vec::new();
+        let mut vr = Vec::new();
+        let mut rp = Vec::new();
+        for &c in &seen {
+            let mut key = k_raw[c * n_kv * hd..(c + 1) * n_kv * hd].to_vec();
+            rotate(&mut key, n_kv, &[rebased(cell_pos[c])]);
+            kr.extend(key);
+            vr.extend_from_slice(&v[c * n_kv * hd..(c + 1) * n_kv * hd]);
+            rp.push(rebased(cell_pos[c]));
+        }
+        let qp = rebased(p);
+        let mut qr = q_raw[t * row..(t + 1) * row].to_vec();
+        rotate(&mut qr, n_head, &[qp]);
+        let causal = AttnShape { mask: Mask::Causal, ..shape };
+        let mut want = vec![0f32; row];
+        let view = KvView { data: KvData::F32 { k: &kr, v: &vr }, pos: &rp };
+        attention(&qr, &[qp], view, &causal, &mut want, None, &Threads::new(1));
+        close(&got[t * row..(t + 1) * row], &want, 1e-4, &format!("query {p}"));
+    }
+    // Without the sink queries the sinks are seen from afar: a different result.
+    let mut original = vec![0f32; q.len()];
+    attention(&q, &q_pos, view, &shape, &mut original, None, &Threads::new(1));
+    assert_ne!(bits(&original[2 * row..]), bits(&got[2 * row..]));
+    assert_eq!(bits(&original[..2 * row]), bits(&got[..2 * row]), "before the window moves, nothing changes");
+}

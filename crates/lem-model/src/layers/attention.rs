@@ -56,6 +56,9 @@ pub struct AttnBuffers {
     out: Vec<f32>,
     probs: Vec<f32>,
     rope: Vec<f32>,
+    /// Queries rotated at rebased positions, for the scores against attention sinks.
+    sink_q: Vec<f32>,
+    sink_pos: Vec<u32>,
 }
 
 impl Attention {
@@ -143,21 +146,35 @@ impl Attention {
         if want.contains(Capture::KEYS_PRE_ROPE) {
             emit(&mut observer, layer, CaptureKind::KeysPreRope, segments, positions, &[], kk, c.n_kv, hd);
         }
+        // The mask is the cache's: a layout bounded at load (`LoadOptions::kv_bound`)
+        // makes a full layer a sink window (every sequence of a batch has the same layout).
+        let kind = batch.first().map_or(c.kind, |s| s.cache.layout().layers[layer].kind);
+        // A rebased sink window scores its sinks with the queries rotated at their
+        // positions within the cache (`lem_kv::SinkPositions`).
+        let rebased = c.rope.is_some() && positions.iter().any(|&p| kind.rebases(p));
+        if rebased {
+            fit(&mut buf.sink_q, n * qd).copy_from_slice(q);
+            buf.sink_pos.clear();
+            buf.sink_pos.extend(positions.iter().map(|&p| match kind {
+                LayerKind::SinkWindow { sinks, window, positions } => positions.sink_query_position(p, sinks, window),
+                _ => p,
+            }));
+        }
         if let Some(rope) = &c.rope {
             rope.fill_table(positions, c.rope_factors.as_deref(), &mut buf.rope);
             rope.apply(q, c.n_head, hd, &buf.rope);
             rope.apply(kk, c.n_kv, hd, &buf.rope);
+            if rebased {
+                rope.fill_table(&buf.sink_pos, c.rope_factors.as_deref(), &mut buf.rope);
+                rope.apply(&mut buf.sink_q, c.n_head, hd, &buf.rope);
+            }
         }
         // Round K/V to the cache's storage type once, so observers see exactly what the
-        // cache holds. The mask is the cache's too: a layout bounded at load
-        // (`LoadOptions::kv_bound`) makes a full layer a sink window (every sequence of a
-        // batch has the same layout).
-        let mut kind = c.kind;
+        // cache holds.
         if let Some(first) = batch.first() {
             let layout = first.cache.layout();
             layout.k_type.round_keys(kk, hd);
             layout.v_type.round_values(v, hd);
-            kind = layout.layers[layer].kind;
         }
 
         let attn_out = fit(&mut buf.out, n * qd);
@@ -169,7 +186,7 @@ impl Attention {
             softcap: c.softcap,
             mask: kind.mask(),
         };
-        let sinks = self.sinks.as_deref();
+        let sink_logits = self.sinks.as_deref();
         for seg in segments {
             let rows = seg.start..seg.start + seg.len;
             let pos = &positions[rows.clone()];
@@ -188,10 +205,14 @@ impl Attention {
             let view = cache.view();
             let qs = &q[rows.start * qd..rows.end * qd];
             let os = &mut attn_out[rows.start * qd..rows.end * qd];
+            let extras = ops::AttnExtras {
+                sink_logits,
+                sink_queries: rebased.then(|| &buf.sink_q[rows.start * qd..rows.end * qd]),
+            };
             if want.contains(Capture::ATTENTION) {
                 let cells = view.pos.len();
                 let probs = fit(&mut buf.probs, seg.len * c.n_head * cells);
-                ops::attention_with_sinks(qs, pos, view, &shape, sinks, os, Some(probs), k.threads);
+                ops::attention_with_sinks(qs, pos, view, &shape, extras, os, Some(probs), k.threads);
                 if let Some(o) = observer.as_deref_mut() {
                     o.on_capture(Captured {
                         seq: seg.seq,
@@ -205,7 +226,7 @@ impl Attention {
                     });
                 }
             } else {
-                ops::attention_with_sinks(qs, pos, view, &shape, sinks, os, None, k.threads);
+                ops::attention_with_sinks(qs, pos, view, &shape, extras, os, None, k.threads);
             }
         }
         self.o.forward(attn_out, n, out, k);
