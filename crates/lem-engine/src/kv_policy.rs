@@ -21,9 +21,9 @@ use lem_model::{Capture, CaptureKind, Captured, Observer};
 use lem_tokenizer::Bos;
 use serde::Serialize;
 
+use crate::Engine;
 use crate::error::EngineError;
 use crate::niah::{self, Form, NeedleKind};
-use crate::Engine;
 
 /// Seed of the calibration haystack (not one `lem niah` uses by default).
 pub const CALIBRATION_SEED: u64 = 0xCA1B;
@@ -158,7 +158,12 @@ impl Observer for Reach {
 
 /// Measures every full-attention layer's reach beyond `bound` on `ids`, whose needle sits
 /// at `needle` (the engine's layout must not be bounded yet).
-pub fn measure(engine: &Engine, ids: &[u32], needle: Range<u32>, bound: KvBound) -> Result<Vec<LayerReach>, EngineError> {
+pub fn measure(
+    engine: &Engine,
+    ids: &[u32],
+    needle: Range<u32>,
+    bound: KvBound,
+) -> Result<Vec<LayerReach>, EngineError> {
     let layout = engine.model().cache_layout();
     let full: Vec<bool> = layout.layers.iter().map(|s| s.kind == LayerKind::Full).collect();
     let n = full.len();
@@ -210,4 +215,30 @@ pub fn bound_auto(engine: &mut Engine, bound: KvBound, keep: usize) -> Result<Au
         .ok_or_else(|| EngineError::KvPolicy(format!("more than {} layers", LayerSet::CAPACITY)))?;
     engine.bound_kv(KvBound { keep_full, ..bound })?;
     Ok(AutoChoice { full_layers, reach, calibration_tokens: ids.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_layers_parse_lists_and_auto() {
+        let listed = |v: &[usize]| FullLayers::Listed(LayerSet::of(v.iter().copied()).unwrap());
+        assert_eq!("0,9,19".parse::<FullLayers>(), Ok(listed(&[0, 9, 19])));
+        assert_eq!(" 19/0 / 9 ".parse::<FullLayers>(), Ok(listed(&[0, 9, 19])));
+        assert_eq!("auto".parse::<FullLayers>(), Ok(FullLayers::Auto(None)));
+        assert_eq!("auto:4".parse::<FullLayers>(), Ok(FullLayers::Auto(Some(4))));
+        for bad in ["auto:0", "auto:x", "autox", "1,x", "", "300"] {
+            assert!(bad.parse::<FullLayers>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn choose_keeps_the_layers_with_most_needle_mass() {
+        let reach = |layer, needle| LayerReach { layer, max_head: 0.5, mean_head: 0.1, needle };
+        let r = [reach(0, 0.01), reach(1, 0.30), reach(2, 0.02), reach(3, 0.30), reach(4, 0.25)];
+        assert_eq!(choose(&r, 1), vec![1], "ties go to the lower layer");
+        assert_eq!(choose(&r, 3), vec![1, 3, 4]);
+        assert_eq!(choose(&r, 9), vec![0, 1, 2, 3, 4]);
+    }
 }

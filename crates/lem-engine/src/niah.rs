@@ -26,7 +26,7 @@ use crate::{Engine, EngineError, GenerateRequest, generate};
 pub enum NiahError {
     /// A cache configuration that does not parse.
     #[error(
-        "bad cache configuration '{config}': {why} (expected 'full' or comma-separated k=TYPE, v=TYPE, sinks=N, window=N)"
+        "bad cache configuration '{config}': {why} (expected 'full' or comma-separated k=TYPE, v=TYPE, sinks=N, window=N, positions=original|rebased, full=LAYERS|auto[:N], recall=B)"
     )]
     Config {
         /// The configuration as given.
@@ -477,7 +477,9 @@ impl CaseResult {
 ///
 /// Written `full` (f16 K and V, every position), or comma-separated `k=TYPE`, `v=TYPE`,
 /// `sinks=N`, `window=N` (types are llama.cpp's names, each defaulting to f16; `sinks`
-/// and `window` go together), e.g. `k=q4_0,v=q4_0` or `sinks=4,window=512,k=q8_0`.
+/// and `window` go together), and with a bound `positions=original|rebased`,
+/// `full=0/9/19|auto[:N]` (layers left full) and `recall=B` (evicted blocks recalled), e.g.
+/// `k=q4_0,v=q4_0` or `sinks=4,window=512,k=q8_0` or `sinks=4,window=512,recall=4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheConfig {
     /// The configuration as written.
@@ -541,7 +543,7 @@ impl std::str::FromStr for CacheConfig {
             return Ok(CacheConfig::full());
         }
         let mut c = CacheConfig { name, ..CacheConfig::full() };
-        let (mut sinks, mut window, mut positions) = (None, None, None);
+        let (mut sinks, mut window, mut positions, mut recall) = (None, None, None, None);
         for part in s.split(',').map(str::trim) {
             let (key, value) = part.split_once('=').ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
             let number =
@@ -553,6 +555,7 @@ impl std::str::FromStr for CacheConfig {
                 "window" => window = Some(number()?),
                 "positions" => positions = Some(value.parse::<SinkPositions>().map_err(bad)?),
                 "full" => c.full = Some(value.parse::<FullLayers>().map_err(bad)?),
+                "recall" => recall = Some(number()?),
                 other => return Err(bad(format!("unknown key '{other}'"))),
             }
         }
@@ -560,12 +563,13 @@ impl std::str::FromStr for CacheConfig {
             (None, None) => None,
             (Some(_), Some(0)) => return Err(bad("window must be at least 1".into())),
             (Some(sinks), Some(window)) => {
-                Some(KvBound { positions: positions.unwrap_or_default(), ..KvBound::new(sinks, window) })
+                let (positions, recall_blocks) = (positions.unwrap_or_default(), recall.unwrap_or(0));
+                Some(KvBound { positions, recall_blocks, ..KvBound::new(sinks, window) })
             }
             _ => return Err(bad("sinks and window go together".into())),
         };
-        if c.bound.is_none() && (positions.is_some() || c.full.is_some()) {
-            return Err(bad("positions and full need sinks and window".into()));
+        if c.bound.is_none() && (positions.is_some() || c.full.is_some() || recall.is_some()) {
+            return Err(bad("positions, full and recall need sinks and window".into()));
         }
         Ok(c)
     }

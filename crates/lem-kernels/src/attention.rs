@@ -217,7 +217,28 @@ pub fn attention_with_sinks(
     if let Some(s) = extras.sink_queries {
         assert_eq!(s.len(), q.len(), "sink queries in the queries' layout");
     }
-    let probs = (probs, extras);
+    attention_lse(q, q_pos, kv, shape, extras, out, probs, None, threads)
+}
+
+/// [`attention_with_sinks`] that also writes, when `lse` is given, each row's log-sum-exp
+/// of scores (`lse[t * n_head + h]`, `-inf` for a row that sees no cell): what
+/// [`merge_attention`] needs to combine attention over two sets of cells.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_lse(
+    q: &[f32],
+    q_pos: &[u32],
+    kv: KvView<'_>,
+    shape: &AttnShape,
+    extras: AttnExtras<'_>,
+    out: &mut [f32],
+    probs: Option<&mut [f32]>,
+    lse: Option<&mut [f32]>,
+    threads: &Threads,
+) {
+    if let Some(l) = &lse {
+        assert_eq!(l.len(), q_pos.len() * shape.n_head, "one log-sum-exp per row");
+    }
+    let probs = (probs, extras, lse.map(|l| SharedMut(l.as_mut_ptr())));
     match kv.data {
         KvData::F32 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
         KvData::F16 { k, v } => attention_impl(q, q_pos, (k, v), kv.pos, shape, out, probs, threads),
@@ -243,7 +264,7 @@ fn attention_impl<K: Side, V: Side>(
     pos: &[u32],
     shape: &AttnShape,
     out: &mut [f32],
-    (probs, extras): (Option<&mut [f32]>, AttnExtras<'_>),
+    (probs, extras, lse): (Option<&mut [f32]>, AttnExtras<'_>, Option<SharedMut<f32>>),
     threads: &Threads,
 ) {
     let AttnShape { n_head, n_kv, head_dim: hd, .. } = *shape;
@@ -267,7 +288,7 @@ fn attention_impl<K: Side, V: Side>(
         assert_eq!(p.len(), n_tok * n_head * cells);
         SharedMut(p.as_mut_ptr())
     });
-    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr, extras };
+    let ctx = Ctx { q, q_pos, k, v, pos, shape, out: out_ptr, probs: probs_ptr, extras, lse };
     threads.for_ranges(items, 1, |range| {
         SCRATCH.with(|s| {
             let sc = &mut *s.borrow_mut();
@@ -294,6 +315,8 @@ struct Ctx<'a, K, V> {
     probs: Option<SharedMut<f32>>,
     /// Sink logits and sink queries.
     extras: AttnExtras<'a>,
+    /// Per-row log-sum-exp, `[n_tok][n_head]`, when asked for.
+    lse: Option<SharedMut<f32>>,
 }
 
 // SAFETY: the raw pointers are only written at the disjoint rows each item owns.
@@ -366,14 +389,21 @@ impl<K: Side, V: Side> Ctx<'_, K, V> {
         // Softmax per row; a sliding window may leave a row of the block with no cell.
         for (r, s) in scores.chunks_exact_mut(ld).enumerate() {
             let m = simd::max(s);
-            if m == f32::NEG_INFINITY {
+            let row_lse = if m == f32::NEG_INFINITY {
                 s.fill(0.0);
-                continue;
+                f32::NEG_INFINITY
+            } else {
+                let sink = self.extras.sink_logits.map(|k| k[it.h0 + r % nh]);
+                let m = sink.map_or(m, |k| m.max(k));
+                let sum = simd::exp_sub_sum(s, m) + sink.map_or(0.0, |k| (k - m).exp());
+                simd::scale(s, 1.0 / sum);
+                m + sum.ln()
+            };
+            if let Some(l) = self.lse {
+                let (t, h) = (it.t0 + r / nh, it.h0 + r % nh);
+                // SAFETY: row (t, h) belongs to this item alone.
+                unsafe { *l.ptr().add(t * n_head + h) = row_lse };
             }
-            let sink = self.extras.sink_logits.map(|k| k[it.h0 + r % nh]);
-            let m = sink.map_or(m, |k| m.max(k));
-            let sum = simd::exp_sub_sum(s, m) + sink.map_or(0.0, |k| (k - m).exp());
-            simd::scale(s, 1.0 / sum);
         }
         if let Some(pp) = self.probs {
             for r in 0..rows {
@@ -418,8 +448,41 @@ impl<K: Side, V: Side> Ctx<'_, K, V> {
                     // SAFETY: as in `run`.
                     unsafe { std::slice::from_raw_parts_mut(pp.ptr().add((t * n_head + h) * cells), cells) }.fill(0.0);
                 }
+                if let Some(l) = self.lse {
+                    // SAFETY: as in `run`.
+                    unsafe { *l.ptr().add(t * n_head + h) = f32::NEG_INFINITY };
+                }
             }
         }
+    }
+}
+
+/// Combines attention over two disjoint sets of cells: `out` (rows of `head_dim`, one
+/// per `lse` entry) and `lse` hold the first's normalised output and log-sum-exp, `other`
+/// and `other_lse` the second's; `out` and `lse` become the attention over both, as one
+/// softmax over the union would give (up to rounding).
+pub fn merge_attention(out: &mut [f32], lse: &mut [f32], other: &[f32], other_lse: &[f32], head_dim: usize) {
+    assert_eq!(out.len(), lse.len() * head_dim);
+    assert_eq!(other.len(), out.len());
+    assert_eq!(other_lse.len(), lse.len());
+    for (r, (a, &b)) in lse.iter_mut().zip(other_lse).enumerate() {
+        if b == f32::NEG_INFINITY {
+            continue;
+        }
+        let row = &mut out[r * head_dim..(r + 1) * head_dim];
+        let o = &other[r * head_dim..(r + 1) * head_dim];
+        if *a == f32::NEG_INFINITY {
+            row.copy_from_slice(o);
+            *a = b;
+            continue;
+        }
+        let m = a.max(b);
+        let (wa, wb) = ((*a - m).exp(), (b - m).exp());
+        let inv = 1.0 / (wa + wb);
+        for (x, &y) in row.iter_mut().zip(o) {
+            *x = (*x * wa + y * wb) * inv;
+        }
+        *a = m + (wa + wb).ln();
     }
 }
 

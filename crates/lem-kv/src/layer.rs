@@ -3,8 +3,9 @@
 use lem_kernels::ops::{KvData, KvRows, KvView};
 
 use crate::raw::RawLayer;
+use crate::recall::{BLOCK, Recalled, Tier};
 use crate::store::Store;
-use crate::{KvDtype, LayerSpec};
+use crate::{CacheLayout, KvDtype, LayerSpec};
 
 /// Position recorded for a cell that holds nothing: a hole that truncation or an import
 /// left in a sliding-window ring. No query ever sees it (every mask needs `p <= q`).
@@ -35,6 +36,9 @@ pub struct LayerCache {
     ring: Option<Ring>,
     /// Cells that hold a position (not holes).
     live: usize,
+    /// Evicted-block recall (sink-window layers of a layout with `recall_blocks > 0`): the
+    /// second tier, the blocks read back, and how many a query recalls.
+    recall: Option<(Tier, Vec<Recalled>, usize)>,
 }
 
 /// Where a bounded layer keeps each position: the first `sinks` positions in their own
@@ -69,12 +73,13 @@ pub struct LayerExport {
 impl LayerCache {
     /// An empty layer. Block types need `head_dim` to be a multiple of 32, which
     /// [`crate::CacheLayout::check`] ensures for layouts a model declares.
-    pub(crate) fn new(spec: LayerSpec, k_type: KvDtype, v_type: KvDtype, max_batch: usize) -> LayerCache {
+    pub(crate) fn new(spec: LayerSpec, layout: &CacheLayout, max_batch: usize) -> LayerCache {
+        let (k_type, v_type) = (layout.k_type, layout.v_type);
         let ring = spec
             .kind
             .window()
             .map(|window| Ring { sinks: spec.kind.sinks() as usize, cap: window as usize + max_batch.max(1) });
-        LayerCache {
+        let mut l = LayerCache {
             spec,
             k_type,
             v_type,
@@ -83,7 +88,16 @@ impl LayerCache {
             pos: Vec::new(),
             ring,
             live: 0,
+            recall: None,
+        };
+        if layout.recall_blocks > 0 && matches!(spec.kind, crate::LayerKind::SinkWindow { .. }) {
+            let row = l.row();
+            let (kb, vb) = (l.k.bytes_of(row), l.v.bytes_of(row));
+            let tier = Tier::new(spec, spec.kind.sinks(), kb, vb);
+            let heads = (0..spec.n_kv).map(|_| Recalled::new(k_type, v_type, spec.head_dim)).collect();
+            l.recall = Some((tier, heads, layout.recall_blocks as usize));
         }
+        l
     }
 
     /// This layer's spec.
@@ -116,9 +130,98 @@ impl LayerCache {
         self.live
     }
 
-    /// Bytes of K/V in live cells.
+    /// Bytes of K/V in memory: live cells, and the blocks a recall tier read back.
     pub fn bytes_used(&self) -> usize {
-        self.live * self.cell_bytes()
+        let hd = self.spec.head_dim;
+        self.live * self.cell_bytes() + self.recall.as_ref().map_or(0, |(_, r, _)| r.iter().map(|r| r.bytes(hd)).sum())
+    }
+
+    /// Bytes of K/V in the recall tier's file (0 without one).
+    pub fn offloaded_bytes(&self) -> usize {
+        self.recall.as_ref().map_or(0, |(t, _, _)| t.bytes())
+    }
+
+    /// Blocks each query recalls from the second tier (0: no tier).
+    pub fn recall_blocks(&self) -> usize {
+        self.recall.as_ref().map_or(0, |r| r.2)
+    }
+
+    /// The first I/O error of the recall tier since the last call.
+    pub(crate) fn take_error(&mut self) -> Option<std::io::Error> {
+        self.recall.as_mut().and_then(|(t, _, _)| t.take_error())
+    }
+
+    /// Into `out`, ascending: the recall blocks the heads of a query at `q` that share
+    /// KV head `g` (`query`: those heads, `[group][head_dim]`, rotated as the keys are)
+    /// attend to beside the window ([`crate::recall`]); empty without a tier or before any
+    /// block left the window.
+    pub fn select_recall(&self, query: &[f32], g: usize, q: u32, out: &mut Vec<u32>) {
+        out.clear();
+        if let (Some((tier, _, take)), Some(window)) = (&self.recall, self.spec.kind.window()) {
+            tier.select(query, g, q, window, *take, out);
+        }
+    }
+
+    /// KV head `g`'s cells of recall `blocks` (as [`LayerCache::select_recall`] gives
+    /// them), read back from the tier unless they are the ones read last, for attention: a
+    /// view of one KV head.
+    pub fn recalled(&mut self, g: usize, blocks: &[u32]) -> KvView<'_> {
+        let hd = self.spec.head_dim;
+        let Some((tier, heads, _)) = &mut self.recall else {
+            return KvView { data: KvData::F32 { k: &[], v: &[] }, pos: &[] };
+        };
+        let rec = &mut heads[g];
+        if rec.blocks != blocks {
+            rec.clear();
+            let cells = blocks.len() * BLOCK as usize;
+            rec.k.resize(cells, hd);
+            rec.v.resize(cells, hd);
+            let (kb, vb) = (tier.k_bytes(), tier.v_bytes());
+            let (kh, vh) = (rec.k.bytes_of(hd), rec.v.bytes_of(hd));
+            let mut buf = Vec::new();
+            let mut failed = None;
+            for &b in blocks {
+                if let Err(e) = tier.read_block(b, &mut buf) {
+                    failed = Some(e);
+                    break;
+                }
+                for (j, r) in buf.chunks_exact(kb + vb).enumerate() {
+                    let c = rec.pos.len();
+                    rec.k.write_head_raw(c, 0, hd, hd, &r[g * kh..(g + 1) * kh]);
+                    rec.v.write_head_raw(c, 0, hd, hd, &r[kb + g * vh..kb + (g + 1) * vh]);
+                    rec.pos.push(tier.sinks() + b * BLOCK + j as u32);
+                }
+            }
+            if let Some(e) = failed {
+                tier.fail(e);
+                rec.clear();
+            } else {
+                rec.blocks.extend_from_slice(blocks);
+            }
+            rec.k.resize(rec.pos.len(), hd);
+            rec.v.resize(rec.pos.len(), hd);
+        }
+        let data = match (rec.k.rows(), rec.v.rows()) {
+            (KvRows::F32(k), KvRows::F32(v)) => KvData::F32 { k, v },
+            (KvRows::F16(k), KvRows::F16(v)) => KvData::F16 { k, v },
+            (k, v) => KvData::Split { k, v },
+        };
+        KvView { data, pos: &rec.pos }
+    }
+
+    /// Writes cell `c` (position `p`, just stored) through to the recall tier.
+    fn write_through(&mut self, c: usize, p: u32) {
+        let row = self.row();
+        let (n_kv, hd) = (self.spec.n_kv, self.spec.head_dim);
+        let Some((tier, _, _)) = &mut self.recall else { return };
+        let (mut kb, mut vb) = (Vec::new(), Vec::new());
+        let mut keys = vec![0f32; n_kv * hd];
+        for h in 0..n_kv {
+            self.k.read_head_raw(c, h, row, hd, &mut kb);
+            self.v.read_head_raw(c, h, row, hd, &mut vb);
+            self.k.read_head(c, h, row, &mut keys[h * hd..(h + 1) * hd]);
+        }
+        tier.push(p, &kb, &vb, &keys);
     }
 
     /// Bytes the layer has allocated for K/V and positions (at least [`bytes_used`]).
@@ -208,6 +311,9 @@ impl LayerCache {
                         }
                         self.pos[c] = p;
                     }
+                    if self.recall.is_some() && p >= r.sinks as u32 {
+                        self.write_through(c, p);
+                    }
                 }
                 None => {
                     self.k.push(kr);
@@ -257,6 +363,21 @@ impl LayerCache {
 
     pub(crate) fn truncate(&mut self, len: u32) {
         let row = self.row();
+        let (k_type, n_kv, hd) = (self.k_type, self.spec.n_kv, self.spec.head_dim);
+        if let Some((tier, rec, _)) = &mut self.recall {
+            // The keys of one tier position, widened through a one-cell store.
+            let decode = |raw: &[u8], keys: &mut [f32]| {
+                let mut one = Store::new(k_type, true, hd);
+                one.resize(1, row);
+                let kh = raw.len() / n_kv;
+                for h in 0..n_kv {
+                    one.write_head_raw(0, h, row, hd, &raw[h * kh..(h + 1) * kh]);
+                    one.read_head(0, h, row, &mut keys[h * hd..(h + 1) * hd]);
+                }
+            };
+            tier.truncate(len, decode);
+            rec.iter_mut().for_each(Recalled::clear);
+        }
         match self.ring {
             None => {
                 let keep = self.pos.partition_point(|&p| p < len);
@@ -313,9 +434,45 @@ impl LayerCache {
         RawLayer { k_type: self.k_type, v_type: self.v_type, positions, k, v }
     }
 
-    /// The live K/V in position order, exactly as stored (see [`RawLayer`]).
+    /// The live K/V in position order, exactly as stored (see [`RawLayer`]); with a
+    /// recall tier, every position the layer can still attend to or recall (the sinks and
+    /// everything after them), so that a restore recalls what the original would.
     pub fn export_raw(&self) -> RawLayer {
-        self.export_cells(&self.ordered())
+        self.export_tier().unwrap_or_else(|| self.export_cells(&self.ordered()))
+    }
+
+    /// [`LayerCache::export_raw`] through the recall tier, when it holds every position
+    /// past the sinks and can be read.
+    fn export_tier(&self) -> Option<RawLayer> {
+        let (tier, _, _) = self.recall.as_ref()?;
+        let (n_kv, hd, row) = (self.spec.n_kv, self.spec.head_dim, self.row());
+        let len = tier.len();
+        if len == 0 || self.newest() != Some(tier.sinks() + len - 1) {
+            return None;
+        }
+        let sink_cells: Vec<usize> = self.ordered().into_iter().filter(|&c| self.pos[c] < tier.sinks()).collect();
+        let (kh, vh) = (self.k.bytes_of(hd), self.v.bytes_of(hd));
+        let (mut rows_k, mut rows_v) = (vec![0u8; len as usize * kh * n_kv], vec![0u8; len as usize * vh * n_kv]);
+        for i in 0..len as usize {
+            let (kr, vr) =
+                (&mut rows_k[i * kh * n_kv..(i + 1) * kh * n_kv], &mut rows_v[i * vh * n_kv..(i + 1) * vh * n_kv]);
+            tier.read(i as u32, kr, vr).ok()?;
+        }
+        let t = sink_cells.len() + len as usize;
+        let (mut k, mut v) = (Vec::with_capacity(t * kh * n_kv), Vec::with_capacity(t * vh * n_kv));
+        for h in 0..n_kv {
+            for &c in &sink_cells {
+                self.k.read_head_raw(c, h, row, hd, &mut k);
+                self.v.read_head_raw(c, h, row, hd, &mut v);
+            }
+            for i in 0..len as usize {
+                k.extend_from_slice(&rows_k[(i * n_kv + h) * kh..(i * n_kv + h + 1) * kh]);
+                v.extend_from_slice(&rows_v[(i * n_kv + h) * vh..(i * n_kv + h + 1) * vh]);
+            }
+        }
+        let mut positions: Vec<u32> = sink_cells.iter().map(|&c| self.pos[c]).collect();
+        positions.extend(tier.sinks()..tier.sinks() + len);
+        Some(RawLayer { k_type: self.k_type, v_type: self.v_type, positions, k, v })
     }
 
     /// The K/V of positions `from..to`, exactly as stored, or `None` if the layer does not
@@ -325,15 +482,16 @@ impl LayerCache {
         Some(self.export_cells(&cells?))
     }
 
-    /// Checks imported positions: strictly ascending, and for a ring, no two in one cell.
-    fn check_positions(&self, positions: &[u32]) -> Result<(), String> {
+    /// Checks imported positions: strictly ascending, and for a ring, no two in one cell
+    /// (unless `replayed`: appended one by one, as a recall tier's are).
+    fn check_positions(&self, positions: &[u32], replayed: bool) -> Result<(), String> {
         if positions.windows(2).any(|w| w[0] >= w[1]) {
             return Err("positions are not strictly ascending".into());
         }
         if positions.last() == Some(&EMPTY_POS) {
             return Err(format!("position {EMPTY_POS} is reserved"));
         }
-        if let Some(r) = self.ring {
+        if let Some(r) = self.ring.filter(|_| !replayed) {
             let tail = &positions[positions.partition_point(|&p| (p as usize) < r.sinks)..];
             if let (Some(&first), Some(&last)) = (tail.first(), tail.last())
                 && (last - first) as usize >= r.cap
@@ -381,7 +539,13 @@ impl LayerCache {
                 e.v.len()
             ));
         }
-        self.check_positions(&e.positions)?;
+        self.check_positions(&e.positions, false)?;
+        // f32 exports hold the ring only: a recall tier starts afresh from here.
+        if let Some((tier, rec, _)) = &mut self.recall {
+            *tier =
+                Tier::new(self.spec, self.spec.kind.sinks(), self.k.bytes_of(n_kv * hd), self.v.bytes_of(n_kv * hd));
+            rec.iter_mut().for_each(Recalled::clear);
+        }
         let cells = self.place(&e.positions);
         let row = n_kv * hd;
         let (mut kc, mut vc) = (vec![0f32; row], vec![0f32; row]);
@@ -396,6 +560,38 @@ impl LayerCache {
         }
         self.live = t;
         Ok(())
+    }
+
+    /// [`LayerCache::import_raw`] of a layer with a recall tier (checked): every position
+    /// is appended again, in order, so the ring keeps the newest and the tier all.
+    fn import_tier(&mut self, e: &RawLayer) {
+        let (n_kv, hd, row) = (self.spec.n_kv, self.spec.head_dim, self.row());
+        let (Some(r), Some((tier, rec, _))) = (self.ring, &mut self.recall) else { return };
+        let (kb, vb) = (self.k.bytes_of(row), self.v.bytes_of(row));
+        *tier = Tier::new(self.spec, r.sinks as u32, kb, vb);
+        rec.iter_mut().for_each(Recalled::clear);
+        self.pos.clear();
+        self.k.resize(0, row);
+        self.v.resize(0, row);
+        self.live = 0;
+        let t = e.positions.len();
+        let (kh, vh) = (self.k.bytes_of(hd), self.v.bytes_of(hd));
+        for (i, &p) in e.positions.iter().enumerate() {
+            let c = r.cell(p);
+            self.grow_to(c);
+            for h in 0..n_kv {
+                let (ks, vs) = ((h * t + i) * kh, (h * t + i) * vh);
+                self.k.write_head_raw(c, h, row, hd, &e.k[ks..ks + kh]);
+                self.v.write_head_raw(c, h, row, hd, &e.v[vs..vs + vh]);
+            }
+            if self.pos[c] == EMPTY_POS {
+                self.live += 1;
+            }
+            self.pos[c] = p;
+            if p as usize >= r.sinks {
+                self.write_through(c, p);
+            }
+        }
     }
 
     pub(crate) fn import_raw(&mut self, e: &RawLayer) -> Result<(), String> {
@@ -417,7 +613,11 @@ impl LayerCache {
                 e.v.len()
             ));
         }
-        self.check_positions(&e.positions)?;
+        self.check_positions(&e.positions, self.recall.is_some())?;
+        if self.recall.is_some() {
+            self.import_tier(e);
+            return Ok(());
+        }
         let cells = self.place(&e.positions);
         let row = n_kv * hd;
         for (i, &c) in cells.iter().enumerate() {

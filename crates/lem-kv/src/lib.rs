@@ -16,6 +16,7 @@
 
 mod layer;
 mod raw;
+pub mod recall;
 mod store;
 
 pub use layer::{EMPTY_POS, LayerCache, LayerExport};
@@ -189,12 +190,15 @@ pub struct KvBound {
     pub positions: SinkPositions,
     /// Full-attention layers left unbounded.
     pub keep_full: LayerSet,
+    /// Evicted blocks each query of a bounded layer recalls (`--kv-recall-blocks`; 0:
+    /// none, and nothing is kept past the window; see [`recall`]).
+    pub recall_blocks: u32,
 }
 
 impl KvBound {
     /// Sinks and a window at original positions, on every full-attention layer.
     pub fn new(sinks: u32, window: u32) -> KvBound {
-        KvBound { sinks, window, positions: SinkPositions::Original, keep_full: LayerSet::EMPTY }
+        KvBound { sinks, window, positions: SinkPositions::Original, keep_full: LayerSet::EMPTY, recall_blocks: 0 }
     }
 }
 
@@ -410,6 +414,14 @@ pub struct CacheLayout {
     pub v_type: KvDtype,
     /// Most tokens one forward call appends (sizes sliding-window rings).
     pub max_batch: usize,
+    /// Evicted blocks of [`recall::BLOCK`] positions each query of a sink-window layer
+    /// recalls from the layer's second tier ([`recall`]); 0: no tier.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recall_blocks: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a serialised layout may hold (today's fields, or the earlier single `dtype`).
@@ -423,6 +435,8 @@ struct LayoutRepr {
     #[serde(default)]
     v_type: Option<KvDtype>,
     max_batch: usize,
+    #[serde(default)]
+    recall_blocks: u32,
 }
 
 impl From<LayoutRepr> for CacheLayout {
@@ -433,6 +447,7 @@ impl From<LayoutRepr> for CacheLayout {
             k_type: r.k_type.unwrap_or(both),
             v_type: r.v_type.unwrap_or(both),
             max_batch: r.max_batch,
+            recall_blocks: r.recall_blocks,
         }
     }
 }
@@ -450,6 +465,9 @@ impl CacheLayout {
         }
         if self.layers.len() != other.layers.len() {
             return Some(format!("{} layers vs {}", self.layers.len(), other.layers.len()));
+        }
+        if self.recall_blocks != other.recall_blocks {
+            return Some(format!("{} recalled blocks vs {}", self.recall_blocks, other.recall_blocks));
         }
         let describe = |s: &LayerSpec| format!("{}, {} KV heads x {}", s.kind.describe(), s.n_kv, s.head_dim);
         self.layers
@@ -490,11 +508,15 @@ impl CacheLayout {
         if bound.window == 0 {
             return Err(KvError::EmptyWindow);
         }
-        if let Some(layer) = bound.keep_full.iter().find(|&i| self.layers.get(i).is_none_or(|s| s.kind != LayerKind::Full))
+        if let Some(layer) =
+            bound.keep_full.iter().find(|&i| self.layers.get(i).is_none_or(|s| s.kind != LayerKind::Full))
         {
             return Err(KvError::NotFullLayer { layer, layers: self.layers.len() });
         }
-        let mut l = self.clone();
+        if bound.recall_blocks > 0 && bound.positions == SinkPositions::Rebased {
+            return Err(KvError::RecallRebased);
+        }
+        let mut l = CacheLayout { recall_blocks: bound.recall_blocks, ..self.clone() };
         for (i, s) in l.layers.iter_mut().enumerate() {
             if s.kind == LayerKind::Full && !bound.keep_full.contains(i) {
                 s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window, positions: bound.positions };
@@ -566,6 +588,13 @@ pub enum KvError {
         /// Layers in the model.
         layers: usize,
     },
+    /// Evicted-block recall was asked for with rebased positions (recalled keys sit at
+    /// their original positions, which a rebased layer no longer uses).
+    #[error("--kv-recall-blocks needs original positions (--kv-positions original)")]
+    RecallRebased,
+    /// The recall tier's file could not be written or read.
+    #[error("KV recall tier: {0}")]
+    Tier(String),
     /// A cache type name that is not one of llama.cpp's.
     #[error("unknown KV cache type '{0}' (expected one of: {1})")]
     UnknownType(String, String),
@@ -587,7 +616,8 @@ pub struct SeqCache {
 pub struct KvMemory {
     /// Bytes of K/V held in memory: the peak over the sequence's life.
     pub resident_bytes: usize,
-    /// Bytes of K/V held elsewhere (always 0: lem keeps every cell in memory).
+    /// Bytes of K/V held elsewhere: the recall tiers' files ([`recall`]), at the end of
+    /// the run (0 without `--kv-recall-blocks`).
     pub offloaded_bytes: usize,
     /// Storage type of the keys.
     pub cache_type_k: KvDtype,
@@ -600,11 +630,7 @@ impl SeqCache {
     /// model's declared layout does; appending to a layer whose head size does not fit its
     /// block type panics).
     pub fn new(layout: &CacheLayout) -> SeqCache {
-        let layers = layout
-            .layers
-            .iter()
-            .map(|spec| LayerCache::new(*spec, layout.k_type, layout.v_type, layout.max_batch))
-            .collect();
+        let layers = layout.layers.iter().map(|spec| LayerCache::new(*spec, layout, layout.max_batch)).collect();
         SeqCache { layout: layout.clone(), layers, len: 0, peak: 0 }
     }
 
@@ -680,9 +706,21 @@ impl SeqCache {
         Ok(())
     }
 
-    /// An independent copy; later appends to either side do not affect the other.
+    /// An independent copy; later appends to either side do not affect the other (a
+    /// recall tier is copied to a file of its own).
     pub fn fork(&self) -> SeqCache {
         self.clone()
+    }
+
+    /// The first I/O error a layer's recall tier met since the last call (the forward pass
+    /// reports it: a tier that could not be written would recall garbage).
+    pub fn take_error(&mut self) -> Result<(), KvError> {
+        for l in &mut self.layers {
+            if let Some(e) = l.take_error() {
+                return Err(KvError::Tier(e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// The most bytes of K/V in live cells this cache has held at once (after any
@@ -696,7 +734,7 @@ impl SeqCache {
     pub fn memory(&self) -> KvMemory {
         KvMemory {
             resident_bytes: self.peak_bytes_used(),
-            offloaded_bytes: 0,
+            offloaded_bytes: self.layers.iter().map(LayerCache::offloaded_bytes).sum(),
             cache_type_k: self.layout.k_type,
             cache_type_v: self.layout.v_type,
         }

@@ -620,7 +620,11 @@ fn bounds_apply_to_full_layers_only() {
 /// sequence, keeps its sinks, and rolls back one batch.
 #[test]
 fn sink_window_cells_are_bounded_and_keep_the_sinks() {
-    let spec = LayerSpec { kind: LayerKind::SinkWindow { sinks: 2, window: 5, positions: Default::default() }, n_kv: N_KV, head_dim: 3 };
+    let spec = LayerSpec {
+        kind: LayerKind::SinkWindow { sinks: 2, window: 5, positions: Default::default() },
+        n_kv: N_KV,
+        head_dim: 3,
+    };
     let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F32, v_type: KvDtype::F32, max_batch: MAX_BATCH };
     let mut c = SeqCache::new(&l);
     for i in 0..20 {

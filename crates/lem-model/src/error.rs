@@ -98,4 +98,7 @@ pub enum ModelError {
     /// A forward call asked for something impossible.
     #[error("invalid forward input: {0}")]
     Input(String),
+    /// A sequence's KV cache failed (its recall tier could not be written or read).
+    #[error("KV cache: {0}")]
+    Kv(#[from] lem_kv::KvError),
 }

@@ -188,6 +188,7 @@ impl Model {
             k_type: KvDtype::default(),
             v_type: KvDtype::default(),
             max_batch: DEFAULT_MAX_BATCH,
+            recall_blocks: 0,
         };
         Model { config, embedding, blocks, final_norm, output, layout }
     }
@@ -299,7 +300,9 @@ impl Model {
                 return Err(ModelError::Input(format!("sequence {i}'s cache was made for a different layout")));
             }
             let start = s.cache.len();
-            if start as usize + s.tokens.len() > self.config.context_length {
+            // A layout whose every layer bounds how far back a query sees (windows,
+            // rebased sinks) may run past the trained context.
+            if start as usize + s.tokens.len() > self.config.context_length && !layout.bounded_distance() {
                 return Err(ModelError::Input(format!(
                     "sequence {i} would reach {} tokens, over the model's context length of {}",
                     start as usize + s.tokens.len(),
@@ -328,6 +331,7 @@ impl Model {
         }
         for seg in &ws.segments {
             batch[seg.seq].cache.advance(seg.len as u32);
+            batch[seg.seq].cache.take_error()?;
         }
 
         // Gather the rows that need logits (then the hidden rows asked for), normalise

@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 
 use common::{gen_ids, greedy, isolate_cache, tiny};
 use lem_engine::{DraftConfig, Engine, EngineConfig, GenerateRequest, generate};
-use lem_kv::{KvBound, LayerKind};
+use lem_kv::{KvBound, LayerKind, SinkPositions};
 use lem_model::LoadOptions;
 use lem_state::{StateError, load_snapshot, save_snapshot};
 
@@ -53,7 +53,12 @@ fn bounded_layers_equal_full_attention_until_the_bound() {
     let full = engine(&model, None);
     let bounded = engine(&model, Some(bound));
     assert!(
-        bounded.model().cache_layout().layers.iter().all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() })
+        bounded
+            .model()
+            .cache_layout()
+            .layers
+            .iter()
+            .all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() })
     );
     let ids = prompt(40, 1);
     let want = logits_each(&full, &ids, 1);
@@ -129,7 +134,9 @@ fn on_gemma3_the_bound_takes_the_global_layers_only() {
     assert!(a.layers.iter().any(|l| l.kind == LayerKind::Full), "the tiny gemma3 has global layers");
     for (n, bl) in a.layers.iter().zip(&b.layers) {
         match n.kind {
-            LayerKind::Full => assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() }),
+            LayerKind::Full => {
+                assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() })
+            }
             kind => assert_eq!(bl.kind, kind, "a native sliding layer changed"),
         }
     }
@@ -155,4 +162,109 @@ fn speculation_rolls_back_within_a_wrapped_bounded_ring() {
     let g = generate(&e, &mut e.new_sequence(), &p, &req, &mut |_| ControlFlow::Continue(())).unwrap();
     assert!(g.speculation.drafted > 0, "nothing was drafted");
     assert_eq!(g.ids, plain, "speculative output differs ({:?})", g.speculation);
+}
+
+fn rebased(sinks: u32, window: u32) -> KvBound {
+    KvBound { positions: SinkPositions::Rebased, ..KvBound::new(sinks, window) }
+}
+
+#[test]
+fn rebased_positions_change_only_the_sinks_and_only_once_the_window_moves() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny::write(&tiny::llama(11), d.path(), "l.gguf");
+    let original = engine(&model, Some(KvBound::new(4, 16)));
+    let rebased_e = engine(&model, Some(rebased(4, 16)));
+    let no_sinks = engine(&model, Some(KvBound::new(0, 16)));
+    let no_sinks_rebased = engine(&model, Some(rebased(0, 16)));
+    let ids = prompt(48, 5);
+    let want = logits_each(&original, &ids, 1);
+    let got = logits_each(&rebased_e, &ids, 1);
+    // While the query is within sinks + window, a sink sits where it was: the same bits.
+    for p in 0..20 {
+        assert_eq!(got[p], want[p], "position {p}");
+    }
+    // Past it the sinks are seen as if just before the window: other logits.
+    for p in 20..48 {
+        assert_ne!(got[p], want[p], "position {p}");
+    }
+    // Without sinks there is nothing to re-base: a plain window either way.
+    assert_eq!(logits_each(&no_sinks_rebased, &ids, 1), logits_each(&no_sinks, &ids, 1));
+    // Batch shape does not matter under rebased positions either.
+    for chunk in [5, 48] {
+        let by = logits_each(&rebased_e, &ids, chunk);
+        for (i, l) in by.iter().enumerate() {
+            let p = ((i + 1) * chunk).min(ids.len()) - 1;
+            assert_eq!(l, &got[p], "chunks of {chunk}, position {p}");
+        }
+    }
+    // A snapshot under original positions is another layout for a rebased engine.
+    let mut seq = original.new_sequence();
+    seq.feed(&original, &ids).unwrap();
+    let snap = d.path().join("o.lemkv");
+    save_snapshot(&snap, &original, &seq, BTreeMap::new()).unwrap();
+    match load_snapshot(&snap, &rebased_e) {
+        Err(StateError::LayoutMismatch { what, .. }) => assert!(what.contains("rebased"), "{what}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_rebased_stream_runs_past_the_trained_context() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny::write(&tiny::llama(13), d.path(), "l.gguf");
+    isolate_cache();
+    let trained = engine(&model, None).model().config().context_length;
+    let ask = trained + 300;
+    let load = |bound: Option<KvBound>| {
+        let opts = LoadOptions { kv_bound: bound, ..LoadOptions::default() };
+        Engine::load_with(&model, EngineConfig { threads: 2, ctx_size: ask }, opts).unwrap()
+    };
+    // Full attention, and original-position sinks (whose distance grows without bound),
+    // stay within the trained context; a plain window or rebased sinks may run past it.
+    assert_eq!(load(None).ctx_size(), trained);
+    assert_eq!(load(Some(KvBound::new(4, 16))).ctx_size(), trained);
+    assert_eq!(load(Some(KvBound::new(0, 16))).ctx_size(), ask);
+    let e = load(Some(rebased(4, 16)));
+    assert_eq!(e.ctx_size(), ask);
+    let p = prompt(trained + 100, 6);
+    let mut seq = e.new_sequence();
+    let logits = seq.feed(&e, &p).unwrap().to_vec();
+    assert!(logits.iter().all(|x| x.is_finite()));
+    assert_eq!(seq.len(), p.len());
+    let fed = gen_ids(&e, &mut seq, &prompt(4, 7), 6);
+    assert!(!fed.is_empty());
+    assert!(seq.len() >= p.len() + 4, "the continuation was fed past the trained context");
+}
+
+#[test]
+fn auto_full_layers_are_measured_and_kept_full() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny::write(&tiny::llama(17), d.path(), "l.gguf");
+    let n = engine(&model, None).model().cache_layout().layers.len();
+    let bound = KvBound::new(4, 32);
+    let choose = || {
+        let mut e = engine(&model, None);
+        let choice = lem_engine::kv_policy::bound_auto(&mut e, bound, 1).unwrap();
+        (e, choice)
+    };
+    let (e, choice) = choose();
+    assert_eq!(choice.reach.len(), n, "every full-attention layer is measured");
+    assert!(choice.calibration_tokens > 4 * 32, "{}", choice.calibration_tokens);
+    assert!(choice.reach.iter().any(|r| r.needle > 0.0), "no layer looked at the needle: {:?}", choice.reach);
+    assert_eq!(choice.full_layers.len(), 1);
+    let kept = choice.full_layers[0];
+    let most = choice.reach.iter().map(|r| r.needle).fold(0.0, f64::max);
+    assert_eq!(choice.reach[kept].needle, most, "{:?}", choice.reach);
+    for (l, spec) in e.model().cache_layout().layers.iter().enumerate() {
+        let want = if l == kept {
+            LayerKind::Full
+        } else {
+            LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() }
+        };
+        assert_eq!(spec.kind, want, "layer {l}");
+    }
+    // The measurement is deterministic; a bounded engine cannot be measured again.
+    assert_eq!(choose().1.full_layers, choice.full_layers);
+    let mut bounded = engine(&model, Some(bound));
+    assert!(lem_engine::kv_policy::bound_auto(&mut bounded, bound, 1).is_err());
 }

@@ -53,6 +53,12 @@ pub struct KvCacheArgs {
     /// the window of a calibration text, measured at load and printed. Needs --kv-window.
     #[arg(long, value_name = "LAYERS", requires = "kv_window", value_parser = clap::value_parser!(FullLayersArg))]
     pub kv_full_layers: Option<FullLayersArg>,
+    /// Evicted-block recall: a bounded layer keeps every position past its window in a
+    /// second tier (a temporary file) with a key summary per 64-position block, and each
+    /// query also attends to the B blocks its summary ranks highest. Resident KV grows by
+    /// B x 64 positions per bounded layer. Needs --kv-window and original positions.
+    #[arg(long, value_name = "B", requires = "kv_window")]
+    pub kv_recall_blocks: Option<u32>,
 }
 
 /// `--kv-positions`.
@@ -104,7 +110,7 @@ impl KvCacheArgs {
             Some(PositionsArg::Rebased) => SinkPositions::Rebased,
             Some(PositionsArg::Original) | None => SinkPositions::Original,
         };
-        Some(KvBound { positions, ..KvBound::new(sinks, window) })
+        Some(KvBound { positions, recall_blocks: self.kv_recall_blocks.unwrap_or(0), ..KvBound::new(sinks, window) })
     }
 
     /// With `--kv-full-layers auto[:N]`: the bound to apply after measuring, and N.
@@ -167,8 +173,12 @@ mod tests {
 
     #[test]
     fn positions_and_full_layers_refine_the_bound() {
-        let parse = |args: &[&str]| Cli::try_parse_from([&["lem", "--kv-sinks", "4", "--kv-window", "64"], args].concat());
-        let o = parse(&["--kv-positions", "rebased", "--kv-full-layers", "0, 9,19"]).unwrap().kv.apply(LoadOptions::default());
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["lem", "--kv-sinks", "4", "--kv-window", "64"], args].concat());
+        let o = parse(&["--kv-positions", "rebased", "--kv-full-layers", "0, 9,19"])
+            .unwrap()
+            .kv
+            .apply(LoadOptions::default());
         let want = KvBound {
             positions: SinkPositions::Rebased,
             keep_full: LayerSet::of([0, 9, 19]).unwrap(),

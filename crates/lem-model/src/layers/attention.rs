@@ -59,6 +59,19 @@ pub struct AttnBuffers {
     /// Queries rotated at rebased positions, for the scores against attention sinks.
     sink_q: Vec<f32>,
     sink_pos: Vec<u32>,
+    recall: RecallBuffers,
+}
+
+/// Evicted-block recall's buffers: log-sum-exp of the window's and of the recalled
+/// blocks' attention, the latter's output, and block selections.
+#[derive(Debug, Default)]
+struct RecallBuffers {
+    lse: Vec<f32>,
+    q: Vec<f32>,
+    recall_lse: Vec<f32>,
+    recall_out: Vec<f32>,
+    picked: Vec<u32>,
+    next: Vec<u32>,
 }
 
 impl Attention {
@@ -202,6 +215,7 @@ impl Attention {
             if want.contains(Capture::QUERIES) {
                 emit(&mut observer, layer, CaptureKind::Queries, one, positions, &[], q, c.n_head, hd);
             }
+            let recall = cache.recall_blocks() > 0;
             let view = cache.view();
             let qs = &q[rows.start * qd..rows.end * qd];
             let os = &mut attn_out[rows.start * qd..rows.end * qd];
@@ -209,7 +223,11 @@ impl Attention {
                 sink_logits,
                 sink_queries: rebased.then(|| &buf.sink_q[rows.start * qd..rows.end * qd]),
             };
-            if want.contains(Capture::ATTENTION) {
+            if recall {
+                let lse = fit(&mut buf.recall.lse, seg.len * c.n_head);
+                ops::attention_lse(qs, pos, view, &shape, extras, os, None, Some(lse), k.threads);
+                recall_blocks(cache, qs, pos, &shape, os, &mut buf.recall, k);
+            } else if want.contains(Capture::ATTENTION) {
                 let cells = view.pos.len();
                 let probs = fit(&mut buf.probs, seg.len * c.n_head * cells);
                 ops::attention_with_sinks(qs, pos, view, &shape, extras, os, Some(probs), k.threads);
@@ -230,6 +248,66 @@ impl Attention {
             }
         }
         self.o.forward(attn_out, n, out, k);
+    }
+}
+
+/// Evicted-block recall for one segment: the heads of each query that share a KV head
+/// also attend to the blocks that KV head's summaries rank highest for them
+/// ([`lem_kv::recall`]), merged into `out` (which holds the window's attention, with its
+/// log-sum-exp in `buf.lse`). Runs of queries that pick the same blocks share one read and
+/// one kernel call; each query's result depends only on its own blocks, so batching does
+/// not change it.
+fn recall_blocks(
+    cache: &mut lem_kv::LayerCache,
+    qs: &[f32],
+    pos: &[u32],
+    shape: &AttnShape,
+    out: &mut [f32],
+    buf: &mut RecallBuffers,
+    k: &mut Kernels<'_>,
+) {
+    let (n_head, hd) = (shape.n_head, shape.head_dim);
+    let group = n_head / shape.n_kv;
+    let (qd, gd) = (n_head * hd, group * hd);
+    let one = AttnShape { n_head: group, n_kv: 1, mask: ops::Mask::Causal, ..*shape };
+    let heads = |t: usize, g: usize| &qs[t * qd + g * gd..t * qd + (g + 1) * gd];
+    for g in 0..shape.n_kv {
+        let mut t = 0;
+        while t < pos.len() {
+            cache.select_recall(heads(t, g), g, pos[t], &mut buf.picked);
+            let mut end = t + 1;
+            while end < pos.len() {
+                cache.select_recall(heads(end, g), g, pos[end], &mut buf.next);
+                if buf.next != buf.picked {
+                    break;
+                }
+                end += 1;
+            }
+            if !buf.picked.is_empty() {
+                let n = end - t;
+                let q_g = fit(&mut buf.q, n * gd);
+                for i in 0..n {
+                    q_g[i * gd..(i + 1) * gd].copy_from_slice(heads(t + i, g));
+                }
+                let view = cache.recalled(g, &buf.picked);
+                let r_out = fit(&mut buf.recall_out, n * gd);
+                let r_lse = fit(&mut buf.recall_lse, n * group);
+                let extras = ops::AttnExtras::default();
+                ops::attention_lse(q_g, &pos[t..end], view, &one, extras, r_out, None, Some(r_lse), k.threads);
+                for i in 0..n {
+                    let row = (t + i) * qd + g * gd;
+                    let l = (t + i) * n_head + g * group;
+                    ops::merge_attention(
+                        &mut out[row..row + gd],
+                        &mut buf.lse[l..l + group],
+                        &r_out[i * gd..(i + 1) * gd],
+                        &r_lse[i * group..(i + 1) * group],
+                        hd,
+                    );
+                }
+            }
+            t = end;
+        }
     }
 }
 

@@ -1,0 +1,296 @@
+//! Evicted-block recall: a second tier for a bounded layer.
+//!
+//! A sink-window layer with recall ([`crate::CacheLayout::recall_blocks`] `> 0`) writes
+//! every position past its sinks, as stored, to a file (the tier: an anonymous temporary
+//! file in `TMPDIR`, so the operating system, not lem's heap, decides what of it stays in
+//! memory), and keeps a summary of each complete block of [`BLOCK`] positions: per KV head
+//! and dimension, the least and greatest key. A query at `q` then also attends to the
+//! top-`b` blocks that lie wholly outside its window, ranked by an upper bound of the
+//! query's score against the block (`sum_d max(q_d min_d, q_d max_d)`, the bound Quest
+//! uses), taken at the query head that bounds highest (one retrieval head is enough to
+//! want a block). Those blocks are read back into a buffer of `b * BLOCK` cells: resident
+//! K/V stays `sinks + window + max_batch + b * BLOCK` positions per layer.
+//!
+//! Every position is written through when it is appended, not when the ring overwrites
+//! it, so what a query can recall depends only on its position and the cache's contents,
+//! never on how the tokens were batched: results stay independent of batch shape.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::store::Store;
+use crate::{KvDtype, LayerSpec};
+
+/// Positions per recall block.
+pub const BLOCK: u32 = 32;
+
+/// The second tier of one bounded layer: every position from `sinks` on, as stored, and
+/// the key summaries of its complete blocks.
+#[derive(Debug)]
+pub(crate) struct Tier {
+    /// `None` when no file could be made (the error waits in `error`).
+    file: Option<File>,
+    /// First position the tier holds (the layer's sinks stay in the ring's cells).
+    sinks: u32,
+    /// Positions `sinks..sinks + len` are written.
+    len: u32,
+    /// Bytes of one position's keys and of its values (every head).
+    k_bytes: usize,
+    v_bytes: usize,
+    n_kv: usize,
+    head_dim: usize,
+    /// `[block][n_kv][2][head_dim]`: least and greatest key of each complete block.
+    summaries: Vec<f32>,
+    /// The same for the block being filled (meaningful for its first `len % BLOCK`
+    /// positions).
+    partial: Vec<f32>,
+    /// The first I/O error, kept until [`Tier::take_error`] reports it.
+    error: Option<io::Error>,
+}
+
+impl Tier {
+    pub(crate) fn new(spec: LayerSpec, sinks: u32, k_bytes: usize, v_bytes: usize) -> Tier {
+        let (file, error) = match tempfile::tempfile() {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        Tier {
+            file,
+            sinks,
+            len: 0,
+            k_bytes,
+            v_bytes,
+            n_kv: spec.n_kv,
+            head_dim: spec.head_dim,
+            summaries: Vec::new(),
+            partial: vec![0.0; spec.n_kv * 2 * spec.head_dim],
+            error,
+        }
+    }
+
+    fn file(&self) -> io::Result<&File> {
+        self.file.as_ref().ok_or_else(|| io::Error::other("the recall tier has no file"))
+    }
+
+    /// Bytes of one position's keys (every head).
+    pub(crate) fn k_bytes(&self) -> usize {
+        self.k_bytes
+    }
+
+    /// Bytes of one position's values (every head).
+    pub(crate) fn v_bytes(&self) -> usize {
+        self.v_bytes
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.k_bytes + self.v_bytes
+    }
+
+    fn summary_len(&self) -> usize {
+        self.n_kv * 2 * self.head_dim
+    }
+
+    /// Positions held past the sinks.
+    pub(crate) fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Bytes written to the tier's file.
+    pub(crate) fn bytes(&self) -> usize {
+        self.len as usize * self.row_bytes()
+    }
+
+    /// Complete blocks.
+    pub(crate) fn blocks(&self) -> u32 {
+        self.len / BLOCK
+    }
+
+    /// The first I/O error since the last call, if any.
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    /// The first position the tier holds.
+    pub(crate) fn sinks(&self) -> u32 {
+        self.sinks
+    }
+
+    /// Records an I/O error for [`Tier::take_error`] (the first one wins).
+    pub(crate) fn fail(&mut self, e: io::Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Writes position `p` (the next one the tier expects; earlier or later ones are
+    /// ignored) from its raw K and V rows; `keys` is its keys as f32, `[n_kv][head_dim]`,
+    /// for the summary.
+    pub(crate) fn push(&mut self, p: u32, k: &[u8], v: &[u8], keys: &[f32]) {
+        if p < self.sinks || p != self.sinks + self.len {
+            return;
+        }
+        let at = (self.len as usize * self.row_bytes()) as u64;
+        let written =
+            self.file().and_then(|f| f.write_all_at(k, at).and_then(|()| f.write_all_at(v, at + self.k_bytes as u64)));
+        if let Err(e) = written {
+            self.fail(e);
+        }
+        let first = self.len.is_multiple_of(BLOCK);
+        let hd = self.head_dim;
+        for h in 0..self.n_kv {
+            let s = &mut self.partial[h * 2 * hd..(h + 1) * 2 * hd];
+            let key = &keys[h * hd..(h + 1) * hd];
+            let (lo, hi) = s.split_at_mut(hd);
+            for d in 0..hd {
+                if first {
+                    (lo[d], hi[d]) = (key[d], key[d]);
+                } else {
+                    lo[d] = lo[d].min(key[d]);
+                    hi[d] = hi[d].max(key[d]);
+                }
+            }
+        }
+        self.len += 1;
+        if self.len.is_multiple_of(BLOCK) {
+            self.summaries.extend_from_slice(&self.partial);
+        }
+    }
+
+    /// Forgets positions `>= len`; the summary of a block left partial is rebuilt from
+    /// the file (`decode` widens one position's raw keys to f32).
+    pub(crate) fn truncate(&mut self, len: u32, decode: impl Fn(&[u8], &mut [f32])) {
+        let keep = len.saturating_sub(self.sinks);
+        if keep >= self.len {
+            return;
+        }
+        let start = keep - keep % BLOCK;
+        self.summaries.truncate((keep / BLOCK) as usize * self.summary_len());
+        self.len = start;
+        let (mut k, mut v) = (vec![0u8; self.k_bytes], vec![0u8; self.v_bytes]);
+        let mut keys = vec![0f32; self.summary_len() / 2];
+        for i in start..keep {
+            if let Err(e) = self.read(i, &mut k, &mut v) {
+                self.fail(e);
+                return;
+            }
+            decode(&k, &mut keys);
+            self.push(self.sinks + i, &k, &v, &keys);
+        }
+    }
+
+    /// Reads the raw K and V rows of tier position `i` (position `sinks + i`).
+    pub(crate) fn read(&self, i: u32, k: &mut [u8], v: &mut [u8]) -> io::Result<()> {
+        let at = (i as usize * self.row_bytes()) as u64;
+        let f = self.file()?;
+        f.read_exact_at(k, at)?;
+        f.read_exact_at(v, at + self.k_bytes as u64)
+    }
+
+    /// Reads block `b` whole (its positions' K then V rows, one after another) into `buf`.
+    pub(crate) fn read_block(&self, b: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.resize(BLOCK as usize * self.row_bytes(), 0);
+        self.file()?.read_exact_at(buf, (b as usize * BLOCK as usize * self.row_bytes()) as u64)
+    }
+
+    /// Into `out`, ascending: the (at most) `take` blocks wholly outside the window of a
+    /// query at `q` (`window` positions) whose KV head `g` bounds the score of one of
+    /// `query`'s heads highest. `query` is that token's heads of the group sharing KV
+    /// head `g`, `[group][head_dim]`.
+    pub(crate) fn select(&self, query: &[f32], g: usize, q: u32, window: u32, take: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let hd = self.head_dim;
+        let n_head = query.len() / hd;
+        // Block `i` covers `sinks + 64 i ..= sinks + 64 i + 63`; it is out of the window when
+        // its last position is at least `window` before `q`.
+        let Some(reach) = q.checked_sub(window + self.sinks + BLOCK - 1) else { return };
+        let n = (reach / BLOCK + 1).min(self.blocks()) as usize;
+        if n == 0 || take == 0 {
+            return;
+        }
+        let mut scored: Vec<(f32, u32)> = (0..n)
+            .map(|b| {
+                let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
+                let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
+                let best = (0..n_head)
+                    .map(|h| {
+                        let qh = &query[h * hd..(h + 1) * hd];
+                        (0..hd).map(|d| (qh[d] * lo[d]).max(qh[d] * hi[d])).sum::<f32>()
+                    })
+                    .fold(f32::NEG_INFINITY, f32::max);
+                (best, b as u32)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        out.extend(scored.iter().take(take).map(|&(_, b)| b));
+        out.sort_unstable();
+    }
+
+    /// A copy of the file's first `bytes` bytes in a file of its own.
+    fn copy_file(&self) -> io::Result<File> {
+        let (from, to) = (self.file()?, tempfile::tempfile()?);
+        let mut buf = vec![0u8; (1 << 20).min(self.bytes().max(1))];
+        let mut at = 0usize;
+        while at < self.bytes() {
+            let n = buf.len().min(self.bytes() - at);
+            from.read_exact_at(&mut buf[..n], at as u64)?;
+            to.write_all_at(&buf[..n], at as u64)?;
+            at += n;
+        }
+        Ok(to)
+    }
+}
+
+impl Clone for Tier {
+    /// A copy with a file of its own (a fork's appends must not reach the original's); if
+    /// the copy fails, the clone carries the error to its next forward pass.
+    fn clone(&self) -> Tier {
+        let (file, error) = match self.copy_file() {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        Tier {
+            file,
+            sinks: self.sinks,
+            len: self.len,
+            k_bytes: self.k_bytes,
+            v_bytes: self.v_bytes,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+            summaries: self.summaries.clone(),
+            partial: self.partial.clone(),
+            error,
+        }
+    }
+}
+
+/// The blocks one KV head of a layer read back last, as attention reads them (cells of
+/// that head alone).
+#[derive(Debug, Clone)]
+pub(crate) struct Recalled {
+    /// Tier block indices held, ascending.
+    pub(crate) blocks: Vec<u32>,
+    pub(crate) k: Store,
+    pub(crate) v: Store,
+    pub(crate) pos: Vec<u32>,
+}
+
+impl Recalled {
+    pub(crate) fn new(k_type: KvDtype, v_type: KvDtype, head_dim: usize) -> Recalled {
+        Recalled {
+            blocks: Vec::new(),
+            k: Store::new(k_type, true, head_dim),
+            v: Store::new(v_type, false, head_dim),
+            pos: Vec::new(),
+        }
+    }
+
+    /// Bytes of K/V held (heads of `head_dim`).
+    pub(crate) fn bytes(&self, head_dim: usize) -> usize {
+        self.pos.len() * (self.k.bytes_of(head_dim) + self.v.bytes_of(head_dim))
+    }
+
+    /// Forgets what was read.
+    pub(crate) fn clear(&mut self) {
+        self.blocks.clear();
+        self.pos.clear();
+    }
+}
