@@ -54,9 +54,9 @@ pub struct KvCacheArgs {
     #[arg(long, value_name = "LAYERS", requires = "kv_window", value_parser = clap::value_parser!(FullLayersArg))]
     pub kv_full_layers: Option<FullLayersArg>,
     /// Evicted-block recall: a bounded layer keeps every position past its window in a
-    /// second tier (a temporary file) with a key summary per 64-position block, and each
+    /// second tier (a temporary file) with a key summary per 32-position block, and each
     /// query also attends to the B blocks its summary ranks highest. Resident KV grows by
-    /// B x 64 positions per bounded layer. Needs --kv-window and original positions.
+    /// B x 32 positions per bounded layer. Needs --kv-window and original positions.
     #[arg(long, value_name = "B", requires = "kv_window")]
     pub kv_recall_blocks: Option<u32>,
 }
