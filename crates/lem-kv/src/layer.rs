@@ -142,6 +142,9 @@ impl LayerCache {
     }
 
     pub(crate) fn reserve(&mut self, total: usize) {
+        if self.spec.shares.is_some() {
+            return;
+        }
         let cells = self.ring.map_or(total, |r| (r.sinks + r.cap).min(total));
         let more = cells.saturating_sub(self.pos.len());
         let row = self.row();
@@ -320,7 +323,12 @@ impl LayerCache {
 
     /// The K/V of positions `from..to`, exactly as stored, or `None` if the layer does not
     /// hold all of them (a sliding window evicted some, or they were never appended).
+    /// A layer that shares another's K/V ([`LayerSpec::shares`]) holds nothing, so every
+    /// range of it is empty.
     pub fn export_raw_range(&self, from: u32, to: u32) -> Option<RawLayer> {
+        if self.spec.shares.is_some() {
+            return Some(self.export_cells(&[]));
+        }
         let cells: Option<Vec<usize>> = (from..to).map(|p| self.cell_of(p)).collect();
         Some(self.export_cells(&cells?))
     }

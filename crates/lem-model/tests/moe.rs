@@ -13,7 +13,7 @@ use lem_kernels::Threads;
 use lem_kv::SeqCache;
 use lem_model::{LogitsRequest, Model, SeqInput, Workspace};
 
-/// Every MoE model, each source kind.
+/// Every MoE model, each source kind, and the dense Gemma 4.
 const MODELS: &[&str] = &[
     "qwen3moe/f32.gguf",
     "qwen3moe/q8_0.gguf",
@@ -31,6 +31,12 @@ const MODELS: &[&str] = &[
     "gpt_oss/q8_0.gguf",
     "gpt_oss/q4_k.gguf",
     "gpt_oss/hf",
+    // Gemma 4: a dense MLP beside the experts (and, dense, shared-KV layers and
+    // per-layer token embeddings, whose rows must not depend on the batch either).
+    "gemma4_moe/f32.gguf",
+    "gemma4_moe/q8_0.gguf",
+    "gemma4_moe/q4_k.gguf",
+    "gemma4/f32.gguf",
 ];
 
 fn model(rel: &str) -> Model {
