@@ -100,7 +100,7 @@ fn check(arch: &str, ft: &str, tol: Tolerance, th: &Threads) -> Vec<String> {
         (floats(&fx["eval"]["nll"]), floats(&fx["eval"]["margin"]), ids(&fx["eval"]["argmax"]));
     let logits = all_logits(&m, &toks, th);
     let n = want_nll.len().min(toks.len() - 1);
-    let (mut worst, mut at, mut clear, mut wrong) = (0.0f64, 0, 0, Vec::new());
+    let (mut worst, mut at, mut clear, mut wrong, mut big) = (0.0f64, 0, 0, Vec::new(), Vec::new());
     for i in 0..n {
         let row = &logits[i];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -108,6 +108,9 @@ fn check(arch: &str, ft: &str, tol: Tolerance, th: &Threads) -> Vec<String> {
         let d = (lse - row[toks[i + 1] as usize] as f64 - want_nll[i]).abs();
         if d > worst {
             (worst, at) = (d, i);
+        }
+        if d > tol.nll / 2.0 {
+            big.push(i);
         }
         if margin[i] >= tol.margin {
             clear += 1;
@@ -130,7 +133,8 @@ fn check(arch: &str, ft: &str, tol: Tolerance, th: &Threads) -> Vec<String> {
         problems.push(format!("{name}: greedy differs before the first near-tie ({tie})\n ours {got:?}\n  ref {want:?}"));
     }
     eprintln!(
-        "{name}: max |dNLL| {worst:.4} (pos {at}), argmax {}/{clear} at margin >= {}, greedy {}/{} equal (near-tie at {tie})",
+        "{name}: max |dNLL| {worst:.4} (pos {at}; over {} at {big:?}), argmax {}/{clear} at margin >= {}, greedy {}/{} equal (near-tie at {tie})",
+        tol.nll / 2.0,
         clear - wrong.len(),
         tol.margin,
         got.iter().zip(&want).take_while(|(a, b)| a == b).count(),
