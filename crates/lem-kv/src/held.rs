@@ -9,7 +9,10 @@ use crate::{LayerKind, LayerSpec};
 pub(crate) fn check_held(spec: &LayerSpec, positions: &[u32], len: u32) -> Result<(), String> {
     if let Some(source) = spec.shares {
         if !positions.is_empty() {
-            return Err(format!("a layer sharing layer {source}'s K/V holds nothing, got {} positions", positions.len()));
+            return Err(format!(
+                "a layer sharing layer {source}'s K/V holds nothing, got {} positions",
+                positions.len()
+            ));
         }
         return Ok(());
     }

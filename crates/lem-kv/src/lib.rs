@@ -506,7 +506,8 @@ impl CacheLayout {
         if bound.window == 0 {
             return Err(KvError::EmptyWindow);
         }
-        if let Some(layer) = bound.keep_full.iter().find(|&i| self.layers.get(i).is_none_or(|s| s.kind != LayerKind::Full))
+        if let Some(layer) =
+            bound.keep_full.iter().find(|&i| self.layers.get(i).is_none_or(|s| s.kind != LayerKind::Full))
         {
             return Err(KvError::NotFullLayer { layer, layers: self.layers.len() });
         }

@@ -270,9 +270,7 @@ fn per_layer_or_scalar(
 ) -> Result<(Option<usize>, Vec<usize>), ModelError> {
     match src.per_layer(key)? {
         None => Ok((optional(src, key, max)?, Vec::new())),
-        Some(v) if v.len() != n_layer => {
-            Err(src.key_error(key, format!("{} values for {n_layer} layers", v.len())))
-        }
+        Some(v) if v.len() != n_layer => Err(src.key_error(key, format!("{} values for {n_layer} layers", v.len()))),
         Some(v) => {
             let v = v.into_iter().map(|n| bounded(src, key, n, max)).collect::<Result<Vec<_>, _>>()?;
             Ok((v.iter().copied().max(), v))

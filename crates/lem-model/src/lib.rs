@@ -26,8 +26,8 @@ pub use error::ModelError;
 pub use gguf::{GgufFile, GgufWeights, TensorType};
 pub use hf::HfDir;
 pub use layers::{
-    Activation, Attention, AttentionConfig, DecoderBlock, DenseAndRouted, Ffn, GatedMlp, Gating, Kernels, Linear, Loader,
-    PerLayerEmbedding, RmsNorm, RoutedMlp, Routing,
+    Activation, Attention, AttentionConfig, DecoderBlock, DenseAndRouted, Ffn, GatedMlp, Gating, Kernels, Linear,
+    Loader, PerLayerEmbedding, RmsNorm, RoutedMlp, Routing,
 };
 pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, ParamCounts, SeqInput, Workspace, open_weights};
 pub use observer::{Capture, CaptureKind, Captured, Observer};

@@ -31,7 +31,8 @@ fn repo() -> PathBuf {
 }
 
 fn model(rel: &str) -> Model {
-    let dir = std::env::var_os("LEM_TINY_MODELS").map(PathBuf::from).unwrap_or_else(|| repo().join("target/tiny-models"));
+    let dir =
+        std::env::var_os("LEM_TINY_MODELS").map(PathBuf::from).unwrap_or_else(|| repo().join("target/tiny-models"));
     let path = dir.join(rel);
     assert!(
         path.exists(),
@@ -130,7 +131,8 @@ fn check(arch: &str, ft: &str, tol: Tolerance, th: &Threads) -> Vec<String> {
     let tie = floats(&g["margins"]).iter().position(|&m| m < tol.margin).unwrap_or(want.len());
     let got = greedy(&m, &prompt, want.len(), th);
     if got[..tie] != want[..tie] {
-        problems.push(format!("{name}: greedy differs before the first near-tie ({tie})\n ours {got:?}\n  ref {want:?}"));
+        problems
+            .push(format!("{name}: greedy differs before the first near-tie ({tie})\n ours {got:?}\n  ref {want:?}"));
     }
     eprintln!(
         "{name}: max |dNLL| {worst:.4} (pos {at}; over {} at {big:?}), argmax {}/{clear} at margin >= {}, greedy {}/{} equal (near-tie at {tie})",

@@ -91,9 +91,8 @@ fn snapshot_fork_and_prefix_cache_store_shared_layers_once() {
     };
     let mut q = prompt.clone();
     q.extend(ids(3, 5));
-    let uncached = lem_engine::generate(&e, &mut e.new_sequence(), &q, &req, &mut |_| ControlFlow::Continue(()))
-        .unwrap()
-        .ids;
+    let uncached =
+        lem_engine::generate(&e, &mut e.new_sequence(), &q, &req, &mut |_| ControlFlow::Continue(())).unwrap().ids;
     let mut first = prompt.clone();
     first.extend(ids(4, 5));
     let (_, cold) = run(&first);

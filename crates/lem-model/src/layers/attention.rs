@@ -120,7 +120,11 @@ impl Attention {
     pub fn param_count(&self) -> u64 {
         let norms =
             [&self.q_norm, &self.k_norm].iter().filter_map(|n| n.as_ref()).map(RmsNorm::param_count).sum::<u64>();
-        [Some(&self.q), self.k.as_ref(), self.v.as_ref(), Some(&self.o)].into_iter().flatten().map(Linear::param_count).sum::<u64>()
+        [Some(&self.q), self.k.as_ref(), self.v.as_ref(), Some(&self.o)]
+            .into_iter()
+            .flatten()
+            .map(Linear::param_count)
+            .sum::<u64>()
             + norms
             + self.sinks.as_ref().map_or(0, |s| s.len() as u64)
     }

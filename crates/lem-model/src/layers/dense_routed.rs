@@ -5,8 +5,8 @@
 //! the stream RMS-normalised without weight, times `1/sqrt(n_embd)` and a per-channel
 //! scale (`ffn_gate_inp.scale`), as llama.cpp's `gemma4` graph computes its logits.
 
-use super::moe::MoeBuffers;
 use super::mlp::MlpBuffers;
+use super::moe::MoeBuffers;
 use super::{GatedMlp, Kernels, Loader, RmsNorm, RoutedMlp, fit};
 use crate::error::ModelError;
 use crate::names::{Role, TensorId};

@@ -76,11 +76,8 @@ impl PerLayerEmbedding {
 
     /// Weight and norm elements.
     pub fn param_count(&self) -> u64 {
-        let parts: u64 = self
-            .layers
-            .iter()
-            .map(|p| p.gate.param_count() + p.proj.param_count() + p.post_norm.param_count())
-            .sum();
+        let parts: u64 =
+            self.layers.iter().map(|p| p.gate.param_count() + p.proj.param_count() + p.post_norm.param_count()).sum();
         (self.table.rows() * self.table.cols()) as u64
             + self.model_proj.param_count()
             + self.proj_norm.param_count()
@@ -89,13 +86,7 @@ impl PerLayerEmbedding {
 
     /// Computes every layer's input for the `n` rows of `x` (the scaled token
     /// embeddings) of tokens `tokens`, kept in `buf` for [`PerLayerEmbedding::apply`].
-    pub(crate) fn inputs(
-        &self,
-        tokens: &[u32],
-        x: &[f32],
-        buf: &mut PerLayerBuffers,
-        k: &mut Kernels<'_>,
-    ) {
+    pub(crate) fn inputs(&self, tokens: &[u32], x: &[f32], buf: &mut PerLayerBuffers, k: &mut Kernels<'_>) {
         let n = tokens.len();
         let d = x.len() / n.max(1);
         let all = self.layers.len() * self.dim;
