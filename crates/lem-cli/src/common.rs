@@ -138,8 +138,8 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Engine> {
         let path = self.path()?;
         let cfg = EngineConfig { threads: self.threads, ctx_size: self.ctx_size };
-        let mut engine =
-            Engine::load_with(&path, cfg, self.load.options()).with_context(|| format!("loading {}", path.display()))?;
+        let mut engine = Engine::load_with(&path, cfg, self.load.options())
+            .with_context(|| format!("loading {}", path.display()))?;
         if let Some((bound, keep)) = self.load.kv.auto_keep() {
             let keep = keep.unwrap_or_else(|| lem_engine::kv_policy::default_keep(&engine));
             let choice = lem_engine::kv_policy::bound_auto(&mut engine, bound, keep)?;

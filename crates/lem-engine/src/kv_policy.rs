@@ -21,9 +21,9 @@ use lem_model::{Capture, CaptureKind, Captured, Observer};
 use lem_tokenizer::Bos;
 use serde::Serialize;
 
+use crate::Engine;
 use crate::error::EngineError;
 use crate::niah::{self, Form, NeedleKind};
-use crate::Engine;
 
 /// Seed of the calibration haystack (not one `lem niah` uses by default).
 pub const CALIBRATION_SEED: u64 = 0xCA1B;
@@ -158,7 +158,12 @@ impl Observer for Reach {
 
 /// Measures every full-attention layer's reach beyond `bound` on `ids`, whose needle sits
 /// at `needle` (the engine's layout must not be bounded yet).
-pub fn measure(engine: &Engine, ids: &[u32], needle: Range<u32>, bound: KvBound) -> Result<Vec<LayerReach>, EngineError> {
+pub fn measure(
+    engine: &Engine,
+    ids: &[u32],
+    needle: Range<u32>,
+    bound: KvBound,
+) -> Result<Vec<LayerReach>, EngineError> {
     let layout = engine.model().cache_layout();
     let full: Vec<bool> = layout.layers.iter().map(|s| s.kind == LayerKind::Full).collect();
     let n = full.len();

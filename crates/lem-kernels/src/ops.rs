@@ -4,7 +4,9 @@
 //! All of them work in place or into caller-owned buffers: nothing here allocates on the
 //! decode path.
 
-pub use crate::attention::{AttnExtras, AttnShape, KvData, KvElem, KvRows, KvView, Mask, attention, attention_with_sinks};
+pub use crate::attention::{
+    AttnExtras, AttnShape, KvData, KvElem, KvRows, KvView, Mask, attention, attention_with_sinks,
+};
 
 /// RMS normalisation of each `w.len()`-long row of `x`, in place, scaled by `w`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {

@@ -53,7 +53,12 @@ fn bounded_layers_equal_full_attention_until_the_bound() {
     let full = engine(&model, None);
     let bounded = engine(&model, Some(bound));
     assert!(
-        bounded.model().cache_layout().layers.iter().all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() })
+        bounded
+            .model()
+            .cache_layout()
+            .layers
+            .iter()
+            .all(|l| l.kind == LayerKind::SinkWindow { sinks: 4, window: 16, positions: Default::default() })
     );
     let ids = prompt(40, 1);
     let want = logits_each(&full, &ids, 1);
@@ -129,7 +134,9 @@ fn on_gemma3_the_bound_takes_the_global_layers_only() {
     assert!(a.layers.iter().any(|l| l.kind == LayerKind::Full), "the tiny gemma3 has global layers");
     for (n, bl) in a.layers.iter().zip(&b.layers) {
         match n.kind {
-            LayerKind::Full => assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() }),
+            LayerKind::Full => {
+                assert_eq!(bl.kind, LayerKind::SinkWindow { sinks: 4, window: 32, positions: Default::default() })
+            }
             kind => assert_eq!(bl.kind, kind, "a native sliding layer changed"),
         }
     }

@@ -167,8 +167,12 @@ mod tests {
 
     #[test]
     fn positions_and_full_layers_refine_the_bound() {
-        let parse = |args: &[&str]| Cli::try_parse_from([&["lem", "--kv-sinks", "4", "--kv-window", "64"], args].concat());
-        let o = parse(&["--kv-positions", "rebased", "--kv-full-layers", "0, 9,19"]).unwrap().kv.apply(LoadOptions::default());
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["lem", "--kv-sinks", "4", "--kv-window", "64"], args].concat());
+        let o = parse(&["--kv-positions", "rebased", "--kv-full-layers", "0, 9,19"])
+            .unwrap()
+            .kv
+            .apply(LoadOptions::default());
         let want = KvBound {
             positions: SinkPositions::Rebased,
             keep_full: LayerSet::of([0, 9, 19]).unwrap(),

@@ -145,8 +145,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let load = |c: &CacheConfig| -> anyhow::Result<Engine> {
         let (engine, choice) = c.load(&path, ecfg, base).with_context(|| format!("loading {}", path.display()))?;
         if let Some(choice) = choice {
-            let reach: Vec<String> =
-                choice.reach.iter().map(|r| format!("{}:{:.2}/{:.2}/{:.3}", r.layer, r.max_head, r.mean_head, r.needle)).collect();
+            let reach: Vec<String> = choice
+                .reach
+                .iter()
+                .map(|r| format!("{}:{:.2}/{:.2}/{:.3}", r.layer, r.max_head, r.mean_head, r.needle))
+                .collect();
             eprintln!(
                 "[{}: auto keeps layers {:?} full, measured on {} calibration tokens; far attention mass per layer (max/mean head): {}]",
                 c.name,

@@ -351,7 +351,8 @@ fn sink_queries_give_the_rebased_cache_positions() {
     for (t, &p) in q_pos.iter().enumerate() {
         let first_window = (p + 1).saturating_sub(window).max(sinks);
         let rebased = |kp: u32| if kp < sinks { kp } else { sinks + (kp - first_window) };
-        let seen: Vec<usize> = (0..cells).filter(|&c| cell_pos[c] != u32::MAX && mask.visible(p, cell_pos[c])).collect();
+        let seen: Vec<usize> =
+            (0..cells).filter(|&c| cell_pos[c] != u32::MAX && mask.visible(p, cell_pos[c])).collect();
         let mut kr = Vec::new();
         let mut vr = Vec::new();
         let mut rp = Vec::new();
