@@ -44,6 +44,15 @@ fn model(rel: &str) -> Model {
     Model::load_with(&path, &opts).unwrap_or_else(|e| panic!("loading {rel}: {e}"))
 }
 
+/// Every element of a GGUF file's tensors (from its tensor table).
+fn stored_elements(rel: &str) -> u64 {
+    let dir =
+        std::env::var_os("LEM_TINY_MODELS").map(PathBuf::from).unwrap_or_else(|| repo().join("target/tiny-models"));
+    let mut f = std::io::BufReader::new(std::fs::File::open(dir.join(rel)).unwrap());
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    content.tensor_infos.values().map(|i| i.shape.dims().iter().product::<usize>() as u64).sum()
+}
+
 fn reference(arch: &str, ft: &str) -> serde_json::Value {
     let p = repo().join(format!("tests/fixtures/tiny/{arch}/gguf-{ft}.json"));
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
@@ -177,7 +186,11 @@ fn layout_shares_kv_and_params_count_experts() {
     assert!(m.per_layer().is_some());
     let dense = m.param_counts();
     assert_eq!(dense.total, dense.active);
+    // Every stored element but the 16 rotary factors (`rope_freqs`), which lem counts as
+    // configuration, not parameters.
+    assert_eq!(dense.total, stored_elements("gemma4/f32.gguf") - 16);
     let moe = model("gemma4_moe/f32.gguf").param_counts();
+    assert_eq!(moe.total, stored_elements("gemma4_moe/f32.gguf") - 16);
     // 4 layers of 8 experts (gate, up, down of 256 x 64) of which each token runs 2.
     assert_eq!(moe.total - moe.active, 4 * 6 * 3 * 256 * 64);
 }

@@ -151,7 +151,8 @@ fn stored_elements(rel: &str) -> u64 {
 
 #[test]
 fn parameter_counts_leave_out_the_unrouted_experts() {
-    for rel in MODELS.iter().filter(|r| r.ends_with("f32.gguf")) {
+    // Gemma 4 has no Hugging Face directory; tests/gemma4.rs counts its parameters.
+    for rel in MODELS.iter().filter(|r| r.ends_with("f32.gguf") && !r.starts_with("gemma4")) {
         let m = model(rel);
         let c = m.param_counts();
         assert_eq!(c.total, stored_elements(rel), "{rel}: total parameters differ from the stored tensors");
