@@ -90,7 +90,9 @@ impl LayerCache {
             live: 0,
             recall: None,
         };
-        if layout.recall_blocks > 0 && matches!(spec.kind, crate::LayerKind::SinkWindow { .. }) {
+        // A layer that shares another's K/V stores nothing, and recalls through its source.
+        if layout.recall_blocks > 0 && spec.shares.is_none() && matches!(spec.kind, crate::LayerKind::SinkWindow { .. })
+        {
             let row = l.row();
             let (kb, vb) = (l.k.bytes_of(row), l.v.bytes_of(row));
             let tier = Tier::new(spec, spec.kind.sinks(), kb, vb);
@@ -245,6 +247,9 @@ impl LayerCache {
     }
 
     pub(crate) fn reserve(&mut self, total: usize) {
+        if self.spec.shares.is_some() {
+            return;
+        }
         let cells = self.ring.map_or(total, |r| (r.sinks + r.cap).min(total));
         let more = cells.saturating_sub(self.pos.len());
         let row = self.row();
@@ -477,7 +482,12 @@ impl LayerCache {
 
     /// The K/V of positions `from..to`, exactly as stored, or `None` if the layer does not
     /// hold all of them (a sliding window evicted some, or they were never appended).
+    /// A layer that shares another's K/V ([`LayerSpec::shares`]) holds nothing, so every
+    /// range of it is empty.
     pub fn export_raw_range(&self, from: u32, to: u32) -> Option<RawLayer> {
+        if self.spec.shares.is_some() {
+            return Some(self.export_cells(&[]));
+        }
         let cells: Option<Vec<usize>> = (from..to).map(|p| self.cell_of(p)).collect();
         Some(self.export_cells(&cells?))
     }

@@ -14,6 +14,7 @@
 //! q4_1, q5_0, q5_1, quantised per head as each cell is appended); the one place that
 //! converts is [`KvDtype::round_in_place`] / [`LayerCache::append`].
 
+mod held;
 mod layer;
 mod raw;
 pub mod recall;
@@ -397,6 +398,18 @@ pub struct LayerSpec {
     pub n_kv: usize,
     /// Dimension of each head.
     pub head_dim: usize,
+    /// The earlier layer whose K/V this layer attends to (Gemma 4's shared-KV layers),
+    /// when it has none of its own: such a layer stores nothing. Serialised only when
+    /// set, so layouts without sharing stay byte-identical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<usize>,
+}
+
+impl LayerSpec {
+    /// A layer with its own K/V.
+    pub fn new(kind: LayerKind, n_kv: usize, head_dim: usize) -> LayerSpec {
+        LayerSpec { kind, n_kv, head_dim, shares: None }
+    }
 }
 
 /// The cache layout a model declares: one spec per layer, plus the storage types.
@@ -469,7 +482,10 @@ impl CacheLayout {
         if self.recall_blocks != other.recall_blocks {
             return Some(format!("{} recalled blocks vs {}", self.recall_blocks, other.recall_blocks));
         }
-        let describe = |s: &LayerSpec| format!("{}, {} KV heads x {}", s.kind.describe(), s.n_kv, s.head_dim);
+        let describe = |s: &LayerSpec| {
+            let shares = s.shares.map_or(String::new(), |j| format!(", sharing layer {j}'s K/V"));
+            format!("{}, {} KV heads x {}{shares}", s.kind.describe(), s.n_kv, s.head_dim)
+        };
         self.layers
             .iter()
             .zip(&other.layers)
@@ -522,6 +538,12 @@ impl CacheLayout {
                 s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window, positions: bound.positions };
             }
         }
+        // A layer sharing K/V attends as its source does.
+        for i in 0..l.layers.len() {
+            if let Some(j) = l.layers[i].shares {
+                l.layers[i].kind = l.layers[j].kind;
+            }
+        }
         Ok(l)
     }
 
@@ -531,10 +553,12 @@ impl CacheLayout {
         self.layers.iter().all(|s| s.kind.bounded_distance())
     }
 
-    /// Bytes of K and V one position occupies in every layer that holds it.
+    /// Bytes of K and V one position occupies in every layer that holds it (a layer
+    /// sharing another's K/V holds none).
     pub fn bytes_per_token(&self) -> usize {
         self.layers
             .iter()
+            .filter(|s| s.shares.is_none())
             .map(|s| s.n_kv * (self.k_type.row_bytes(s.head_dim) + self.v_type.row_bytes(s.head_dim)))
             .sum()
     }
@@ -673,6 +697,19 @@ impl SeqCache {
         &self.layers[i]
     }
 
+    /// The cache layer `i` attends to: its own, or for a layer sharing K/V
+    /// ([`LayerSpec::shares`]) the source layer's.
+    pub fn kv_layer(&self, i: usize) -> &LayerCache {
+        &self.layers[self.layout.layers[i].shares.unwrap_or(i)]
+    }
+
+    /// [`SeqCache::kv_layer`], mutably (a sharing layer's recall reads back through its
+    /// source's tier).
+    pub fn kv_layer_mut(&mut self, i: usize) -> &mut LayerCache {
+        let j = self.layout.layers[i].shares.unwrap_or(i);
+        &mut self.layers[j]
+    }
+
     /// Layer `i`'s cache, mutably (the forward pass appends through this).
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache {
         &mut self.layers[i]
@@ -791,7 +828,7 @@ impl SeqCache {
             });
         }
         for (i, e) in layers.iter().enumerate() {
-            check_held(self.layout.layers[i].kind, positions(e), len)
+            held::check_held(&self.layout.layers[i], positions(e), len)
                 .map_err(|what| KvError::Shape { layer: i, what })?;
         }
         let mut fresh = SeqCache::new(&self.layout);
@@ -803,34 +840,4 @@ impl SeqCache {
         *self = fresh;
         Ok(())
     }
-}
-
-/// Whether `positions` (ascending) is what a layer of `kind` must hold for a sequence of
-/// `len` tokens to continue correctly: every position [`LayerKind::needed`] names, nothing
-/// at or past `len`, and (bounded layers) the positions past the sinks one contiguous run
-/// ending at `len - 1`, as the ring leaves them.
-fn check_held(kind: LayerKind, positions: &[u32], len: u32) -> Result<(), String> {
-    let span = match (positions.first(), positions.last()) {
-        (Some(a), Some(b)) => format!("{} positions {a}..={b}", positions.len()),
-        _ => "no positions".to_owned(),
-    };
-    let sinks = kind.sinks().min(len);
-    let tail = &positions[positions.partition_point(|&p| p < sinks)..];
-    let contiguous_to_end =
-        tail.last().is_none_or(|&last| last + 1 == len) && tail.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
-    let [head, recent] = kind.needed(len);
-    let holds = |mut r: std::ops::Range<u32>| r.all(|p| positions.binary_search(&p).is_ok());
-    let ok = contiguous_to_end && holds(head.clone()) && holds(recent.clone()) && (len == 0 || !positions.is_empty());
-    if kind == LayerKind::Full && (!ok || positions.len() != len as usize) {
-        return Err(format!("full-attention layer must hold positions 0..{len}, got {span}"));
-    }
-    if !ok {
-        return Err(format!(
-            "{} layer must hold positions {head:?} and a contiguous run from at most {} up to {}, got {span}",
-            kind.describe(),
-            recent.start,
-            len.saturating_sub(1),
-        ));
-    }
-    Ok(())
 }

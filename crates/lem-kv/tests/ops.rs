@@ -32,7 +32,7 @@ fn head_dim(k: KvDtype, v: KvDtype) -> usize {
 }
 
 fn layout_kv(k_type: KvDtype, v_type: KvDtype) -> CacheLayout {
-    let spec = |kind| LayerSpec { kind, n_kv: N_KV, head_dim: head_dim(k_type, v_type) };
+    let spec = |kind| LayerSpec::new(kind, N_KV, head_dim(k_type, v_type));
     let layout = CacheLayout {
         layers: vec![
             spec(LayerKind::Full),
@@ -529,8 +529,9 @@ fn layouts_serialise_both_types_and_read_the_single_dtype_of_older_files() {
 #[test]
 fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
     // SmolLM2-like layer: 3 KV heads of 64; q8_0 K, q4_0 V.
-    let spec = LayerSpec { kind: LayerKind::Full, n_kv: 3, head_dim: 64 };
-    let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F16, v_type: KvDtype::F16, max_batch: 8, recall_blocks: 0 };
+    let spec = LayerSpec::new(LayerKind::Full, 3, 64);
+    let l =
+        CacheLayout { layers: vec![spec], k_type: KvDtype::F16, v_type: KvDtype::F16, max_batch: 8, recall_blocks: 0 };
     let q = l.with_types(KvDtype::Q8_0, KvDtype::Q4_0).unwrap();
     assert_eq!(l.bytes_per_token(), 3 * 64 * 2 * 2);
     assert_eq!(q.bytes_per_token(), 3 * (2 * 34 + 2 * 18));
@@ -621,12 +622,14 @@ fn bounds_apply_to_full_layers_only() {
 /// sequence, keeps its sinks, and rolls back one batch.
 #[test]
 fn sink_window_cells_are_bounded_and_keep_the_sinks() {
-    let spec = LayerSpec {
-        kind: LayerKind::SinkWindow { sinks: 2, window: 5, positions: Default::default() },
-        n_kv: N_KV,
-        head_dim: 3,
+    let spec = LayerSpec::new(LayerKind::SinkWindow { sinks: 2, window: 5, positions: Default::default() }, N_KV, 3);
+    let l = CacheLayout {
+        layers: vec![spec],
+        k_type: KvDtype::F32,
+        v_type: KvDtype::F32,
+        max_batch: MAX_BATCH,
+        recall_blocks: 0,
     };
-    let l = CacheLayout { layers: vec![spec], k_type: KvDtype::F32, v_type: KvDtype::F32, max_batch: MAX_BATCH, recall_blocks: 0 };
     let mut c = SeqCache::new(&l);
     for i in 0..20 {
         append(&mut c, 3, i);

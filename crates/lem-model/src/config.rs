@@ -59,6 +59,18 @@ pub enum Key {
     ExpertSharedFeedForwardLength,
     /// Multiplier on the top-k router weights (GGUF only).
     ExpertWeightsScale,
+    /// Head dimension of sliding-window layers (Gemma 4; defaults to the key length).
+    KeyLengthSwa,
+    /// Rotating dimensions of sliding-window layers (Gemma 4).
+    RopeDimsSwa,
+    /// Rotary base of sliding-window layers (Gemma 4).
+    RopeBaseSwa,
+    /// Trailing layers that reuse an earlier layer's K/V (Gemma 4).
+    SharedKvLayers,
+    /// Width of each layer's per-layer token embedding (Gemma 4; 0: none).
+    EmbeddingLengthPerLayer,
+    /// Which layers are sliding-window, one flag per layer (Gemma 4).
+    SlidingWindowPattern,
 }
 
 /// `(key, GGUF key after "{arch}.", Hugging Face config.json key)`; empty = not stored.
@@ -85,6 +97,12 @@ pub(crate) const KEYS: &[(Key, &str, &str)] = &[
     (Key::ExpertWeightsNorm, "expert_weights_norm", "norm_topk_prob"),
     (Key::ExpertSharedFeedForwardLength, "expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
     (Key::ExpertWeightsScale, "expert_weights_scale", ""),
+    (Key::KeyLengthSwa, "attention.key_length_swa", ""),
+    (Key::RopeDimsSwa, "rope.dimension_count_swa", ""),
+    (Key::RopeBaseSwa, "rope.freq_base_swa", ""),
+    (Key::SharedKvLayers, "attention.shared_kv_layers", ""),
+    (Key::EmbeddingLengthPerLayer, "embedding_length_per_layer_input", ""),
+    (Key::SlidingWindowPattern, "attention.sliding_window_pattern", ""),
 ];
 
 /// The GGUF (after `{arch}.`) and Hugging Face spellings of `key`; a Hugging Face
@@ -226,6 +244,38 @@ pub struct ModelConfig {
     pub query_pre_attn_scalar: Option<f32>,
     /// The routed feed-forward block's shape, when the source declares experts.
     pub moe: Option<MoeConfig>,
+    /// Per-layer query heads, KV heads and feed-forward lengths where the source stores
+    /// them as one value per layer (Gemma 4); the scalar fields then hold the largest.
+    pub per_layer: PerLayerDims,
+}
+
+/// Hyper-parameters a source may store once per layer (empty: the scalar applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerLayerDims {
+    /// Query heads of each layer.
+    pub n_head: Vec<usize>,
+    /// Key/value heads of each layer.
+    pub n_kv: Vec<usize>,
+    /// Feed-forward length of each layer.
+    pub n_ff: Vec<usize>,
+}
+
+/// Reads `key` as one value per layer when the source stores an array of `n_layer`
+/// values within `1..=max` (then the scalar is their largest); otherwise as a scalar.
+fn per_layer_or_scalar(
+    src: &dyn WeightSource,
+    key: Key,
+    n_layer: usize,
+    max: u64,
+) -> Result<(Option<usize>, Vec<usize>), ModelError> {
+    match src.per_layer(key)? {
+        None => Ok((optional(src, key, max)?, Vec::new())),
+        Some(v) if v.len() != n_layer => Err(src.key_error(key, format!("{} values for {n_layer} layers", v.len()))),
+        Some(v) => {
+            let v = v.into_iter().map(|n| bounded(src, key, n, max)).collect::<Result<Vec<_>, _>>()?;
+            Ok((v.iter().copied().max(), v))
+        }
+    }
 }
 
 /// Upper bound accepted for any dimension read from a file (guards absurd metadata).
@@ -255,10 +305,13 @@ impl ModelConfig {
         let arch = src.arch();
         let n_layer = required(src, Key::BlockCount, 4096)?;
         let n_embd = required(src, Key::EmbeddingLength, MAX_DIM)?;
-        let n_ff = required(src, Key::FeedForwardLength, MAX_DIM)?;
-        let n_head = required(src, Key::HeadCount, 4096)?;
-        let n_kv = optional(src, Key::HeadCountKv, 4096)?.unwrap_or(n_head);
-        if !n_head.is_multiple_of(n_kv) {
+        let (n_ff, ff_layers) = per_layer_or_scalar(src, Key::FeedForwardLength, n_layer, MAX_DIM)?;
+        let n_ff = n_ff.ok_or_else(|| src.key_error(Key::FeedForwardLength, "missing".into()))?;
+        let (n_head, head_layers) = per_layer_or_scalar(src, Key::HeadCount, n_layer, 4096)?;
+        let n_head = n_head.ok_or_else(|| src.key_error(Key::HeadCount, "missing".into()))?;
+        let (n_kv, kv_layers) = per_layer_or_scalar(src, Key::HeadCountKv, n_layer, 4096)?;
+        let n_kv = n_kv.unwrap_or(n_head);
+        if !n_head.is_multiple_of(n_kv) && kv_layers.is_empty() {
             return Err(
                 src.key_error(Key::HeadCountKv, format!("{n_head} query heads are not a multiple of {n_kv} KV heads"))
             );
@@ -320,6 +373,7 @@ impl ModelConfig {
             attn_logit_softcap: positive(Key::AttnSoftcap)?,
             query_pre_attn_scalar: positive(Key::QueryPreAttnScalar)?,
             moe,
+            per_layer: PerLayerDims { n_head: head_layers, n_kv: kv_layers, n_ff: ff_layers },
         })
     }
 }

@@ -621,6 +621,27 @@ impl WeightSource for GgufWeights {
         self.key(key).map_or(Ok(None), |k| self.file.opt_bool(&k))
     }
 
+    fn per_layer(&self, key: Key) -> Result<Option<Vec<u64>>, ModelError> {
+        let Some(k) = self.key(key) else { return Ok(None) };
+        let Some(Value::Array(items)) = self.file.content.metadata.get(&k) else { return Ok(None) };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => Ok(u64::from(*b)),
+                Value::U8(x) => Ok(u64::from(*x)),
+                Value::U16(x) => Ok(u64::from(*x)),
+                Value::U32(x) => Ok(u64::from(*x)),
+                Value::U64(x) => Ok(*x),
+                Value::I32(x) if *x >= 0 => Ok(*x as u64),
+                other => Err(ModelError::Metadata {
+                    key: k.clone(),
+                    reason: format!("expected non-negative integers or flags, found {:?}", other.value_type()),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     fn key_error(&self, key: Key, reason: String) -> ModelError {
         let name = self.key(key).unwrap_or_else(|| format!("{key:?}"));
         ModelError::Metadata { key: name, reason }

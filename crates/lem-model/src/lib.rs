@@ -21,13 +21,13 @@ mod weights;
 pub use arch::{Arch, HfConventions, SUPPORTED as SUPPORTED_ARCHITECTURES, SUPPORTED_HF as SUPPORTED_HF_MODEL_TYPES};
 /// GGML tensor types (the type of [`LoadOptions::dtype`]).
 pub use candle_core::quantized::GgmlDType;
-pub use config::{Factors, Key, ModelConfig, MoeConfig, RopeConfig, RopeScaling, YarnConfig};
+pub use config::{Factors, Key, ModelConfig, MoeConfig, PerLayerDims, RopeConfig, RopeScaling, YarnConfig};
 pub use error::ModelError;
 pub use gguf::{GgufFile, GgufWeights, TensorType};
 pub use hf::HfDir;
 pub use layers::{
-    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Gating, Kernels, Linear, Loader, RmsNorm,
-    RoutedMlp, Routing,
+    Activation, Attention, AttentionConfig, DecoderBlock, DenseAndRouted, Ffn, GatedMlp, Gating, Kernels, Linear,
+    Loader, PerLayerEmbedding, RmsNorm, RoutedMlp, Routing,
 };
 pub use model::{DEFAULT_MAX_BATCH, Embedding, LogitsRequest, Model, ParamCounts, SeqInput, Workspace, open_weights};
 pub use observer::{Capture, CaptureKind, Captured, Observer};

@@ -11,7 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gguf::{GgufFile, GgufWeights};
 use crate::hf::HfDir;
-use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, RmsNorm, fit};
+use crate::layers::{BlockBuffers, DecoderBlock, Kernels, Linear, PerLayerBuffers, PerLayerEmbedding, RmsNorm, fit};
 use crate::observer::Observer;
 use crate::weights::{LoadOptions, WeightSource};
 
@@ -59,6 +59,9 @@ pub struct Workspace {
     positions: Vec<u32>,
     segments: Vec<Segment>,
     block: BlockBuffers,
+    per_layer: PerLayerBuffers,
+    /// Every row's token (for per-layer embeddings).
+    tokens: Vec<u32>,
     scratch: Scratch,
     picked: Vec<f32>,
     logits: Vec<f32>,
@@ -128,6 +131,8 @@ pub struct Model {
     final_norm: RmsNorm,
     output: Linear,
     layout: CacheLayout,
+    /// Per-layer token embeddings (Gemma 4), when the model has them.
+    per_layer: Option<PerLayerEmbedding>,
 }
 
 /// Opens the weights source at `path`: a Hugging Face directory or a GGUF file.
@@ -180,7 +185,7 @@ impl Model {
             .iter()
             .map(|b| {
                 let c = b.attn.config();
-                LayerSpec { kind: c.kind, n_kv: c.n_kv, head_dim: c.head_dim }
+                LayerSpec { shares: c.shares, ..LayerSpec::new(c.kind, c.n_kv, c.head_dim) }
             })
             .collect();
         let layout = CacheLayout {
@@ -190,7 +195,18 @@ impl Model {
             max_batch: DEFAULT_MAX_BATCH,
             recall_blocks: 0,
         };
-        Model { config, embedding, blocks, final_norm, output, layout }
+        Model { config, embedding, blocks, final_norm, output, layout, per_layer: None }
+    }
+
+    /// The model with per-layer token embeddings (Gemma 4), or without (`None`).
+    pub fn with_per_layer(mut self, per_layer: Option<PerLayerEmbedding>) -> Model {
+        self.per_layer = per_layer;
+        self
+    }
+
+    /// The per-layer token embeddings, when the model has them.
+    pub fn per_layer(&self) -> Option<&PerLayerEmbedding> {
+        self.per_layer.as_ref()
     }
 
     /// Hyper-parameters.
@@ -317,6 +333,13 @@ impl Model {
             self.embedding.lookup(batch[seg.seq].tokens, &mut x[seg.start * d..(seg.start + seg.len) * d]);
         }
         let mut k = Kernels { threads, scratch: &mut ws.scratch };
+        if let Some(pl) = &self.per_layer {
+            ws.tokens.clear();
+            for seg in &ws.segments {
+                ws.tokens.extend_from_slice(batch[seg.seq].tokens);
+            }
+            pl.inputs(&ws.tokens, x, &mut ws.per_layer, &mut k);
+        }
         for (l, block) in self.blocks[..n_layers].iter().enumerate() {
             block.forward(
                 l,
@@ -328,6 +351,14 @@ impl Model {
                 &mut k,
                 crate::observer::reborrow(&mut observer),
             );
+            // Gemma 4: the layer's per-layer input joins the stream, then the whole
+            // stream is scaled.
+            if let Some(pl) = &self.per_layer {
+                pl.apply(l, x, total, &mut ws.per_layer, &mut k);
+            }
+            if let Some(s) = block.out_scale {
+                x.iter_mut().for_each(|v| *v *= s);
+            }
         }
         for seg in &ws.segments {
             batch[seg.seq].cache.advance(seg.len as u32);

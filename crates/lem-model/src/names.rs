@@ -72,6 +72,30 @@ pub enum Role {
     FfnDownShexp,
     /// Learned per-head attention sink logits `[n_head]` (gpt-oss).
     AttnSinks,
+    /// Per-layer token embeddings, `[vocab, n_layer * n_embd_per_layer]` (Gemma 4).
+    PerLayerTokenEmbd,
+    /// Projection of the embedded token to every layer's per-layer input (Gemma 4).
+    PerLayerModelProj,
+    /// Norm of each layer's slice of that projection (Gemma 4).
+    PerLayerProjNorm,
+    /// Gate of the per-layer input, `[n_embd_per_layer, n_embd]` (Gemma 4).
+    PerLayerInpGate,
+    /// Projection of the gated per-layer input back to the residual (Gemma 4).
+    PerLayerProj,
+    /// Norm of that projection before it is added (Gemma 4).
+    PerLayerPostNorm,
+    /// One scalar multiplying the layer's output residual (Gemma 4).
+    LayerOutScale,
+    /// Per-channel scale of the router's input (Gemma 4).
+    FfnGateInpScale,
+    /// Norm before the routed experts beside a dense MLP (Gemma 4).
+    FfnPreNorm2,
+    /// Norm after the dense MLP of a dense-and-routed block (Gemma 4).
+    FfnPostNorm1,
+    /// Norm after the routed experts of a dense-and-routed block (Gemma 4).
+    FfnPostNorm2,
+    /// Per-expert multiplier on each expert's output, `[n_expert]` (Gemma 4).
+    FfnDownExpsScale,
 }
 
 /// Weight or bias of a role.
@@ -172,6 +196,18 @@ const TABLE: &[(Role, &str, &str)] = &[
     (Role::FfnUpShexp, "blk.{i}.ffn_up_shexp", "model.layers.{i}.mlp.shared_expert.up_proj"),
     (Role::FfnDownShexp, "blk.{i}.ffn_down_shexp", "model.layers.{i}.mlp.shared_expert.down_proj"),
     (Role::AttnSinks, "blk.{i}.attn_sinks", ""),
+    (Role::PerLayerTokenEmbd, "per_layer_token_embd", ""),
+    (Role::PerLayerModelProj, "per_layer_model_proj", ""),
+    (Role::PerLayerProjNorm, "per_layer_proj_norm", ""),
+    (Role::PerLayerInpGate, "blk.{i}.inp_gate", ""),
+    (Role::PerLayerProj, "blk.{i}.proj", ""),
+    (Role::PerLayerPostNorm, "blk.{i}.post_norm", ""),
+    (Role::LayerOutScale, "blk.{i}.layer_output_scale", ""),
+    (Role::FfnGateInpScale, "blk.{i}.ffn_gate_inp.scale{p}", ""),
+    (Role::FfnPreNorm2, "blk.{i}.pre_ffw_norm_2", ""),
+    (Role::FfnPostNorm1, "blk.{i}.post_ffw_norm_1", ""),
+    (Role::FfnPostNorm2, "blk.{i}.post_ffw_norm_2", ""),
+    (Role::FfnDownExpsScale, "blk.{i}.ffn_down_exps.scale{p}", ""),
 ];
 
 /// Hugging Face names that differ under [`HfNaming::GptOss`]; `{p}` stands for the part

@@ -55,6 +55,13 @@ pub trait WeightSource {
     /// A boolean hyper-parameter; `None` when absent.
     fn flag(&self, key: Key) -> Result<Option<bool>, ModelError>;
 
+    /// A hyper-parameter stored as one non-negative integer (or flag, as 0/1) per layer;
+    /// `None` when absent or stored as a scalar (Hugging Face sources have none).
+    fn per_layer(&self, key: Key) -> Result<Option<Vec<u64>>, ModelError> {
+        let _ = key;
+        Ok(None)
+    }
+
     /// The error for a bad value of `key`, naming the key as the source spells it.
     fn key_error(&self, key: Key, reason: String) -> ModelError;
 

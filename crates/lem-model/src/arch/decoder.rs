@@ -10,7 +10,8 @@ use lem_kv::LayerKind;
 use crate::config::{Factors, ModelConfig};
 use crate::error::ModelError;
 use crate::layers::{
-    Activation, Attention, AttentionConfig, DecoderBlock, Ffn, GatedMlp, Linear, Loader, RmsNorm, RoutedMlp, Routing,
+    Activation, Attention, AttentionConfig, DecoderBlock, DenseAndRouted, Ffn, GatedMlp, Linear, Loader,
+    PerLayerEmbedding, RmsNorm, RoutedMlp, Routing,
 };
 use crate::model::{Embedding, Model};
 use crate::names::{Role, TensorId};
@@ -52,6 +53,8 @@ pub(crate) enum FfnPlan {
     Dense,
     /// Routed experts.
     Routed(Routing),
+    /// A dense MLP and routed experts side by side, each with its own norms (Gemma 4).
+    DenseAndRouted(Routing),
 }
 
 /// What one layer does differently.
@@ -63,6 +66,16 @@ pub(crate) struct LayerPlan {
     pub rope: LayerRope,
     /// Its feed-forward block.
     pub ffn: FfnPlan,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_kv: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Inner size of its dense MLP.
+    pub n_ff: usize,
+    /// The earlier layer whose K/V it attends to, when it has none of its own.
+    pub shares: Option<usize>,
 }
 
 /// Everything an architecture states; the builder does the rest.
@@ -87,6 +100,12 @@ pub(crate) struct Recipe {
     pub attn_scale: f32,
     /// One plan per layer.
     pub layers: Vec<LayerPlan>,
+    /// A missing V projection means V is K (Gemma 4); otherwise it is an error.
+    pub v_from_k: bool,
+    /// Values RMS-normalised per head without weight (Gemma 4).
+    pub v_norm: bool,
+    /// Width of every layer's per-layer token embedding, when the model has them.
+    pub per_layer_embd: Option<usize>,
 }
 
 impl Recipe {
@@ -102,7 +121,25 @@ impl Recipe {
             norms: Norms::Pre,
             ffn_norm: Role::FfnNorm,
             attn_scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-            layers: vec![LayerPlan { kind: LayerKind::Full, rope: LayerRope::Model, ffn: FfnPlan::Dense }; cfg.n_layer],
+            layers: (0..cfg.n_layer)
+                .map(|i| {
+                    let pick = |v: &[usize], d: usize| v.get(i).copied().unwrap_or(d);
+                    let p = &cfg.per_layer;
+                    LayerPlan {
+                        kind: LayerKind::Full,
+                        rope: LayerRope::Model,
+                        ffn: FfnPlan::Dense,
+                        n_head: pick(&p.n_head, cfg.n_head),
+                        n_kv: pick(&p.n_kv, cfg.n_kv),
+                        head_dim: cfg.head_dim,
+                        n_ff: pick(&p.n_ff, cfg.n_ff),
+                        shares: None,
+                    }
+                })
+                .collect(),
+            v_from_k: false,
+            v_norm: false,
+            per_layer_embd: None,
         }
     }
 
@@ -169,15 +206,21 @@ pub(crate) fn build(
             LayerRope::Own(r) => (Some(r), None),
             LayerRope::None => (None, None),
         };
+        if let Some(j) = plan.shares.filter(|&j| j >= i) {
+            return Err(ModelError::Unsupported(format!("layer {i} cannot share the K/V of later layer {j}")));
+        }
         let attn = AttentionConfig {
-            n_head: cfg.n_head,
-            n_kv: cfg.n_kv,
-            head_dim: cfg.head_dim,
+            n_head: plan.n_head,
+            n_kv: plan.n_kv,
+            head_dim: plan.head_dim,
             scale: recipe.attn_scale,
             softcap: cfg.attn_logit_softcap,
             rope,
             rope_factors,
             kind: plan.kind,
+            shares: plan.shares,
+            v_from_k: recipe.v_from_k,
+            v_norm: recipe.v_norm,
         };
         let norm = |l: &mut Loader<'_>, role: Role| RmsNorm::load(l, TensorId::layer(role, i), d, eps);
         let post = |l: &mut Loader<'_>, role: Role| match recipe.norms {
@@ -194,13 +237,22 @@ pub(crate) fn build(
                     &mut l,
                     i,
                     d,
-                    cfg.n_ff,
+                    plan.n_ff,
                     recipe.activation,
                     recipe.gate_up == Packing::Fused,
                 )?),
                 FfnPlan::Routed(r) => Ffn::Routed(RoutedMlp::load(&mut l, i, d, r, recipe.activation)?),
+                FfnPlan::DenseAndRouted(r) => {
+                    let dense = GatedMlp::load(&mut l, i, d, plan.n_ff, recipe.activation, false)?;
+                    let routed = RoutedMlp::load(&mut l, i, d, r, recipe.activation)?;
+                    Ffn::DenseAndRouted(Box::new(DenseAndRouted::load(&mut l, i, d, eps, dense, routed)?))
+                }
             },
             post_ffn_norm: post(&mut l, Role::PostFfnNorm)?,
+            out_scale: match TensorId::layer(Role::LayerOutScale, i) {
+                id if l.has(id) => Some(l.vector(id, 1)?[0]),
+                _ => None,
+            },
         });
     }
     let final_norm = RmsNorm::load(&mut l, TensorId::global(Role::OutputNorm), d, eps)?;
@@ -209,6 +261,10 @@ pub(crate) fn build(
     } else {
         Linear::shared(table.clone())
     };
+    let per_layer = match recipe.per_layer_embd {
+        Some(dim) => Some(PerLayerEmbedding::load(&mut l, cfg.vocab, d, cfg.n_layer, dim, eps)?),
+        None => None,
+    };
     let scale = recipe.embed_scaled.then(|| (d as f32).sqrt());
-    Ok(Model::from_parts(cfg, Embedding::new(table, scale), blocks, final_norm, output))
+    Ok(Model::from_parts(cfg, Embedding::new(table, scale), blocks, final_norm, output).with_per_layer(per_layer))
 }

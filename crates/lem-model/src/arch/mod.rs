@@ -5,6 +5,7 @@
 mod decoder;
 mod gemma2;
 mod gemma3;
+mod gemma4;
 mod gpt_oss;
 mod llama;
 mod phi3;
@@ -38,6 +39,9 @@ pub enum Arch {
     Gemma2,
     /// Gemma 3 (text).
     Gemma3,
+    /// Gemma 4 (text; GGUF only): per-layer head sizes, shared-KV layers, per-layer token
+    /// embeddings (E2B/E4B), a dense MLP beside routed experts (26B-A4B).
+    Gemma4,
     /// SmolLM3 (no rotary on every fourth layer).
     SmolLm3,
     /// Qwen 2 MoE (Qwen 2 attention, routed experts and a sigmoid-gated shared expert).
@@ -92,11 +96,13 @@ const REGISTRY: &[Entry] = &[
     Entry { arch: Arch::SmolLm3, gguf: "smollm3", hf: &["smollm3"], conventions: LLAMA_HF, rope_base: 2_000_000.0 },
     Entry { arch: Arch::Qwen2Moe, gguf: "qwen2moe", hf: &["qwen2_moe"], conventions: PLAIN_HF, rope_base: 10_000.0 },
     Entry { arch: Arch::GptOss, gguf: "gpt-oss", hf: &["gpt_oss"], conventions: GPT_OSS_HF, rope_base: 150_000.0 },
+    // Gemma 4 stores its norms as is (no `1 + w` offset); no Hugging Face loading yet.
+    Entry { arch: Arch::Gemma4, gguf: "gemma4", hf: &[], conventions: PLAIN_HF, rope_base: 1_000_000.0 },
 ];
 
 /// Architecture names (`general.architecture`) lem can run.
 pub const SUPPORTED: &[&str] =
-    &["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "smollm3", "qwen2moe", "gpt-oss"];
+    &["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "smollm3", "qwen2moe", "gpt-oss", "gemma4"];
 
 /// Hugging Face `model_type`s lem can run.
 pub const SUPPORTED_HF: &[&str] = &[
@@ -172,6 +178,7 @@ pub(crate) fn load(src: &mut dyn WeightSource, opts: &LoadOptions) -> Result<Mod
         Arch::SmolLm3 => smollm3::recipe(&mut cfg),
         Arch::Qwen2Moe => qwen2moe::recipe(&mut cfg),
         Arch::GptOss => gpt_oss::recipe(&mut cfg),
+        Arch::Gemma4 => gemma4::recipe(&mut cfg, src)?,
     };
     decoder::build(src, cfg, recipe, opts)
 }

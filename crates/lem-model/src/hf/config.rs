@@ -130,6 +130,8 @@ pub(crate) fn ties_by_default(arch: Arch) -> bool {
         Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 | Arch::Qwen2Moe | Arch::GptOss => false,
         // Gemma2Config, Gemma3TextConfig, SmolLM3Config: true.
         Arch::Gemma2 | Arch::Gemma3 | Arch::SmolLm3 => true,
+        // No Hugging Face model_type maps to Gemma 4 yet.
+        Arch::Gemma4 => true,
     }
 }
 

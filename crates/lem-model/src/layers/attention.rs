@@ -30,6 +30,14 @@ pub struct AttentionConfig {
     pub rope_factors: Option<Arc<[f32]>>,
     /// Full or sliding-window.
     pub kind: LayerKind,
+    /// The earlier layer whose cached K/V this layer attends to (Gemma 4's shared-KV
+    /// layers: no K/V projections of its own, nothing appended).
+    pub shares: Option<usize>,
+    /// Values are the keys' projection when the source stores no V projection (Gemma 4's
+    /// global layers); otherwise a missing V projection is an error.
+    pub v_from_k: bool,
+    /// Values are RMS-normalised per head without a learned scale (Gemma 4).
+    pub v_norm: bool,
 }
 
 /// Self-attention: projections, optional per-head q/k norms, rotary embedding, cache
@@ -37,11 +45,14 @@ pub struct AttentionConfig {
 #[derive(Debug, Clone)]
 pub struct Attention {
     q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `None` for a layer sharing an earlier layer's K/V.
+    k: Option<Linear>,
+    /// `None` when values are the keys' projection (or the layer shares K/V).
+    v: Option<Linear>,
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    v_norm: Option<RmsNorm>,
     /// Learned per-head sink logits (gpt-oss), where stored.
     sinks: Option<Vec<f32>>,
     cfg: AttentionConfig,
@@ -77,7 +88,8 @@ struct RecallBuffers {
 impl Attention {
     /// Loads layer `i`'s Q/K/V/output projections (biases where stored; from one fused
     /// `[q + 2 kv, n_embd]` tensor when `fused`), its per-head Q/K norms and its
-    /// attention sinks when stored.
+    /// attention sinks when stored. A layer sharing K/V loads only Q and the output; with
+    /// `v_from_k` a missing V projection means V is K.
     pub fn load(
         l: &mut Loader<'_>,
         i: usize,
@@ -92,21 +104,26 @@ impl Attention {
             let mut p = Linear::load_split(l, id(Role::AttnQkv), n_embd, &[qd, kd, kd])?;
             let v = p.pop().expect("three parts");
             let k = p.pop().expect("three parts");
-            (p.pop().expect("three parts"), k, v)
+            (p.pop().expect("three parts"), Some(k), Some(v))
+        } else if cfg.shares.is_some() {
+            (Linear::load(l, id(Role::AttnQ), n_embd, qd)?, None, None)
         } else {
-            (
-                Linear::load(l, id(Role::AttnQ), n_embd, qd)?,
-                Linear::load(l, id(Role::AttnK), n_embd, kd)?,
-                Linear::load(l, id(Role::AttnV), n_embd, kd)?,
-            )
+            let v = if cfg.v_from_k && !l.has(id(Role::AttnV)) {
+                None
+            } else {
+                Some(Linear::load(l, id(Role::AttnV), n_embd, kd)?)
+            };
+            (Linear::load(l, id(Role::AttnQ), n_embd, qd)?, Some(Linear::load(l, id(Role::AttnK), n_embd, kd)?), v)
         };
+        let own_kv = cfg.shares.is_none();
         Ok(Attention {
             q,
             k,
             v,
             o: Linear::load(l, id(Role::AttnOut), qd, n_embd)?,
             q_norm: RmsNorm::load_opt(l, id(Role::AttnQNorm), cfg.head_dim, eps)?,
-            k_norm: RmsNorm::load_opt(l, id(Role::AttnKNorm), cfg.head_dim, eps)?,
+            k_norm: if own_kv { RmsNorm::load_opt(l, id(Role::AttnKNorm), cfg.head_dim, eps)? } else { None },
+            v_norm: (own_kv && cfg.v_norm).then(|| RmsNorm::unit(cfg.head_dim, eps)),
             sinks: if l.has(id(Role::AttnSinks)) { Some(l.vector(id(Role::AttnSinks), cfg.n_head)?) } else { None },
             cfg,
         })
@@ -116,7 +133,11 @@ impl Attention {
     pub fn param_count(&self) -> u64 {
         let norms =
             [&self.q_norm, &self.k_norm].iter().filter_map(|n| n.as_ref()).map(RmsNorm::param_count).sum::<u64>();
-        [&self.q, &self.k, &self.v, &self.o].iter().map(|l| l.param_count()).sum::<u64>()
+        [Some(&self.q), self.k.as_ref(), self.v.as_ref(), Some(&self.o)]
+            .into_iter()
+            .flatten()
+            .map(Linear::param_count)
+            .sum::<u64>()
             + norms
             + self.sinks.as_ref().map_or(0, |s| s.len() as u64)
     }
@@ -147,16 +168,27 @@ impl Attention {
         let want = observer.as_ref().map_or(Capture::NONE, |o| o.wants(layer));
 
         let q = fit(&mut buf.q, n * qd);
-        let kk = fit(&mut buf.k, n * kd);
-        let v = fit(&mut buf.v, n * kd);
-        Linear::forward_many([(&self.q, &mut *q), (&self.k, &mut *kk), (&self.v, &mut *v)], x, n, k);
+        let (own, shares) = (self.k.is_some(), c.shares);
+        let kk = fit(&mut buf.k, if own { n * kd } else { 0 });
+        let v = fit(&mut buf.v, if own { n * kd } else { 0 });
+        match (&self.k, &self.v) {
+            (Some(kp), Some(vp)) => Linear::forward_many([(&self.q, &mut *q), (kp, &mut *kk), (vp, &mut *v)], x, n, k),
+            (Some(kp), None) => {
+                Linear::forward_many([(&self.q, &mut *q), (kp, &mut *kk)], x, n, k);
+                v.copy_from_slice(kk);
+            }
+            (None, _) => self.q.forward(x, n, q, k),
+        }
         if let Some(norm) = &self.q_norm {
             norm.forward(q);
         }
         if let Some(norm) = &self.k_norm {
             norm.forward(kk);
         }
-        if want.contains(Capture::KEYS_PRE_ROPE) {
+        if let Some(norm) = &self.v_norm {
+            norm.forward(v);
+        }
+        if own && want.contains(Capture::KEYS_PRE_ROPE) {
             emit(&mut observer, layer, CaptureKind::KeysPreRope, segments, positions, &[], kk, c.n_kv, hd);
         }
         // The mask is the cache's: a layout bounded at load (`LoadOptions::kv_bound`)
@@ -176,7 +208,9 @@ impl Attention {
         if let Some(rope) = &c.rope {
             rope.fill_table(positions, c.rope_factors.as_deref(), &mut buf.rope);
             rope.apply(q, c.n_head, hd, &buf.rope);
-            rope.apply(kk, c.n_kv, hd, &buf.rope);
+            if own {
+                rope.apply(kk, c.n_kv, hd, &buf.rope);
+            }
             if rebased {
                 rope.fill_table(&buf.sink_pos, c.rope_factors.as_deref(), &mut buf.rope);
                 rope.apply(&mut buf.sink_q, c.n_head, hd, &buf.rope);
@@ -203,13 +237,22 @@ impl Attention {
         for seg in segments {
             let rows = seg.start..seg.start + seg.len;
             let pos = &positions[rows.clone()];
-            let cache = batch[seg.seq].cache.layer_mut(layer);
-            cache.append(pos, &kk[rows.start * kd..rows.end * kd], &v[rows.start * kd..rows.end * kd]);
+            let seq_cache = &mut *batch[seg.seq].cache;
+            let cache = match shares {
+                // A sharing layer attends to its source's cells, already appended by
+                // the source layer earlier in this forward.
+                Some(_) => seq_cache.kv_layer_mut(layer),
+                None => {
+                    let own_cache = seq_cache.layer_mut(layer);
+                    own_cache.append(pos, &kk[rows.start * kd..rows.end * kd], &v[rows.start * kd..rows.end * kd]);
+                    own_cache
+                }
+            };
             let one = std::slice::from_ref(seg);
-            if want.contains(Capture::KEYS) {
+            if own && want.contains(Capture::KEYS) {
                 emit(&mut observer, layer, CaptureKind::Keys, one, positions, &[], kk, c.n_kv, hd);
             }
-            if want.contains(Capture::VALUES) {
+            if own && want.contains(Capture::VALUES) {
                 emit(&mut observer, layer, CaptureKind::Values, one, positions, &[], v, c.n_kv, hd);
             }
             if want.contains(Capture::QUERIES) {

@@ -1,6 +1,7 @@
 //! A pre-norm transformer decoder block, with optional post-norms (Gemma).
 
 use super::attention::AttnBuffers;
+use super::dense_routed::{DenseAndRouted, DenseRoutedBuffers};
 use super::mlp::MlpBuffers;
 use super::moe::MoeBuffers;
 use super::{Attention, GatedMlp, Kernels, RmsNorm, RoutedMlp, fit};
@@ -14,6 +15,8 @@ pub enum Ffn {
     Dense(GatedMlp),
     /// Each token through its top-k experts.
     Routed(RoutedMlp),
+    /// A dense MLP and routed experts side by side, each with its own norms (Gemma 4).
+    DenseAndRouted(Box<DenseAndRouted>),
 }
 
 /// `x += post_attn_norm(attn(attn_norm(x)))`, then `x += post_ffn_norm(mlp(ffn_norm(x)))`.
@@ -31,6 +34,9 @@ pub struct DecoderBlock {
     pub mlp: Ffn,
     /// Norm of the feed-forward output before the residual add (Gemma 2/3).
     pub post_ffn_norm: Option<RmsNorm>,
+    /// Multiplier on the layer's output stream (Gemma 4's `layer_output_scale`), applied
+    /// by the model after the layer's per-layer input, where stored.
+    pub out_scale: Option<f32>,
 }
 
 /// Buffers a block reuses across calls.
@@ -41,6 +47,7 @@ pub struct BlockBuffers {
     attn: AttnBuffers,
     mlp: MlpBuffers,
     moe: MoeBuffers,
+    dense_routed: DenseRoutedBuffers,
 }
 
 impl Ffn {
@@ -49,6 +56,7 @@ impl Ffn {
         match self {
             Ffn::Dense(m) => (m.param_count(), m.param_count()),
             Ffn::Routed(m) => m.param_counts(),
+            Ffn::DenseAndRouted(m) => m.param_counts(),
         }
     }
 }
@@ -63,7 +71,7 @@ impl DecoderBlock {
                 .flatten()
                 .map(RmsNorm::param_count)
                 .sum::<u64>();
-        let fixed = norms + self.attn.param_count();
+        let fixed = norms + self.attn.param_count() + u64::from(self.out_scale.is_some());
         let (all, active) = self.mlp.param_counts();
         (fixed + all, fixed + active)
     }
@@ -94,6 +102,7 @@ impl DecoderBlock {
         match &self.mlp {
             Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut buf.mlp, k),
             Ffn::Routed(moe) => moe.forward(xn, n, y, &mut buf.moe, k),
+            Ffn::DenseAndRouted(b) => b.forward(x, xn, n, y, &mut buf.dense_routed, &mut buf.mlp, &mut buf.moe, k),
         }
         if let Some(norm) = &self.post_ffn_norm {
             norm.forward(y);

@@ -2,18 +2,23 @@
 
 mod attention;
 mod block;
+mod dense_routed;
 mod linear;
 mod mlp;
 mod moe;
 mod norm;
+mod per_layer;
 
 pub use attention::{Attention, AttentionConfig};
 pub(crate) use block::BlockBuffers;
 pub use block::{DecoderBlock, Ffn};
+pub use dense_routed::DenseAndRouted;
 pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp};
 pub use moe::{Gating, RoutedMlp, Routing};
 pub use norm::RmsNorm;
+pub(crate) use per_layer::PerLayerBuffers;
+pub use per_layer::PerLayerEmbedding;
 
 use candle_core::quantized::GgmlDType;
 use lem_kernels::{Scratch, Threads};

@@ -80,6 +80,9 @@ pub struct RoutedMlp {
     experts: Vec<GatedMlp>,
     shared: Option<SharedExpert>,
     routing: Routing,
+    /// Per-expert multipliers on the experts' outputs (Gemma 4's `ffn_down_exps.scale`),
+    /// where stored.
+    expert_scale: Option<Vec<f32>>,
 }
 
 /// Buffers the routed block reuses across calls.
@@ -151,7 +154,9 @@ impl RoutedMlp {
                 Some(SharedExpert { mlp, gate })
             }
         };
-        Ok(RoutedMlp { router, experts, shared, routing })
+        let scale_id = TensorId::layer(Role::FfnDownExpsScale, i);
+        let expert_scale = if l.has(scale_id) { Some(l.vector(scale_id, n_expert)?) } else { None };
+        Ok(RoutedMlp { router, experts, shared, routing, expert_scale })
     }
 
     /// The block's routing shape.
@@ -167,6 +172,7 @@ impl RoutedMlp {
         let shared = self.shared.as_ref().map_or(0, |s| mlp(&s.mlp) + s.gate.as_ref().map_or(0, Linear::param_count));
         let per_expert = self.experts.first().map_or(0, mlp);
         let all: u64 = self.experts.iter().map(mlp).sum();
+        let router = router + self.expert_scale.as_ref().map_or(0, |s| s.len() as u64);
         (router + shared + all, router + shared + per_expert * self.routing.n_expert_used as u64)
     }
 
@@ -208,15 +214,32 @@ impl RoutedMlp {
             if self.routing.weights_scale != 1.0 {
                 w.iter_mut().for_each(|v| *v *= self.routing.weights_scale);
             }
+            if let Some(scale) = &self.expert_scale {
+                w.iter_mut().zip(&buf.chosen[start..]).for_each(|(v, &e)| *v *= scale[e]);
+            }
         }
     }
 
     /// Applies the block to `n` rows of `x`, writing `out`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], buf: &mut MoeBuffers, k: &mut Kernels<'_>) {
+        self.forward_routed(x, x, n, out, buf, k);
+    }
+
+    /// [`RoutedMlp::forward`] with the router scoring `router_x` instead of `x` (Gemma 4
+    /// routes from a differently normalised stream than the experts see).
+    pub fn forward_routed(
+        &self,
+        x: &[f32],
+        router_x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        buf: &mut MoeBuffers,
+        k: &mut Kernels<'_>,
+    ) {
         let (ne, top) = (self.routing.n_expert, self.routing.n_expert_used);
         let d = x.len() / n.max(1);
         let probs = fit(&mut buf.probs, n * ne);
-        self.router.forward(x, n, probs, k);
+        self.router.forward(router_x, n, probs, k);
         self.route(n, buf);
         // One product per active expert over the rows routed to it, in ascending expert
         // order; each slot's output lands in its own row of `ys`.

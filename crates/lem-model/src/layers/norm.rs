@@ -19,6 +19,16 @@ impl RmsNorm {
         Ok(RmsNorm { weight: l.vector(id, dim)?, eps })
     }
 
+    /// A norm of the given weights.
+    pub fn new(weight: Vec<f32>, eps: f32) -> RmsNorm {
+        RmsNorm { weight, eps }
+    }
+
+    /// A norm without a learned scale (every weight 1, which multiplies exactly).
+    pub fn unit(dim: usize, eps: f32) -> RmsNorm {
+        RmsNorm { weight: vec![1.0; dim], eps }
+    }
+
     /// Loads norm `id` if the source has it.
     pub fn load_opt(l: &mut Loader<'_>, id: TensorId, dim: usize, eps: f32) -> Result<Option<RmsNorm>, ModelError> {
         if l.has(id) { RmsNorm::load(l, id, dim, eps).map(Some) } else { Ok(None) }

@@ -19,7 +19,8 @@ impl Model {
         let embd = (table.rows() * table.cols()) as u64;
         let output =
             if std::sync::Arc::ptr_eq(table, self.output.weight_arc()) { 0 } else { self.output.param_count() };
-        let fixed = embd + output + self.final_norm.param_count();
+        let per_layer = self.per_layer.as_ref().map_or(0, |p| p.param_count());
+        let fixed = embd + output + self.final_norm.param_count() + per_layer;
         let (all, active) = self.blocks.iter().map(|b| b.param_counts()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
         ParamCounts { total: fixed + all, active: fixed + active }
     }

@@ -113,15 +113,18 @@ impl Block {
         let positions: Vec<u32> = (start..start + tokens.len() as u32).collect();
         let mut layers = Vec::with_capacity(layout.layers.len());
         for (i, spec) in layout.layers.iter().enumerate() {
-            let (kt, kwant) = kvtensor::form(layout.k_type, spec.n_kv, tokens.len(), spec.head_dim);
-            let (vt, vwant) = kvtensor::form(layout.v_type, spec.n_kv, tokens.len(), spec.head_dim);
+            // A layer sharing another's K/V stores nothing.
+            let held = if spec.shares.is_some() { 0 } else { tokens.len() };
+            let (kt, kwant) = kvtensor::form(layout.k_type, spec.n_kv, held, spec.head_dim);
+            let (vt, vwant) = kvtensor::form(layout.v_type, spec.n_kv, held, spec.head_dim);
             let (ks, k) = p.tensor(path, &format!("layer.{i}.k"), kt)?;
             let (vs, v) = p.tensor(path, &format!("layer.{i}.v"), vt)?;
             if ks != kwant || vs != vwant {
                 return Err(bad(format!("layer {i}: K {ks:?} / V {vs:?}, expected {kwant:?} / {vwant:?}")));
             }
             let (k_type, v_type) = (layout.k_type, layout.v_type);
-            layers.push(RawLayer { k_type, v_type, positions: positions.clone(), k: k.to_vec(), v: v.to_vec() });
+            let positions = if spec.shares.is_some() { Vec::new() } else { positions.clone() };
+            layers.push(RawLayer { k_type, v_type, positions, k: k.to_vec(), v: v.to_vec() });
         }
         if p.tensors.len() != 1 + 2 * layout.layers.len() {
             return Err(bad(format!("{} tensors for {} layers", p.tensors.len(), layout.layers.len())));

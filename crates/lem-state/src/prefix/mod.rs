@@ -311,6 +311,10 @@ impl PrefixCache {
         let mut cache = SeqCache::new(layout);
         let layers: Vec<RawLayer> = (0..layout.layers.len())
             .map(|i| {
+                // A layer sharing another's K/V holds nothing.
+                if layout.layers[i].shares.is_some() {
+                    return cache.layer(i).export_raw();
+                }
                 // Full layers need 0..n; a ring needs (and holds) its last `capacity` positions.
                 let keep = cache.layer(i).ring_capacity().map_or(n, |cap| cap.min(n));
                 let from = n - keep;
