@@ -142,6 +142,8 @@ fn recall_needs_original_positions() {
     isolate_cache();
     let bound = KvBound { positions: SinkPositions::Rebased, ..recall(2) };
     let opts = LoadOptions { kv_bound: Some(bound), ..LoadOptions::default() };
-    let err = Engine::load_with(&model, EngineConfig { threads: 2, ctx_size: 512 }, opts).err().expect("refused");
+    let Err(err) = Engine::load_with(&model, EngineConfig { threads: 2, ctx_size: 512 }, opts) else {
+        panic!("recall with rebased positions was accepted")
+    };
     assert!(err.to_string().contains("original positions"), "{err}");
 }
