@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
+use common::bounded::{assert_chunking_invariant, engine, logits_each, prompt};
 use common::{gen_ids, greedy, isolate_cache, tiny};
 use lem_engine::{DraftConfig, Engine, EngineConfig, GenerateRequest, generate};
 use lem_kv::recall::BLOCK;
@@ -21,31 +22,8 @@ use lem_state::{StateError, load_snapshot, save_snapshot};
 const SINKS: u32 = 4;
 const WINDOW: u32 = 16;
 
-fn prompt(n: usize, seed: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| 3 + (i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) % 61).collect()
-}
-
-fn engine(path: &std::path::Path, bound: Option<KvBound>) -> Engine {
-    isolate_cache();
-    let opts = LoadOptions { kv_bound: bound, ..LoadOptions::default() };
-    Engine::load_with(path, EngineConfig { threads: 2, ctx_size: 2048 }, opts).unwrap()
-}
-
 fn recall(blocks: u32) -> KvBound {
     KvBound { recall_blocks: blocks, ..KvBound::new(SINKS, WINDOW) }
-}
-
-/// Logits after each of `ids`, fed in chunks of `chunk`.
-fn logits_each(e: &Engine, ids: &[u32], chunk: usize) -> Vec<Vec<f32>> {
-    let mut seq = e.new_sequence();
-    let mut out = Vec::new();
-    for c in ids.chunks(chunk) {
-        if c.len() > 1 {
-            seq.feed(e, &c[..c.len() - 1]).unwrap();
-        }
-        out.push(seq.feed(e, &c[c.len() - 1..]).unwrap().to_vec());
-    }
-    out
 }
 
 fn distance(a: &[f32], b: &[f32]) -> f32 {
@@ -80,13 +58,7 @@ fn recall_starts_when_a_block_leaves_the_window_and_brings_attention_closer_to_f
         assert!(near < far, "position {p}: recall-all is {near} from full, the plain bound {far}");
     }
     // Batch shape does not matter.
-    for chunk in [7, 200] {
-        let by = logits_each(&two, &ids, chunk);
-        for (i, l) in by.iter().enumerate() {
-            let p = ((i + 1) * chunk).min(ids.len()) - 1;
-            assert_eq!(l, &got[p], "chunks of {chunk}, position {p}");
-        }
-    }
+    assert_chunking_invariant(&two, &ids, &got, &[7, 200]);
 }
 
 #[test]

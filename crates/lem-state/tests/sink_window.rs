@@ -13,37 +13,12 @@ use std::collections::BTreeMap;
 
 use std::ops::ControlFlow;
 
+use common::bounded::{assert_chunking_invariant, engine, logits_each, prompt};
 use common::{gen_ids, greedy, isolate_cache, tiny};
 use lem_engine::{DraftConfig, Engine, EngineConfig, GenerateRequest, generate};
 use lem_kv::{KvBound, LayerKind, SinkPositions};
 use lem_model::LoadOptions;
 use lem_state::{StateError, load_snapshot, save_snapshot};
-
-fn prompt(n: usize, seed: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| 3 + (i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) % 61).collect()
-}
-
-fn engine(path: &std::path::Path, bound: Option<KvBound>) -> Engine {
-    isolate_cache();
-    let opts = LoadOptions { kv_bound: bound, ..LoadOptions::default() };
-    Engine::load_with(path, EngineConfig { threads: 2, ctx_size: 2048 }, opts).unwrap()
-}
-
-/// Logits after each of `ids`, fed in chunks of `chunk`.
-fn logits_each(e: &Engine, ids: &[u32], chunk: usize) -> Vec<Vec<f32>> {
-    let mut seq = e.new_sequence();
-    let mut out = Vec::new();
-    for c in ids.chunks(chunk) {
-        if c.len() == 1 {
-            out.push(seq.feed(e, c).unwrap().to_vec());
-        } else {
-            // Only the last position's logits come back from a chunk.
-            seq.feed(e, &c[..c.len() - 1]).unwrap();
-            out.push(seq.feed(e, &c[c.len() - 1..]).unwrap().to_vec());
-        }
-    }
-    out
-}
 
 #[test]
 fn bounded_layers_equal_full_attention_until_the_bound() {
@@ -76,13 +51,7 @@ fn bounded_layers_equal_full_attention_until_the_bound() {
     assert_eq!(seq.feed(&bounded, &ids[..20]).unwrap(), &want[19][..]);
     let mut seq = bounded.new_sequence();
     assert_eq!(seq.feed(&bounded, &ids).unwrap(), &got[39][..]);
-    for chunk in [3, 7] {
-        let by = logits_each(&bounded, &ids, chunk);
-        for (i, l) in by.iter().enumerate() {
-            let p = ((i + 1) * chunk).min(ids.len()) - 1;
-            assert_eq!(l, &got[p], "chunks of {chunk}, position {p}");
-        }
-    }
+    assert_chunking_invariant(&bounded, &ids, &got, &[3, 7]);
 }
 
 #[test]
@@ -190,13 +159,7 @@ fn rebased_positions_change_only_the_sinks_and_only_once_the_window_moves() {
     // Without sinks there is nothing to re-base: a plain window either way.
     assert_eq!(logits_each(&no_sinks_rebased, &ids, 1), logits_each(&no_sinks, &ids, 1));
     // Batch shape does not matter under rebased positions either.
-    for chunk in [5, 48] {
-        let by = logits_each(&rebased_e, &ids, chunk);
-        for (i, l) in by.iter().enumerate() {
-            let p = ((i + 1) * chunk).min(ids.len()) - 1;
-            assert_eq!(l, &got[p], "chunks of {chunk}, position {p}");
-        }
-    }
+    assert_chunking_invariant(&rebased_e, &ids, &got, &[5, 48]);
     // A snapshot under original positions is another layout for a rebased engine.
     let mut seq = original.new_sequence();
     seq.feed(&original, &ids).unwrap();

@@ -1,6 +1,7 @@
 //! Shared helpers: real packaged models (loaded once per test binary) and tiny models.
 #![allow(dead_code, missing_docs)]
 
+pub mod bounded;
 #[path = "../../../lem-model/tests/support/mod.rs"]
 pub mod support;
 pub mod tiny;
