@@ -213,10 +213,18 @@ fn kill_one_of_two_prefix_cache_writers() {
     };
     let plain = env.json(&mut generate(false));
     let mut mid_write = 0;
-    for delay in DELAYS_MS {
-        // Two writers on one directory; one is killed while it writes blocks.
-        let survivor = generate(true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // A block write can be over before the poller sees it (a fast disk, or the other
+    // writer stored the blocks first): the delays are tried again, up to three rounds,
+    // until a kill lands mid-write.
+    let delays = DELAYS_MS.iter().cycle().take(3 * DELAYS_MS.len());
+    for (i, &delay) in delays.enumerate() {
+        if mid_write > 0 && i >= DELAYS_MS.len() {
+            break;
+        }
+        // Two writers on one directory; one (started first) is killed while it writes
+        // blocks.
         let mut victim = generate(true).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let survivor = generate(true).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         mid_write += usize::from(kill_during_write(&mut victim, &pc, Duration::from_millis(delay)) == Kill::MidWrite);
         let out = survivor.wait_with_output().unwrap();
         assert!(out.status.success());
@@ -228,7 +236,7 @@ fn kill_one_of_two_prefix_cache_writers() {
         assert!(warm["prefix_cache"]["report"]["reused_tokens"].as_u64().unwrap() >= 256, "{warm}");
         std::fs::remove_dir_all(&pc).unwrap();
     }
-    eprintln!("prefix cache: {mid_write} of {} kills landed mid-write", DELAYS_MS.len());
+    eprintln!("prefix cache: {mid_write} kills landed mid-write");
     assert!(mid_write > 0, "no kill landed during a block write; the test did not test anything");
 }
 
