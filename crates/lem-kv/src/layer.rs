@@ -216,14 +216,18 @@ impl LayerCache {
         let row = self.row();
         let (n_kv, hd) = (self.spec.n_kv, self.spec.head_dim);
         let Some((tier, _, _)) = &mut self.recall else { return };
-        let (mut kb, mut vb) = (Vec::new(), Vec::new());
-        let mut keys = vec![0f32; n_kv * hd];
+        // The tier's scratch rows, reused from one append to the next.
+        let (mut kb, mut vb, mut keys) = tier.take_scratch();
+        kb.clear();
+        vb.clear();
+        keys.resize(n_kv * hd, 0.0);
         for h in 0..n_kv {
             self.k.read_head_raw(c, h, row, hd, &mut kb);
             self.v.read_head_raw(c, h, row, hd, &mut vb);
             self.k.read_head(c, h, row, &mut keys[h * hd..(h + 1) * hd]);
         }
         tier.push(p, &kb, &vb, &keys);
+        tier.put_scratch((kb, vb, keys));
     }
 
     /// Bytes the layer has allocated for K/V and positions (at least [`bytes_used`]).

@@ -47,6 +47,8 @@ pub(crate) struct Tier {
     partial: Vec<f32>,
     /// The first I/O error, kept until [`Tier::take_error`] reports it.
     error: Option<io::Error>,
+    /// Raw K, raw V and f32 keys of the position being written (reused buffers).
+    scratch: (Vec<u8>, Vec<u8>, Vec<f32>),
 }
 
 impl Tier {
@@ -66,7 +68,19 @@ impl Tier {
             summaries: Vec::new(),
             partial: vec![0.0; spec.n_kv * 2 * spec.head_dim],
             error,
+            scratch: Default::default(),
         }
+    }
+
+    /// The write buffers, to fill while the tier is not borrowed ([`Tier::put_scratch`]
+    /// gives them back).
+    pub(crate) fn take_scratch(&mut self) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+        std::mem::take(&mut self.scratch)
+    }
+
+    /// Returns the buffers of [`Tier::take_scratch`].
+    pub(crate) fn put_scratch(&mut self, scratch: (Vec<u8>, Vec<u8>, Vec<f32>)) {
+        self.scratch = scratch;
     }
 
     fn file(&self) -> io::Result<&File> {
@@ -258,6 +272,7 @@ impl Clone for Tier {
             summaries: self.summaries.clone(),
             partial: self.partial.clone(),
             error,
+            scratch: Default::default(),
         }
     }
 }
