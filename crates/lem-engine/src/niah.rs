@@ -12,6 +12,7 @@
 
 use std::ops::{ControlFlow, Range};
 
+use lem_kv::recall::RecallSelect;
 use lem_kv::{KvBound, KvDtype, SinkPositions};
 use lem_model::LoadOptions;
 use lem_tokenizer::{Bos, ChatMessage};
@@ -478,7 +479,8 @@ impl CaseResult {
 /// Written `full` (f16 K and V, every position), or comma-separated `k=TYPE`, `v=TYPE`,
 /// `sinks=N`, `window=N` (types are llama.cpp's names, each defaulting to f16; `sinks`
 /// and `window` go together), and with a bound `positions=original|rebased`,
-/// `full=0/9/19|auto[:N]` (layers left full) and `recall=B` (evicted blocks recalled), e.g.
+/// `full=0/9/19|auto[:N]` (layers left full), `recall=B` (evicted blocks recalled) and
+/// `select=bound|exact` (how they are ranked), e.g.
 /// `k=q4_0,v=q4_0` or `sinks=4,window=512,k=q8_0` or `sinks=4,window=512,recall=4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheConfig {
@@ -543,7 +545,7 @@ impl std::str::FromStr for CacheConfig {
             return Ok(CacheConfig::full());
         }
         let mut c = CacheConfig { name, ..CacheConfig::full() };
-        let (mut sinks, mut window, mut positions, mut recall) = (None, None, None, None);
+        let (mut sinks, mut window, mut positions, mut recall, mut select) = (None, None, None, None, None);
         for part in s.split(',').map(str::trim) {
             let (key, value) = part.split_once('=').ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
             let number =
@@ -556,6 +558,7 @@ impl std::str::FromStr for CacheConfig {
                 "positions" => positions = Some(value.parse::<SinkPositions>().map_err(bad)?),
                 "full" => c.full = Some(value.parse::<FullLayers>().map_err(bad)?),
                 "recall" => recall = Some(number()?),
+                "select" => select = Some(value.parse::<RecallSelect>().map_err(bad)?),
                 other => return Err(bad(format!("unknown key '{other}'"))),
             }
         }
@@ -564,10 +567,14 @@ impl std::str::FromStr for CacheConfig {
             (Some(_), Some(0)) => return Err(bad("window must be at least 1".into())),
             (Some(sinks), Some(window)) => {
                 let (positions, recall_blocks) = (positions.unwrap_or_default(), recall.unwrap_or(0));
-                Some(KvBound { positions, recall_blocks, ..KvBound::new(sinks, window) })
+                let recall_select = select.unwrap_or_default();
+                Some(KvBound { positions, recall_blocks, recall_select, ..KvBound::new(sinks, window) })
             }
             _ => return Err(bad("sinks and window go together".into())),
         };
+        if select.is_some() && recall.is_none() {
+            return Err(bad("select needs recall".into()));
+        }
         if c.bound.is_none() && (positions.is_some() || c.full.is_some() || recall.is_some()) {
             return Err(bad("positions, full and recall need sinks and window".into()));
         }

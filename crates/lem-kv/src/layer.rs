@@ -95,7 +95,7 @@ impl LayerCache {
         {
             let row = l.row();
             let (kb, vb) = (l.k.bytes_of(row), l.v.bytes_of(row));
-            let tier = Tier::new(spec, spec.kind.sinks(), kb, vb);
+            let tier = Tier::new(spec, spec.kind.sinks(), kb, vb, layout.recall_select);
             let heads = (0..spec.n_kv).map(|_| Recalled::new(k_type, v_type, spec.head_dim)).collect();
             l.recall = Some((tier, heads, layout.recall_blocks as usize));
         }
@@ -132,10 +132,15 @@ impl LayerCache {
         self.live
     }
 
-    /// Bytes of K/V in memory: live cells, and the blocks a recall tier read back.
+    /// Bytes of K/V in memory: live cells, and the blocks a recall tier read back (and
+    /// the keys it holds for exact selection).
     pub fn bytes_used(&self) -> usize {
         let hd = self.spec.head_dim;
-        self.live * self.cell_bytes() + self.recall.as_ref().map_or(0, |(_, r, _)| r.iter().map(|r| r.bytes(hd)).sum())
+        self.live * self.cell_bytes()
+            + self
+                .recall
+                .as_ref()
+                .map_or(0, |(t, r, _)| t.exact_bytes() + r.iter().map(|r| r.bytes(hd)).sum::<usize>())
     }
 
     /// Bytes of K/V in the recall tier's file (0 without one).
@@ -556,8 +561,8 @@ impl LayerCache {
         self.check_positions(&e.positions, false)?;
         // f32 exports hold the ring only: a recall tier starts afresh from here.
         if let Some((tier, rec, _)) = &mut self.recall {
-            *tier =
-                Tier::new(self.spec, self.spec.kind.sinks(), self.k.bytes_of(n_kv * hd), self.v.bytes_of(n_kv * hd));
+            let (kb, vb) = (self.k.bytes_of(n_kv * hd), self.v.bytes_of(n_kv * hd));
+            *tier = Tier::new(self.spec, self.spec.kind.sinks(), kb, vb, tier.select_mode());
             rec.iter_mut().for_each(Recalled::clear);
         }
         let cells = self.place(&e.positions);
@@ -582,7 +587,7 @@ impl LayerCache {
         let (n_kv, hd, row) = (self.spec.n_kv, self.spec.head_dim, self.row());
         let (Some(r), Some((tier, rec, _))) = (self.ring, &mut self.recall) else { return };
         let (kb, vb) = (self.k.bytes_of(row), self.v.bytes_of(row));
-        *tier = Tier::new(self.spec, r.sinks as u32, kb, vb);
+        *tier = Tier::new(self.spec, r.sinks as u32, kb, vb, tier.select_mode());
         rec.iter_mut().for_each(Recalled::clear);
         self.pos.clear();
         self.k.resize(0, row);

@@ -194,12 +194,21 @@ pub struct KvBound {
     /// Evicted blocks each query of a bounded layer recalls (`--kv-recall-blocks`; 0:
     /// none, and nothing is kept past the window; see [`recall`]).
     pub recall_blocks: u32,
+    /// How the recalled blocks are chosen (`--kv-recall-select`).
+    pub recall_select: recall::RecallSelect,
 }
 
 impl KvBound {
     /// Sinks and a window at original positions, on every full-attention layer.
     pub fn new(sinks: u32, window: u32) -> KvBound {
-        KvBound { sinks, window, positions: SinkPositions::Original, keep_full: LayerSet::EMPTY, recall_blocks: 0 }
+        KvBound {
+            sinks,
+            window,
+            positions: SinkPositions::Original,
+            keep_full: LayerSet::EMPTY,
+            recall_blocks: 0,
+            recall_select: recall::RecallSelect::Bound,
+        }
     }
 }
 
@@ -431,6 +440,9 @@ pub struct CacheLayout {
     /// recalls from the layer's second tier ([`recall`]); 0: no tier.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub recall_blocks: u32,
+    /// How those blocks are chosen.
+    #[serde(default, skip_serializing_if = "recall::RecallSelect::is_bound")]
+    pub recall_select: recall::RecallSelect,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -450,6 +462,8 @@ struct LayoutRepr {
     max_batch: usize,
     #[serde(default)]
     recall_blocks: u32,
+    #[serde(default)]
+    recall_select: recall::RecallSelect,
 }
 
 impl From<LayoutRepr> for CacheLayout {
@@ -461,6 +475,7 @@ impl From<LayoutRepr> for CacheLayout {
             v_type: r.v_type.unwrap_or(both),
             max_batch: r.max_batch,
             recall_blocks: r.recall_blocks,
+            recall_select: r.recall_select,
         }
     }
 }
@@ -481,6 +496,9 @@ impl CacheLayout {
         }
         if self.recall_blocks != other.recall_blocks {
             return Some(format!("{} recalled blocks vs {}", self.recall_blocks, other.recall_blocks));
+        }
+        if self.recall_blocks > 0 && self.recall_select != other.recall_select {
+            return Some(format!("recall selection {} vs {}", self.recall_select.name(), other.recall_select.name()));
         }
         let describe = |s: &LayerSpec| {
             let shares = s.shares.map_or(String::new(), |j| format!(", sharing layer {j}'s K/V"));
@@ -532,7 +550,8 @@ impl CacheLayout {
         if bound.recall_blocks > 0 && bound.positions == SinkPositions::Rebased {
             return Err(KvError::RecallRebased);
         }
-        let mut l = CacheLayout { recall_blocks: bound.recall_blocks, ..self.clone() };
+        let recall_select = if bound.recall_blocks > 0 { bound.recall_select } else { recall::RecallSelect::Bound };
+        let mut l = CacheLayout { recall_blocks: bound.recall_blocks, recall_select, ..self.clone() };
         for (i, s) in l.layers.iter_mut().enumerate() {
             if s.kind == LayerKind::Full && !bound.keep_full.contains(i) {
                 s.kind = LayerKind::SinkWindow { sinks: bound.sinks, window: bound.window, positions: bound.positions };

@@ -25,6 +25,47 @@ use crate::{KvDtype, LayerSpec};
 /// Positions per recall block.
 pub const BLOCK: u32 = 32;
 
+/// How a query ranks the evicted blocks it may recall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecallSelect {
+    /// Quest's upper bound of the score against each block's least and greatest keys:
+    /// the summary is two keys per block, so resident memory stays bounded.
+    #[default]
+    Bound,
+    /// The exact best score of any key in the block (every evicted key is kept in memory
+    /// as f32 to score it): the ceiling of any block summary, a measurement, not a memory
+    /// bound. Its keys count as resident bytes.
+    Exact,
+}
+
+impl RecallSelect {
+    /// Whether this is the bound (the serialised default).
+    pub fn is_bound(&self) -> bool {
+        *self == RecallSelect::Bound
+    }
+
+    /// The name `FromStr` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecallSelect::Bound => "bound",
+            RecallSelect::Exact => "exact",
+        }
+    }
+}
+
+impl std::str::FromStr for RecallSelect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RecallSelect, String> {
+        match s {
+            "bound" => Ok(RecallSelect::Bound),
+            "exact" => Ok(RecallSelect::Exact),
+            other => Err(format!("recall selection '{other}' is not bound or exact")),
+        }
+    }
+}
+
 /// The second tier of one bounded layer: every position from `sinks` on, as stored, and
 /// the key summaries of its complete blocks.
 #[derive(Debug)]
@@ -49,10 +90,12 @@ pub(crate) struct Tier {
     error: Option<io::Error>,
     /// Raw K, raw V and f32 keys of the position being written (reused buffers).
     scratch: (Vec<u8>, Vec<u8>, Vec<f32>),
+    /// With [`RecallSelect::Exact`]: every position's keys as f32, `[position][n_kv][head_dim]`.
+    exact: Option<Vec<f32>>,
 }
 
 impl Tier {
-    pub(crate) fn new(spec: LayerSpec, sinks: u32, k_bytes: usize, v_bytes: usize) -> Tier {
+    pub(crate) fn new(spec: LayerSpec, sinks: u32, k_bytes: usize, v_bytes: usize, select: RecallSelect) -> Tier {
         let (file, error) = match tempfile::tempfile() {
             Ok(f) => (Some(f), None),
             Err(e) => (None, Some(e)),
@@ -69,7 +112,13 @@ impl Tier {
             partial: vec![0.0; spec.n_kv * 2 * spec.head_dim],
             error,
             scratch: Default::default(),
+            exact: (select == RecallSelect::Exact).then(Vec::new),
         }
+    }
+
+    /// How this tier ranks blocks.
+    pub(crate) fn select_mode(&self) -> RecallSelect {
+        if self.exact.is_some() { RecallSelect::Exact } else { RecallSelect::Bound }
     }
 
     /// The write buffers, to fill while the tier is not borrowed ([`Tier::put_scratch`]
@@ -115,6 +164,12 @@ impl Tier {
         self.len as usize * self.row_bytes()
     }
 
+    /// Bytes of keys the tier holds in memory for [`RecallSelect::Exact`] (0 for the
+    /// bound, whose block summaries, a sixteenth of an f16 position's K/V, are metadata).
+    pub(crate) fn exact_bytes(&self) -> usize {
+        self.exact.as_ref().map_or(0, Vec::len) * 4
+    }
+
     /// Complete blocks.
     pub(crate) fn blocks(&self) -> u32 {
         self.len / BLOCK
@@ -150,6 +205,10 @@ impl Tier {
         }
         let first = self.len.is_multiple_of(BLOCK);
         let hd = self.head_dim;
+        if let Some(e) = &mut self.exact {
+            e.truncate(self.len as usize * self.n_kv * hd);
+            e.extend_from_slice(keys);
+        }
         for h in 0..self.n_kv {
             let s = &mut self.partial[h * 2 * hd..(h + 1) * 2 * hd];
             let key = &keys[h * hd..(h + 1) * hd];
@@ -220,16 +279,27 @@ impl Tier {
         if n == 0 || take == 0 {
             return;
         }
+        let stride = self.n_kv * hd;
         let mut scored: Vec<(f32, u32)> = (0..n)
             .map(|b| {
-                let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
-                let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
-                let best = (0..n_head)
-                    .map(|h| {
-                        let qh = &query[h * hd..(h + 1) * hd];
-                        (0..hd).map(|d| (qh[d] * lo[d]).max(qh[d] * hi[d])).sum::<f32>()
-                    })
-                    .fold(f32::NEG_INFINITY, f32::max);
+                let best = match &self.exact {
+                    Some(e) => {
+                        let keys = &e[b * BLOCK as usize * stride..(b + 1) * BLOCK as usize * stride];
+                        keys.chunks_exact(stride)
+                            .flat_map(|k| query.chunks_exact(hd).map(move |qh| dot(qh, &k[g * hd..(g + 1) * hd])))
+                            .fold(f32::NEG_INFINITY, f32::max)
+                    }
+                    None => {
+                        let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
+                        let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
+                        (0..n_head)
+                            .map(|h| {
+                                let qh = &query[h * hd..(h + 1) * hd];
+                                (0..hd).map(|d| (qh[d] * lo[d]).max(qh[d] * hi[d])).sum::<f32>()
+                            })
+                            .fold(f32::NEG_INFINITY, f32::max)
+                    }
+                };
                 (best, b as u32)
             })
             .collect();
@@ -273,8 +343,22 @@ impl Clone for Tier {
             partial: self.partial.clone(),
             error,
             scratch: Default::default(),
+            exact: self.exact.clone(),
         }
     }
+}
+
+/// `a . b` in eight lanes (so the compiler vectorises it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The blocks one KV head of a layer read back last, as attention reads them (cells of
@@ -307,5 +391,52 @@ impl Recalled {
     pub(crate) fn clear(&mut self) {
         self.blocks.clear();
         self.pos.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LayerKind;
+
+    /// Three blocks of 2-d keys: block 0 holds one key along the query (exact score 6,
+    /// bound 6), block 1 two keys along the axes (exact 4, but its bound is 8), block 2
+    /// small keys.
+    fn tier(select: RecallSelect) -> Tier {
+        let spec = LayerSpec::new(LayerKind::Full, 1, 2);
+        let mut t = Tier::new(spec, 0, 0, 0, select);
+        for p in 0..3 * BLOCK {
+            let key = match (p / BLOCK, p % BLOCK) {
+                (0, 5) => [3.0, 3.0],
+                (1, 0) => [4.0, 0.0],
+                (1, 1) => [0.0, 4.0],
+                _ => [0.1, 0.1],
+            };
+            t.push(p, &[], &[], &key);
+        }
+        t
+    }
+
+    #[test]
+    fn exact_selection_ranks_by_the_best_key_and_the_bound_by_the_extremes() {
+        let (q, mut out) = ([1.0f32, 1.0], Vec::new());
+        tier(RecallSelect::Bound).select(&q, 0, 200, 8, 1, &mut out);
+        assert_eq!(out, [1]);
+        tier(RecallSelect::Exact).select(&q, 0, 200, 8, 1, &mut out);
+        assert_eq!(out, [0]);
+        tier(RecallSelect::Exact).select(&q, 0, 200, 8, 2, &mut out);
+        assert_eq!(out, [0, 1]);
+    }
+
+    #[test]
+    fn exact_keys_count_and_follow_truncation() {
+        let mut t = tier(RecallSelect::Exact);
+        assert_eq!(tier(RecallSelect::Bound).exact_bytes(), 0);
+        assert_eq!(t.exact_bytes(), 3 * BLOCK as usize * 2 * 4);
+        t.truncate(40, |_, k| k.fill(0.1));
+        assert_eq!(t.blocks(), 1);
+        assert_eq!(t.exact.as_ref().map(Vec::len), Some(40 * 2));
+        assert_eq!("exact".parse::<RecallSelect>(), Ok(RecallSelect::Exact));
+        assert!("best".parse::<RecallSelect>().is_err());
     }
 }

@@ -46,6 +46,7 @@ fn layout_kv(k_type: KvDtype, v_type: KvDtype) -> CacheLayout {
         v_type,
         max_batch: MAX_BATCH,
         recall_blocks: 0,
+        recall_select: Default::default(),
     };
     layout.check().expect("test layout");
     layout
@@ -530,8 +531,14 @@ fn layouts_serialise_both_types_and_read_the_single_dtype_of_older_files() {
 fn quantised_cells_cost_their_block_bytes_and_restore_exactly() {
     // SmolLM2-like layer: 3 KV heads of 64; q8_0 K, q4_0 V.
     let spec = LayerSpec::new(LayerKind::Full, 3, 64);
-    let l =
-        CacheLayout { layers: vec![spec], k_type: KvDtype::F16, v_type: KvDtype::F16, max_batch: 8, recall_blocks: 0 };
+    let l = CacheLayout {
+        layers: vec![spec],
+        k_type: KvDtype::F16,
+        v_type: KvDtype::F16,
+        max_batch: 8,
+        recall_blocks: 0,
+        recall_select: Default::default(),
+    };
     let q = l.with_types(KvDtype::Q8_0, KvDtype::Q4_0).unwrap();
     assert_eq!(l.bytes_per_token(), 3 * 64 * 2 * 2);
     assert_eq!(q.bytes_per_token(), 3 * (2 * 34 + 2 * 18));
@@ -629,6 +636,7 @@ fn sink_window_cells_are_bounded_and_keep_the_sinks() {
         v_type: KvDtype::F32,
         max_batch: MAX_BATCH,
         recall_blocks: 0,
+        recall_select: Default::default(),
     };
     let mut c = SeqCache::new(&l);
     for i in 0..20 {

@@ -13,6 +13,7 @@ fn layout() -> CacheLayout {
         v_type: KvDtype::F32,
         max_batch: 8,
         recall_blocks: 0,
+        recall_select: Default::default(),
     }
 }
 

@@ -194,6 +194,7 @@ impl Model {
             v_type: KvDtype::default(),
             max_batch: DEFAULT_MAX_BATCH,
             recall_blocks: 0,
+            recall_select: Default::default(),
         };
         Model { config, embedding, blocks, final_norm, output, layout, per_layer: None }
     }

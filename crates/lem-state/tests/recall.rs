@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use common::bounded::{assert_chunking_invariant, engine, logits_each, prompt};
 use common::{gen_ids, greedy, isolate_cache, tiny};
 use lem_engine::{DraftConfig, Engine, EngineConfig, GenerateRequest, generate};
-use lem_kv::recall::BLOCK;
+use lem_kv::recall::{BLOCK, RecallSelect};
 use lem_kv::{KvBound, SinkPositions};
 use lem_model::LoadOptions;
 use lem_state::{StateError, load_snapshot, save_snapshot};
@@ -59,6 +59,15 @@ fn recall_starts_when_a_block_leaves_the_window_and_brings_attention_closer_to_f
     }
     // Batch shape does not matter.
     assert_chunking_invariant(&two, &ids, &got, &[7, 200]);
+
+    // Exact selection: recalling every block is the same attention whatever the ranking;
+    // two blocks by exact scores pick other blocks than the bound somewhere, and batch
+    // shape does not matter either.
+    let exact = |blocks| engine(&model, Some(KvBound { recall_select: RecallSelect::Exact, ..recall(blocks) }));
+    assert_eq!(logits_each(&exact(64), &ids, 1), everything);
+    let exact_two = logits_each(&exact(2), &ids, 1);
+    assert!((first..ids.len()).any(|p| exact_two[p] != got[p]), "exact and bound chose alike everywhere");
+    assert_chunking_invariant(&exact(2), &ids, &exact_two, &[7, 200]);
 }
 
 #[test]
@@ -90,7 +99,8 @@ fn the_tier_survives_fork_rollback_and_snapshots_and_resident_bytes_stay_bounded
     assert_eq!(gen_ids(&e, &mut fork, &cont, 8), want, "fork");
 
     // Another recall setting, or none, is another layout.
-    for other in [Some(KvBound::new(SINKS, WINDOW)), Some(recall(3))] {
+    let exact = KvBound { recall_select: RecallSelect::Exact, ..recall(2) };
+    for other in [Some(KvBound::new(SINKS, WINDOW)), Some(recall(3)), Some(exact)] {
         match load_snapshot(&snap, &engine(&model, other)) {
             Err(StateError::LayoutMismatch { .. }) => {}
             r => panic!("{other:?}: {:?}", r.map(|_| ())),

@@ -9,6 +9,7 @@
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use lem_engine::kv_policy::FullLayers;
+use lem_kv::recall::RecallSelect;
 use lem_kv::{KvBound, KvDtype, SinkPositions};
 use lem_model::LoadOptions;
 
@@ -59,6 +60,24 @@ pub struct KvCacheArgs {
     /// B x 32 positions per bounded layer. Needs --kv-window and original positions.
     #[arg(long, value_name = "B", requires = "kv_window")]
     pub kv_recall_blocks: Option<u32>,
+    /// How recalled blocks are ranked: `bound` (Quest's upper bound against each block's
+    /// least and greatest keys; bounded memory) or `exact` (the best exact score of any
+    /// key in the block, keeping every evicted key in memory: the ceiling of any summary,
+    /// for measurement). Needs --kv-recall-blocks.
+    #[arg(long, value_name = "HOW", requires = "kv_recall_blocks", value_parser = clap::value_parser!(RecallSelectArg))]
+    pub kv_recall_select: Option<RecallSelectArg>,
+}
+
+/// [`RecallSelect`] as clap parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecallSelectArg(pub RecallSelect);
+
+impl std::str::FromStr for RecallSelectArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RecallSelectArg, String> {
+        s.parse().map(RecallSelectArg)
+    }
 }
 
 /// `--kv-positions`.
@@ -110,7 +129,12 @@ impl KvCacheArgs {
             Some(PositionsArg::Rebased) => SinkPositions::Rebased,
             Some(PositionsArg::Original) | None => SinkPositions::Original,
         };
-        Some(KvBound { positions, recall_blocks: self.kv_recall_blocks.unwrap_or(0), ..KvBound::new(sinks, window) })
+        Some(KvBound {
+            positions,
+            recall_blocks: self.kv_recall_blocks.unwrap_or(0),
+            recall_select: self.kv_recall_select.map_or(RecallSelect::Bound, |s| s.0),
+            ..KvBound::new(sinks, window)
+        })
     }
 
     /// With `--kv-full-layers auto[:N]`: the bound to apply after measuring, and N.
