@@ -9,7 +9,12 @@ use common::{ok_on, packaged, run};
 
 #[test]
 fn niah_configurations_are_checked() {
-    for (config, why) in [("sinks=4", "sinks and window go together"), ("k=q3_k", "unknown KV cache type")] {
+    for (config, why) in [
+        ("sinks=4", "sinks and window go together"),
+        ("k=q3_k", "unknown KV cache type"),
+        ("sinks=4,window=64,select=exact", "select needs recall"),
+        ("sinks=4,window=64,recall=2,select=best", "is not bound or exact"),
+    ] {
         let (out, _, stderr) = run(&["niah", "--config", config]);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(why), "{stderr}");
@@ -19,7 +24,12 @@ fn niah_configurations_are_checked() {
 #[test]
 fn niah_control_scores_below_full_attention() {
     let Some(m) = packaged("smollm2-135m") else { return };
-    let out = ok_on(&m, &["niah", "--lengths", "600", "--depths", "10,50", "--config", "k=q8_0,v=q8_0", "--json"]);
+    let d = tempfile::tempdir().unwrap();
+    let png = d.path().join("niah.png");
+    let png_arg = png.to_str().unwrap();
+    let args =
+        ["niah", "--lengths", "600", "--depths", "10,50", "--config", "k=q8_0,v=q8_0", "--json", "--png", png_arg];
+    let out = ok_on(&m, &args);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let configs = v["configs"].as_array().unwrap();
     let names: Vec<&str> = configs.iter().map(|c| c["config"]["name"].as_str().unwrap()).collect();
@@ -40,6 +50,11 @@ fn niah_control_scores_below_full_attention() {
     assert!(acc(2) < acc(0), "control {} vs full {}", acc(2), acc(0));
     assert_eq!(configs[2]["control"], true);
     assert_eq!((configs[2]["sinks"].as_u64(), configs[2]["window"].as_u64()), (Some(4), Some(64)));
+    // The heat map: a PNG of one 1 x 2 grid per configuration.
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!(height, 3 * (56 + 44 + 44), "three panels of one row");
     // The control holds at most its sinks, window and one batch.
     assert!(configs[2]["resident_bytes"].as_u64() < configs[0]["resident_bytes"].as_u64());
 }

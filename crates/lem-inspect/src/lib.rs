@@ -28,7 +28,7 @@ mod scoring;
 pub use capture::{CaptureSpec, Captures, Kind, Recorder, Tensor, capture_prefill, parse_kinds, parse_layers};
 pub use error::InspectError;
 pub use identity::ModelIdentity;
-pub use plot::plot_scores;
+pub use plot::{HeatPanel, plot_heatmaps, plot_scores};
 pub use probe::Probe;
 pub use rawfile::{CaptureFileMeta, FORMAT_TAG, FORMAT_VERSION, write_capture_file};
 pub use scoring::{PromptScore, ScoreTimings, plain_prefill_ms, score_prompt, snapshot_meta};

@@ -72,6 +72,10 @@ pub struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write a heat map PNG: one grid per configuration (rows lengths, columns
+    /// depths, colour the accuracy), with its resident K/V against full attention's.
+    #[arg(long, value_name = "FILE")]
+    png: Option<std::path::PathBuf>,
 }
 
 /// One grid cell of one configuration.
@@ -243,6 +247,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cells,
         });
     }
+    if let Some(png) = &a.png {
+        write_heatmap(&a, &reports, png)?;
+    }
     if a.json {
         return print_json(&serde_json::json!({
             "model": path.file_name().map(|f| f.to_string_lossy()),
@@ -257,6 +264,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     print_tables(&a, &reports);
     Ok(())
+}
+
+/// `--png`: one heat map per configuration, titled with its mean and its resident K/V
+/// as a fraction of full attention's.
+fn write_heatmap(a: &Args, reports: &[ConfigReport], path: &std::path::Path) -> anyhow::Result<()> {
+    let full = reports.first().map_or(0, |r| r.resident_bytes).max(1) as f64;
+    let panels: Vec<lem_inspect::HeatPanel> = reports
+        .iter()
+        .map(|r| lem_inspect::HeatPanel {
+            title: format!(
+                "{}: mean {}, resident K/V {:.2} of full",
+                r.config.name,
+                r.mean_accuracy.map_or_else(|| "-".to_owned(), |m| format!("{m:.2}")),
+                r.resident_bytes as f64 / full
+            ),
+            row_name: "prompt tokens".into(),
+            rows: a.lengths.iter().map(usize::to_string).collect(),
+            col_name: "needle depth (%)".into(),
+            cols: a.depths.iter().map(|d| d.to_string()).collect(),
+            values: a
+                .lengths
+                .iter()
+                .map(|&l| r.cells.iter().filter(|c| c.length == l).map(|c| c.accuracy).collect())
+                .collect(),
+        })
+        .collect();
+    lem_inspect::plot_heatmaps(&panels, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The per-cell accuracy table and the per-configuration summary.
