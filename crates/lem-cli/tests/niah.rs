@@ -58,3 +58,38 @@ fn niah_control_scores_below_full_attention() {
     // The control holds at most its sinks, window and one batch.
     assert!(configs[2]["resident_bytes"].as_u64() < configs[0]["resident_bytes"].as_u64());
 }
+
+#[test]
+fn niah_multi_needle_tasks_ask_and_score_as_they_say() {
+    let (out, _, stderr) = run(&["niah", "--task", "multi-key", "--needles", "11", "--lengths", "600"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--needles: 11 is not 2 to 10"), "{stderr}");
+    let Some(m) = packaged("smollm2-135m") else { return };
+    for (task, needles, task_json) in [
+        ("multi-key", 3, serde_json::json!({"multi_key": {"distractors": 2}})),
+        ("multi-value", 3, serde_json::json!({"multi_value": {"values": 3}})),
+    ] {
+        let n = needles.to_string();
+        let args = ["niah", "--task", task, "--needles", &n, "--lengths", "600", "--depths", "40", "--json"];
+        let v: serde_json::Value = serde_json::from_str(&ok_on(&m, &args)).unwrap();
+        assert_eq!(v["task"], task_json, "{task}");
+        for c in v["configs"].as_array().unwrap() {
+            let cell = &c["cells"][0];
+            let tokens = cell["prompt_tokens"].as_u64().unwrap();
+            assert!((560..=680).contains(&tokens), "{task}: prompt of {tokens} tokens for length 600");
+            let Some(acc) = cell["accuracy"].as_f64() else { continue };
+            // A score is a whole number of asked values over how many were asked.
+            let asked = cell["values"][0].as_str().unwrap().split(',').collect::<Vec<_>>();
+            let expected = if task == "multi-value" { needles } else { 1 };
+            assert_eq!(asked.len(), expected, "{task}: {asked:?}");
+            assert!(asked.iter().all(|x| x.len() == 7 && x.bytes().all(|b| b.is_ascii_digit())), "{asked:?}");
+            let answer = cell["answers"][0].as_str().unwrap();
+            let given = asked.iter().filter(|x| answer.contains(*x)).count();
+            if task == "multi-value" {
+                assert_eq!(acc, given as f64 / expected as f64, "{task}: {answer:?} for {asked:?}");
+            } else {
+                assert!(acc == 0.0 || given == 1, "{task}: {acc} for {answer:?}, asked {asked:?}");
+            }
+        }
+    }
+}

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::Engine;
 use crate::error::EngineError;
-use crate::niah::{self, Form, NeedleKind};
+use crate::niah::{self, CaseSpec, Form, NeedleKind, Task};
 
 /// Seed of the calibration haystack (not one `lem niah` uses by default).
 pub const CALIBRATION_SEED: u64 = 0xCA1B;
@@ -105,13 +105,14 @@ pub fn calibration(engine: &Engine, bound: KvBound) -> Result<(Vec<u32>, Range<u
     let length = (4 * bound.window as usize).max(1024).min(engine.ctx_size().saturating_sub(16));
     let tok = engine.tokenizer();
     let count = |s: &str| tok.encode(s, Bos::Omit).map_or(0, |t| t.len());
-    let overhead = niah::overhead(engine, Form::Completion, NeedleKind::Number)?;
-    let case = niah::build_case(length, 25, CALIBRATION_SEED, NeedleKind::Number, overhead, &count)
-        .map_err(|e| EngineError::KvPolicy(e.to_string()))?;
-    let (text, needle) = niah::prompt(engine, &case, Form::Completion)?;
+    let overhead = niah::overhead(engine, Form::Completion, NeedleKind::Number, Task::Single)?;
+    let spec = CaseSpec { length, depth: 25, seed: CALIBRATION_SEED, kind: NeedleKind::Number, task: Task::Single };
+    let case = niah::build_case(&spec, overhead, &count).map_err(|e| EngineError::KvPolicy(e.to_string()))?;
+    let (text, spans) = niah::prompt(engine, &case, Form::Completion)?;
+    let needle = spans.first().cloned().unwrap_or_default();
     let before = |at: usize| tok.encode(&text[..at], Bos::ModelDefault).map(|t| t.len() as u32);
     let span = before(needle.start)?..before(needle.end)?;
-    Ok((tok.encode(&format!("{text} {}.", case.needle.value), Bos::ModelDefault)?, span))
+    Ok((tok.encode(&format!("{text} {}.", case.asked().value), Bos::ModelDefault)?, span))
 }
 
 /// Sums, per layer and head, the attention mass the last queries put beyond `bound`.

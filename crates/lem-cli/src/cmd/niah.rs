@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::ValueEnum;
-use lem_engine::niah::{self, CacheConfig, Form, NeedleKind};
+use lem_engine::niah::{self, CacheConfig, CaseSpec, Form, NeedleKind, Task};
 use lem_engine::{Engine, EngineConfig};
 use lem_kv::KvBound;
 use lem_tokenizer::Bos;
@@ -31,6 +31,17 @@ enum KindArg {
     Uuid,
 }
 
+/// Which RULER task each case poses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TaskArg {
+    /// One needle, asked for.
+    Single,
+    /// `--needles` needles with different keys; one is asked for, the others distract.
+    MultiKey,
+    /// `--needles` needles with one key; all their values are asked for.
+    MultiValue,
+}
+
 /// Arguments of `lem niah`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -53,15 +64,23 @@ pub struct Args {
     /// What the needle's value is.
     #[arg(long, value_enum, default_value_t = KindArg::Number)]
     kind: KindArg,
+    /// The task: a single needle, multi-key (one asked among distractors) or
+    /// multi-value (every value of one key asked for).
+    #[arg(long, value_enum, default_value_t = TaskArg::Single)]
+    task: TaskArg,
+    /// Needles per case for the multi-key and multi-value tasks (2 to 10).
+    #[arg(long, default_value_t = 4)]
+    needles: usize,
     /// Haystacks per cell (each from its own seed).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     /// Seed of the first haystack.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Most tokens of each answer (chat answers often repeat the question first).
-    #[arg(long, default_value_t = 32)]
-    max_tokens: usize,
+    /// Most tokens of each answer (chat answers often repeat the question first); by
+    /// default 32, and 12 more per value past the first for multi-value.
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// Sinks of the negative control (a sink window with the needle outside it).
     #[arg(long, default_value_t = 4)]
     control_sinks: u32,
@@ -85,13 +104,16 @@ struct Cell {
     depth: u32,
     /// Cases counted (the control skips those whose needle is inside its window).
     samples: usize,
+    /// Cases whose answer gave everything asked.
     hits: usize,
-    /// `hits / samples`, or `None` when no case counted.
+    /// Mean score over the cases counted (the fraction of the asked values each answer
+    /// gave, none of a distractor's), or `None` when no case counted.
     accuracy: Option<f64>,
     prompt_tokens: usize,
     resident_bytes: usize,
     decode_tok_s: f64,
-    /// The needles' values and the model's answers, case by case.
+    /// The asked values (comma-separated for multi-value) and the model's answers, case
+    /// by case.
     values: Vec<String>,
     answers: Vec<String>,
 }
@@ -136,6 +158,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         KindArg::Word => NeedleKind::Word,
         KindArg::Uuid => NeedleKind::Uuid,
     };
+    let task = match a.task {
+        TaskArg::Single => Task::Single,
+        TaskArg::MultiKey => Task::MultiKey { distractors: a.needles.saturating_sub(1) },
+        TaskArg::MultiValue => Task::MultiValue { values: a.needles },
+    };
+    if task != Task::Single && !(2..=Task::MAX_NEEDLES).contains(&a.needles) {
+        anyhow::bail!("--needles: {} is not 2 to {}", a.needles, Task::MAX_NEEDLES);
+    }
+    let max_tokens = a.max_tokens.unwrap_or_else(|| niah::default_max_tokens(task));
     let mut configs = vec![CacheConfig::full()];
     configs.extend(a.configs.iter().filter(|c| c.name != "full").cloned());
     let control = CacheConfig {
@@ -166,22 +197,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     // The cases, built once with the reference engine's tokenizer.
     let reference = load(&configs[0])?;
-    let overhead = niah::overhead(&reference, form, kind)?;
+    let overhead = niah::overhead(&reference, form, kind, task)?;
     let tok = reference.tokenizer().clone();
     let count = move |s: &str| tok.encode(s, Bos::Omit).map_or(0, |ids| ids.len());
     let mut cases = Vec::new();
     for &length in &a.lengths {
-        if length + a.max_tokens > reference.ctx_size() {
+        if length + max_tokens > reference.ctx_size() {
             anyhow::bail!(
-                "length {length} plus {} answer tokens exceeds the context of {} (--ctx-size)",
-                a.max_tokens,
+                "length {length} plus {max_tokens} answer tokens exceeds the context of {} (--ctx-size)",
                 reference.ctx_size()
             );
         }
         for &depth in &a.depths {
             for s in 0..a.samples {
                 let seed = a.seed + (length as u64) * 1_000_003 + u64::from(depth) * 1009 + s as u64;
-                cases.push(niah::build_case(length, depth, seed, kind, overhead, &count)?);
+                let spec = CaseSpec { length, depth, seed, kind, task };
+                cases.push(niah::build_case(&spec, overhead, &count)?);
             }
         }
     }
@@ -208,9 +239,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     values: Vec::new(),
                     answers: Vec::new(),
                 };
-                let mut speeds = Vec::new();
+                let (mut speeds, mut score) = (Vec::new(), 0.0);
                 for case in cases.iter().filter(|k| k.length == length && k.depth == depth) {
-                    let r = niah::run_case(&engine, case, form, a.max_tokens)?;
+                    let r = niah::run_case(&engine, case, form, max_tokens)?;
                     cell.prompt_tokens = cell.prompt_tokens.max(r.prompt_tokens);
                     cell.resident_bytes = cell.resident_bytes.max(r.resident_bytes);
                     if is_control {
@@ -221,11 +252,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     }
                     cell.samples += 1;
                     cell.hits += usize::from(r.hit);
+                    score += r.score;
                     speeds.push(r.decode_tok_s);
-                    cell.values.push(case.needle.value.clone());
+                    cell.values.push(case.values().join(","));
                     cell.answers.push(r.answer);
                 }
-                cell.accuracy = (cell.samples > 0).then(|| cell.hits as f64 / cell.samples as f64);
+                cell.accuracy = (cell.samples > 0).then(|| score / cell.samples as f64);
                 cell.decode_tok_s = mean(speeds.into_iter()).unwrap_or(0.0);
                 cells.push(cell);
             }
@@ -255,6 +287,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "model": path.file_name().map(|f| f.to_string_lossy()),
             "form": form,
             "kind": kind,
+            "task": task,
             "lengths": a.lengths,
             "depths": a.depths,
             "samples": a.samples,
