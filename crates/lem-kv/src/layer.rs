@@ -498,49 +498,44 @@ impl LayerCache {
         Some(self.export_cells(&cells?))
     }
 
-    /// Checks imported positions: strictly ascending, and for a ring, no two in one cell
-    /// (unless `replayed`: appended one by one, as a recall tier's are).
-    fn check_positions(&self, positions: &[u32], replayed: bool) -> Result<(), String> {
+    /// Checks imported positions: strictly ascending, below the reserved marker.
+    fn check_positions(&self, positions: &[u32]) -> Result<(), String> {
         if positions.windows(2).any(|w| w[0] >= w[1]) {
             return Err("positions are not strictly ascending".into());
         }
         if positions.last() == Some(&EMPTY_POS) {
             return Err(format!("position {EMPTY_POS} is reserved"));
         }
-        if let Some(r) = self.ring.filter(|_| !replayed) {
-            let tail = &positions[positions.partition_point(|&p| (p as usize) < r.sinks)..];
-            if let (Some(&first), Some(&last)) = (tail.first(), tail.last())
-                && (last - first) as usize >= r.cap
-            {
-                return Err(format!(
-                    "positions {first}..={last} do not fit the sliding-window ring of {} cells",
-                    r.cap
-                ));
-            }
-        }
         Ok(())
     }
 
     /// Places `positions` (already checked): full layers in order, rings by position.
-    fn place(&mut self, positions: &[u32]) -> Vec<usize> {
+    /// Returns `(index in positions, cell)` of each one kept: a ring keeps its sinks and
+    /// the newest positions it has cells for, as appending them one by one would (a
+    /// snapshot of a wider ring, made with a larger batch size, holds a few more than the
+    /// window, which no later query sees).
+    fn place(&mut self, positions: &[u32]) -> Vec<(usize, usize)> {
         let row = self.row();
         match self.ring {
             None => {
                 self.pos = positions.to_vec();
                 self.k.resize(positions.len(), row);
                 self.v.resize(positions.len(), row);
-                (0..positions.len()).collect()
+                (0..positions.len()).map(|i| (i, i)).collect()
             }
             Some(r) => {
-                let cells: Vec<usize> = positions.iter().map(|&p| r.cell(p)).collect();
-                let n = cells.iter().max().map_or(0, |&c| c + 1);
+                let tail = positions.partition_point(|&p| (p as usize) < r.sinks);
+                let from = positions.len().saturating_sub(r.cap).max(tail);
+                let kept: Vec<(usize, usize)> =
+                    (0..tail).chain(from..positions.len()).map(|i| (i, r.cell(positions[i]))).collect();
+                let n = kept.iter().map(|&(_, c)| c + 1).max().unwrap_or(0);
                 self.pos = vec![EMPTY_POS; n];
                 self.k.resize(n, row);
                 self.v.resize(n, row);
-                for (&c, &p) in cells.iter().zip(positions) {
-                    self.pos[c] = p;
+                for &(i, c) in &kept {
+                    self.pos[c] = positions[i];
                 }
-                cells
+                kept
             }
         }
     }
@@ -555,7 +550,7 @@ impl LayerCache {
                 e.v.len()
             ));
         }
-        self.check_positions(&e.positions, false)?;
+        self.check_positions(&e.positions)?;
         // f32 exports hold the ring only: a recall tier starts afresh from here.
         if let Some((tier, rec, _)) = &mut self.recall {
             let (kb, vb) = (self.k.bytes_of(n_kv * hd), self.v.bytes_of(n_kv * hd));
@@ -565,7 +560,7 @@ impl LayerCache {
         let cells = self.place(&e.positions);
         let row = n_kv * hd;
         let (mut kc, mut vc) = (vec![0f32; row], vec![0f32; row]);
-        for (i, &c) in cells.iter().enumerate() {
+        for &(i, c) in &cells {
             for h in 0..n_kv {
                 let src = (h * t + i) * hd;
                 kc[h * hd..(h + 1) * hd].copy_from_slice(&e.k[src..src + hd]);
@@ -574,7 +569,7 @@ impl LayerCache {
             self.k.set(c, &kc);
             self.v.set(c, &vc);
         }
-        self.live = t;
+        self.live = cells.len();
         Ok(())
     }
 
@@ -629,21 +624,21 @@ impl LayerCache {
                 e.v.len()
             ));
         }
-        self.check_positions(&e.positions, self.recall.is_some())?;
+        self.check_positions(&e.positions)?;
         if self.recall.is_some() {
             self.import_tier(e);
             return Ok(());
         }
         let cells = self.place(&e.positions);
         let row = n_kv * hd;
-        for (i, &c) in cells.iter().enumerate() {
+        for &(i, c) in &cells {
             for h in 0..n_kv {
                 let (ks, vs) = ((h * t + i) * kh, (h * t + i) * vh);
                 self.k.write_head_raw(c, h, row, hd, &e.k[ks..ks + kh]);
                 self.v.write_head_raw(c, h, row, hd, &e.v[vs..vs + vh]);
             }
         }
-        self.live = t;
+        self.live = cells.len();
         Ok(())
     }
 }

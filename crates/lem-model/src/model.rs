@@ -163,6 +163,11 @@ impl Model {
         if let Some(bound) = opts.kv_bound {
             model.bound_cache(bound)?;
         }
+        match opts.max_batch {
+            Some(0) => return Err(ModelError::Input("the batch size (--ubatch-size) must be at least 1".into())),
+            Some(n) => model.layout.max_batch = n,
+            None => {}
+        }
         Ok(model)
     }
 

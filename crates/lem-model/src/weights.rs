@@ -33,6 +33,10 @@ pub struct LoadOptions {
     /// most recent `window` (`--kv-sinks` / `--kv-window`); native sliding layers stay as
     /// they are. `None`: full layers keep every position.
     pub kv_bound: Option<KvBound>,
+    /// Most tokens one forward processes (llama.cpp's `--ubatch-size`; `None`:
+    /// [`crate::DEFAULT_MAX_BATCH`]): prompts are fed in chunks of it, and sliding-window
+    /// rings hold their window plus this many cells, so a smaller one bounds them tighter.
+    pub max_batch: Option<usize>,
 }
 
 /// A source of hyper-parameters and tensors.

@@ -231,3 +231,41 @@ fn auto_full_layers_are_measured_and_kept_full() {
     let mut bounded = engine(&model, Some(bound));
     assert!(lem_engine::kv_policy::bound_auto(&mut bounded, bound, 1).is_err());
 }
+
+#[test]
+fn a_smaller_batch_size_shrinks_the_rings_and_changes_no_result() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny::write(&tiny::llama(11), d.path(), "l.gguf");
+    let bound = KvBound::new(2, 12);
+    let wide = engine(&model, Some(bound));
+    isolate_cache();
+    let opts = LoadOptions { kv_bound: Some(bound), max_batch: Some(5), ..LoadOptions::default() };
+    let narrow = Engine::load_with(&model, EngineConfig { threads: 2, ctx_size: 2048 }, opts).unwrap();
+    assert_eq!(narrow.model().max_batch(), 5);
+    assert_eq!(narrow.model().new_cache().layer(0).ring_capacity(), Some(2 + 12 + 5));
+    // The same logits at every position, one token at a time and as a prompt (fed in
+    // chunks of at most 5 on the narrow engine).
+    let ids = prompt(90, 6);
+    let each = logits_each(&wide, &ids, 1);
+    assert_eq!(logits_each(&narrow, &ids, 1), each);
+    assert_chunking_invariant(&narrow, &ids, &each, &[5, 90]);
+    // Its ring holds fewer cells, so fewer bytes.
+    let (mut a, mut b) = (wide.new_sequence(), narrow.new_sequence());
+    a.feed(&wide, &ids).unwrap();
+    b.feed(&narrow, &ids).unwrap();
+    assert!(b.cache().memory().resident_bytes < a.cache().memory().resident_bytes);
+    // A snapshot moves between the two (the batch size is not part of the layout) and
+    // continues as it would have.
+    let cont = prompt(7, 8);
+    let want = gen_ids(&wide, &mut a.fork(), &cont, 10);
+    for (from, seq, to) in [(&wide, &a, &narrow), (&narrow, &b, &wide)] {
+        let snap = d.path().join("s.lemkv");
+        save_snapshot(&snap, from, seq, BTreeMap::new()).unwrap();
+        let mut restored = load_snapshot(&snap, to).unwrap();
+        assert_eq!(gen_ids(to, &mut restored, &cont, 10), want);
+    }
+    isolate_cache();
+    let zero = LoadOptions { max_batch: Some(0), ..LoadOptions::default() };
+    let err = Engine::load_with(&model, EngineConfig { threads: 2, ctx_size: 2048 }, zero).err().unwrap();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}

@@ -66,6 +66,11 @@ pub struct KvCacheArgs {
     /// for measurement). Needs --kv-recall-blocks.
     #[arg(long, value_name = "HOW", requires = "kv_recall_blocks", value_parser = clap::value_parser!(RecallSelectArg))]
     pub kv_recall_select: Option<RecallSelectArg>,
+    /// Most tokens one forward processes (llama.cpp's name; default 512): prompts are
+    /// fed in chunks of it, and a sliding-window layer's ring holds its window plus this
+    /// many cells, so a smaller one bounds memory tighter (and drafts stay shorter).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ubatch_size: Option<u32>,
 }
 
 /// [`RecallSelect`] as clap parses it.
@@ -106,6 +111,9 @@ impl KvCacheArgs {
     /// flags are independent, each defaulting to f16; with neither, the types are left as
     /// they are (and with no bound, the bound).
     pub fn apply(&self, mut opts: LoadOptions) -> LoadOptions {
+        if let Some(n) = self.ubatch_size {
+            opts.max_batch = Some(n as usize);
+        }
         if let Some(bound) = self.bound() {
             opts.kv_bound = match self.kv_full_layers {
                 // Measured on the unbounded model first (`auto_keep`).

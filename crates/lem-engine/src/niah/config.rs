@@ -15,7 +15,8 @@ use crate::{Engine, EngineError};
 /// `sinks=N`, `window=N` (types are llama.cpp's names, each defaulting to f16; `sinks`
 /// and `window` go together), and with a bound `positions=original|rebased`,
 /// `full=0/9/19|auto[:N]` (layers left full), `recall=B` (evicted blocks recalled) and
-/// `select=bound|exact` (how they are ranked), e.g.
+/// `select=bound|exact` (how they are ranked); `ubatch=N` sets the tokens per forward,
+/// which size sliding-window rings (`--ubatch-size`), e.g.
 /// `k=q4_0,v=q4_0` or `sinks=4,window=512,k=q8_0` or `sinks=4,window=512,recall=4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheConfig {
@@ -31,12 +32,16 @@ pub struct CacheConfig {
     /// Layers the bound leaves full (`full=0/9/19` or `full=auto[:N]`).
     #[serde(skip)]
     pub full: Option<FullLayers>,
+    /// Most tokens per forward (`ubatch=N`; `None`: the default), which sizes
+    /// sliding-window rings.
+    #[serde(skip)]
+    pub ubatch: Option<usize>,
 }
 
 impl CacheConfig {
     /// The full-attention f16 reference.
     pub fn full() -> CacheConfig {
-        CacheConfig { name: "full".into(), k: KvDtype::F16, v: KvDtype::F16, bound: None, full: None }
+        CacheConfig { name: "full".into(), k: KvDtype::F16, v: KvDtype::F16, bound: None, full: None, ubatch: None }
     }
 
     /// `base` with this configuration's cache types and bound (the bound is left out
@@ -47,7 +52,13 @@ impl CacheConfig {
             Some(FullLayers::Listed(keep_full)) => self.bound.map(|b| KvBound { keep_full, ..b }),
             None => self.bound,
         };
-        LoadOptions { kv_dtype: self.k, kv_dtype_v: Some(self.v), kv_bound, ..base }
+        LoadOptions {
+            kv_dtype: self.k,
+            kv_dtype_v: Some(self.v),
+            kv_bound,
+            max_batch: self.ubatch.or(base.max_batch),
+            ..base
+        }
     }
 
     /// Loads the engine this configuration measures; with `full=auto` the full layers
@@ -94,6 +105,10 @@ impl std::str::FromStr for CacheConfig {
                 "full" => c.full = Some(value.parse::<FullLayers>().map_err(bad)?),
                 "recall" => recall = Some(number()?),
                 "select" => select = Some(value.parse::<RecallSelect>().map_err(bad)?),
+                "ubatch" => match number()? {
+                    0 => return Err(bad("ubatch must be at least 1".into())),
+                    n => c.ubatch = Some(n as usize),
+                },
                 other => return Err(bad(format!("unknown key '{other}'"))),
             }
         }
@@ -130,7 +145,12 @@ mod tests {
         assert_eq!((c.k, c.v, c.bound), (KvDtype::F16, KvDtype::F16, Some(KvBound::new(4, 512))));
         let o = c.load_options(LoadOptions::default());
         assert_eq!((o.kv_bound, o.kv_dtype_v), (Some(KvBound::new(4, 512)), Some(KvDtype::F16)));
-        for bad in ["sinks=4", "window=512", "k=q3_k", "sinks=4,window=0", "depth=3", "fast", "sinks=x,window=2"] {
+        let c: CacheConfig = "sinks=4,window=512,k=q8_0,ubatch=64".parse().unwrap();
+        assert_eq!((c.ubatch, c.load_options(LoadOptions::default()).max_batch), (Some(64), Some(64)));
+        assert_eq!(CacheConfig::full().load_options(LoadOptions::default()).max_batch, None);
+        for bad in
+            ["ubatch=0", "sinks=4", "window=512", "k=q3_k", "sinks=4,window=0", "depth=3", "fast", "sinks=x,window=2"]
+        {
             let err = bad.parse::<CacheConfig>().unwrap_err();
             assert!(matches!(err, NiahError::Config { .. }), "{bad}: {err}");
         }
