@@ -180,6 +180,10 @@ mod tests {
         assert_eq!(o, LoadOptions::default());
         let err = Cli::try_parse_from(["lem", "--cache-type-k", "q4_k"]).err().unwrap().to_string();
         assert!(err.contains("q8_0"), "{err}");
+        // llama.cpp's batch size: the tokens of one forward, at least 1.
+        let o = Cli::try_parse_from(["lem", "--ubatch-size", "64"]).unwrap().kv.apply(LoadOptions::default());
+        assert_eq!(o, LoadOptions { max_batch: Some(64), ..LoadOptions::default() });
+        assert!(Cli::try_parse_from(["lem", "--ubatch-size", "0"]).is_err());
     }
 
     #[test]
