@@ -159,7 +159,7 @@ impl LayerCache {
     /// KV head `g` (`query`: those heads, `[group][head_dim]`, rotated as the keys are)
     /// attend to beside the window ([`crate::recall`]); empty without a tier or before any
     /// block left the window.
-    pub fn select_recall(&self, query: &[f32], g: usize, q: u32, out: &mut Vec<u32>) {
+    pub fn select_recall(&self, query: &[f32], g: usize, q: u32, out: &mut crate::recall::Picked) {
         out.clear();
         if let (Some((tier, _, take)), Some(window)) = (&self.recall, self.spec.kind.window()) {
             tier.select(query, g, q, window, *take, out);

@@ -66,6 +66,38 @@ impl std::str::FromStr for RecallSelect {
     }
 }
 
+/// The blocks one query recalls ([`crate::LayerCache::select_recall`]), ascending, with
+/// the buffer their ranking reuses, so that selecting allocates nothing once warm.
+#[derive(Debug, Clone, Default)]
+pub struct Picked {
+    blocks: Vec<u32>,
+    scores: Vec<(f32, u32)>,
+}
+
+impl Picked {
+    /// The blocks, ascending.
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    /// Whether no block is recalled.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Forgets the blocks.
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+    }
+}
+
+/// Two selections are equal when they pick the same blocks.
+impl PartialEq for Picked {
+    fn eq(&self, other: &Picked) -> bool {
+        self.blocks == other.blocks
+    }
+}
+
 /// The second tier of one bounded layer: every position from `sinks` on, as stored, and
 /// the key summaries of its complete blocks.
 #[derive(Debug)]
@@ -268,11 +300,11 @@ impl Tier {
     /// query at `q` (`window` positions) whose KV head `g` bounds the score of one of
     /// `query`'s heads highest. `query` is that token's heads of the group sharing KV
     /// head `g`, `[group][head_dim]`.
-    pub(crate) fn select(&self, query: &[f32], g: usize, q: u32, window: u32, take: usize, out: &mut Vec<u32>) {
+    pub(crate) fn select(&self, query: &[f32], g: usize, q: u32, window: u32, take: usize, out: &mut Picked) {
         out.clear();
         let hd = self.head_dim;
         let n_head = query.len() / hd;
-        // Block `i` covers `sinks + 64 i ..= sinks + 64 i + 63`; it is out of the window when
+        // Block `i` covers `sinks + BLOCK i ..= sinks + BLOCK i + BLOCK - 1`; it is out of the window when
         // its last position is at least `window` before `q`.
         let Some(reach) = q.checked_sub(window + self.sinks + BLOCK - 1) else { return };
         let n = (reach / BLOCK + 1).min(self.blocks()) as usize;
@@ -280,32 +312,35 @@ impl Tier {
             return;
         }
         let stride = self.n_kv * hd;
-        let mut scored: Vec<(f32, u32)> = (0..n)
-            .map(|b| {
-                let best = match &self.exact {
-                    Some(e) => {
-                        let keys = &e[b * BLOCK as usize * stride..(b + 1) * BLOCK as usize * stride];
-                        keys.chunks_exact(stride)
-                            .flat_map(|k| query.chunks_exact(hd).map(move |qh| dot(qh, &k[g * hd..(g + 1) * hd])))
-                            .fold(f32::NEG_INFINITY, f32::max)
-                    }
-                    None => {
-                        let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
-                        let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
-                        (0..n_head)
-                            .map(|h| {
-                                let qh = &query[h * hd..(h + 1) * hd];
-                                (0..hd).map(|d| (qh[d] * lo[d]).max(qh[d] * hi[d])).sum::<f32>()
-                            })
-                            .fold(f32::NEG_INFINITY, f32::max)
-                    }
-                };
-                (best, b as u32)
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        out.extend(scored.iter().take(take).map(|&(_, b)| b));
-        out.sort_unstable();
+        let Picked { blocks, scores } = out;
+        scores.clear();
+        scores.extend((0..n).map(|b| {
+            let best = match &self.exact {
+                Some(e) => {
+                    let keys = &e[b * BLOCK as usize * stride..(b + 1) * BLOCK as usize * stride];
+                    keys.chunks_exact(stride)
+                        .flat_map(|k| query.chunks_exact(hd).map(move |qh| dot(qh, &k[g * hd..(g + 1) * hd])))
+                        .fold(f32::NEG_INFINITY, f32::max)
+                }
+                None => {
+                    let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
+                    let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
+                    (0..n_head)
+                        .map(|h| {
+                            let qh = &query[h * hd..(h + 1) * hd];
+                            (0..hd).map(|d| (qh[d] * lo[d]).max(qh[d] * hi[d])).sum::<f32>()
+                        })
+                        .fold(f32::NEG_INFINITY, f32::max)
+                }
+            };
+            (best, b as u32)
+        }));
+        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if take < scores.len() {
+            scores.select_nth_unstable_by(take - 1, order);
+        }
+        blocks.extend(scores.iter().take(take).map(|&(_, b)| b));
+        blocks.sort_unstable();
     }
 
     /// A copy of the file's first `bytes` bytes in a file of its own.
@@ -419,13 +454,13 @@ mod tests {
 
     #[test]
     fn exact_selection_ranks_by_the_best_key_and_the_bound_by_the_extremes() {
-        let (q, mut out) = ([1.0f32, 1.0], Vec::new());
+        let (q, mut out) = ([1.0f32, 1.0], Picked::default());
         tier(RecallSelect::Bound).select(&q, 0, 200, 8, 1, &mut out);
-        assert_eq!(out, [1]);
+        assert_eq!(out.blocks(), [1]);
         tier(RecallSelect::Exact).select(&q, 0, 200, 8, 1, &mut out);
-        assert_eq!(out, [0]);
+        assert_eq!(out.blocks(), [0]);
         tier(RecallSelect::Exact).select(&q, 0, 200, 8, 2, &mut out);
-        assert_eq!(out, [0, 1]);
+        assert_eq!(out.blocks(), [0, 1]);
     }
 
     #[test]

@@ -81,8 +81,8 @@ struct RecallBuffers {
     q: Vec<f32>,
     recall_lse: Vec<f32>,
     recall_out: Vec<f32>,
-    picked: Vec<u32>,
-    next: Vec<u32>,
+    picked: lem_kv::recall::Picked,
+    next: lem_kv::recall::Picked,
 }
 
 impl Attention {
@@ -332,7 +332,7 @@ fn recall_blocks(
                 for i in 0..n {
                     q_g[i * gd..(i + 1) * gd].copy_from_slice(heads(t + i, g));
                 }
-                let view = cache.recalled(g, &buf.picked);
+                let view = cache.recalled(g, buf.picked.blocks());
                 let r_out = fit(&mut buf.recall_out, n * gd);
                 let r_lse = fit(&mut buf.recall_lse, n * group);
                 let extras = ops::AttnExtras::default();
