@@ -13,7 +13,7 @@ fn niah_configurations_are_checked() {
         ("sinks=4", "sinks and window go together"),
         ("k=q3_k", "unknown KV cache type"),
         ("sinks=4,window=64,select=exact", "select needs recall"),
-        ("sinks=4,window=64,recall=2,select=best", "is not bound or exact"),
+        ("sinks=4,window=64,recall=2,select=best", "is not bound, exact or sketch"),
     ] {
         let (out, _, stderr) = run(&["niah", "--config", config]);
         assert_eq!(out.status.code(), Some(2), "{stderr}");

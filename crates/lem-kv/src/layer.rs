@@ -137,7 +137,10 @@ impl LayerCache {
     pub fn bytes_used(&self) -> usize {
         let hd = self.spec.head_dim;
         self.live * self.cell_bytes()
-            + self.recall.as_ref().map_or(0, |(t, r, _)| t.exact_bytes() + r.iter().map(|r| r.bytes(hd)).sum::<usize>())
+            + self
+                .recall
+                .as_ref()
+                .map_or(0, |(t, r, _)| t.select_bytes() + r.iter().map(|r| r.bytes(hd)).sum::<usize>())
     }
 
     /// Bytes of K/V in the recall tier's file (0 without one).

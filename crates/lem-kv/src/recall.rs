@@ -37,6 +37,12 @@ pub enum RecallSelect {
     /// as f32 to score it): the ceiling of any block summary, a measurement, not a memory
     /// bound. Its keys count as resident bytes.
     Exact,
+    /// The best score of any key in the block against a one-bit sketch of each key: its
+    /// signs, scaled per dimension by the block's mean magnitude (`q . k` is estimated as
+    /// `sum_d q_d s_d sign(k_d)`). Every evicted key costs `head_dim / 8` bytes plus the
+    /// block's scales (16 bytes per position and KV head at head size 64, a sixteenth of
+    /// its f16 K/V), counted as resident bytes.
+    Sketch,
 }
 
 impl RecallSelect {
@@ -50,6 +56,7 @@ impl RecallSelect {
         match self {
             RecallSelect::Bound => "bound",
             RecallSelect::Exact => "exact",
+            RecallSelect::Sketch => "sketch",
         }
     }
 }
@@ -61,7 +68,8 @@ impl std::str::FromStr for RecallSelect {
         match s {
             "bound" => Ok(RecallSelect::Bound),
             "exact" => Ok(RecallSelect::Exact),
-            other => Err(format!("recall selection '{other}' is not bound or exact")),
+            "sketch" => Ok(RecallSelect::Sketch),
+            other => Err(format!("recall selection '{other}' is not bound, exact or sketch")),
         }
     }
 }
@@ -72,6 +80,9 @@ impl std::str::FromStr for RecallSelect {
 pub struct Picked {
     blocks: Vec<u32>,
     scores: Vec<(f32, u32)>,
+    /// [`RecallSelect::Sketch`]'s table: for each 4 dimensions, the sum of the weights of
+    /// every subset of them.
+    lut: Vec<[f32; 16]>,
 }
 
 impl Picked {
@@ -124,6 +135,89 @@ pub(crate) struct Tier {
     scratch: (Vec<u8>, Vec<u8>, Vec<f32>),
     /// With [`RecallSelect::Exact`]: every position's keys as f32, `[position][n_kv][head_dim]`.
     exact: Option<Vec<f32>>,
+    /// With [`RecallSelect::Sketch`]: every position's key signs and each block's scales.
+    sketch: Option<Sketch>,
+}
+
+/// One-bit key sketches ([`RecallSelect::Sketch`]).
+#[derive(Debug, Clone)]
+struct Sketch {
+    /// Bytes of one head's signs.
+    nb: usize,
+    /// `[position][n_kv][nb]`: bit `d % 8` of byte `d / 8` set when `k_d < 0`.
+    signs: Vec<u8>,
+    /// `[block][n_kv][head_dim]`: mean `|k_d|` over each complete block.
+    scales: Vec<f32>,
+    /// The running sum of `|k_d|` of the block being filled, `[n_kv][head_dim]`.
+    partial: Vec<f32>,
+}
+
+impl Sketch {
+    fn new(n_kv: usize, head_dim: usize) -> Sketch {
+        Sketch { nb: head_dim.div_ceil(8), signs: Vec::new(), scales: Vec::new(), partial: vec![0.0; n_kv * head_dim] }
+    }
+
+    /// Adds tier position `i` (`keys`: `[n_kv][head_dim]`).
+    fn push(&mut self, i: u32, keys: &[f32], n_kv: usize) {
+        let first = i.is_multiple_of(BLOCK);
+        self.signs.truncate(i as usize * n_kv * self.nb);
+        let hd = keys.len() / n_kv;
+        for key in keys.chunks_exact(hd) {
+            let at = self.signs.len();
+            self.signs.resize(at + self.nb, 0);
+            for (d, &x) in key.iter().enumerate() {
+                if x < 0.0 {
+                    self.signs[at + d / 8] |= 1 << (d % 8);
+                }
+            }
+        }
+        for (acc, &x) in self.partial.iter_mut().zip(keys) {
+            *acc = if first { x.abs() } else { *acc + x.abs() };
+        }
+        if (i + 1).is_multiple_of(BLOCK) {
+            self.scales.extend(self.partial.iter().map(|&a| a / BLOCK as f32));
+        }
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        self.signs.len() + 4 * (self.scales.len() + self.partial.len())
+    }
+
+    /// The best estimated score in block `b` of KV head `g` against any of `query`'s
+    /// heads (`[group][head_dim]`).
+    fn best(&self, query: &[f32], b: usize, g: usize, n_kv: usize, lut: &mut Vec<[f32; 16]>) -> f32 {
+        let hd = self.partial.len() / n_kv;
+        let scale = &self.scales[(b * n_kv + g) * hd..(b * n_kv + g + 1) * hd];
+        let mut best = f32::NEG_INFINITY;
+        for qh in query.chunks_exact(hd) {
+            // w_d = q_d s_d; the score of a key is sum(w) - 2 * (the sum of w over its
+            // negative dimensions), read four dimensions at a time from a table.
+            lut.clear();
+            lut.resize(2 * self.nb, [0.0; 16]);
+            let mut total = 0.0;
+            for (d, (&q, &sc)) in qh.iter().zip(scale).enumerate() {
+                let w = q * sc;
+                total += w;
+                let (t, bit) = (&mut lut[d / 4], 1 << (d % 4));
+                for (m, sum) in t.iter_mut().enumerate() {
+                    if m & bit != 0 {
+                        *sum += w;
+                    }
+                }
+            }
+            for t in 0..BLOCK as usize {
+                let at = ((b * BLOCK as usize + t) * n_kv + g) * self.nb;
+                let neg: f32 = self.signs[at..at + self.nb]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &byte)| lut[2 * i][(byte & 15) as usize] + lut[2 * i + 1][(byte >> 4) as usize])
+                    .sum();
+                best = best.max(total - 2.0 * neg);
+            }
+        }
+        best
+    }
 }
 
 impl Tier {
@@ -145,12 +239,17 @@ impl Tier {
             error,
             scratch: Default::default(),
             exact: (select == RecallSelect::Exact).then(Vec::new),
+            sketch: (select == RecallSelect::Sketch).then(|| Sketch::new(spec.n_kv, spec.head_dim)),
         }
     }
 
     /// How this tier ranks blocks.
     pub(crate) fn select_mode(&self) -> RecallSelect {
-        if self.exact.is_some() { RecallSelect::Exact } else { RecallSelect::Bound }
+        match (&self.exact, &self.sketch) {
+            (Some(_), _) => RecallSelect::Exact,
+            (None, Some(_)) => RecallSelect::Sketch,
+            (None, None) => RecallSelect::Bound,
+        }
     }
 
     /// The write buffers, to fill while the tier is not borrowed ([`Tier::put_scratch`]
@@ -196,10 +295,11 @@ impl Tier {
         self.len as usize * self.row_bytes()
     }
 
-    /// Bytes of keys the tier holds in memory for [`RecallSelect::Exact`] (0 for the
+    /// Bytes the tier holds in memory per evicted key to select blocks: the f32 keys of
+    /// [`RecallSelect::Exact`] or the sketches of [`RecallSelect::Sketch`] (0 for the
     /// bound, whose block summaries, a sixteenth of an f16 position's K/V, are metadata).
-    pub(crate) fn exact_bytes(&self) -> usize {
-        self.exact.as_ref().map_or(0, Vec::len) * 4
+    pub(crate) fn select_bytes(&self) -> usize {
+        self.exact.as_ref().map_or(0, Vec::len) * 4 + self.sketch.as_ref().map_or(0, Sketch::bytes)
     }
 
     /// Complete blocks.
@@ -241,6 +341,9 @@ impl Tier {
             e.truncate(self.len as usize * self.n_kv * hd);
             e.extend_from_slice(keys);
         }
+        if let Some(sk) = &mut self.sketch {
+            sk.push(self.len, keys, self.n_kv);
+        }
         for h in 0..self.n_kv {
             let s = &mut self.partial[h * 2 * hd..(h + 1) * 2 * hd];
             let key = &keys[h * hd..(h + 1) * hd];
@@ -269,6 +372,9 @@ impl Tier {
         }
         let start = keep - keep % BLOCK;
         self.summaries.truncate((keep / BLOCK) as usize * self.summary_len());
+        if let Some(sk) = &mut self.sketch {
+            sk.scales.truncate((keep / BLOCK) as usize * self.n_kv * self.head_dim);
+        }
         self.len = start;
         let (mut k, mut v) = (vec![0u8; self.k_bytes], vec![0u8; self.v_bytes]);
         let mut keys = vec![0f32; self.summary_len() / 2];
@@ -312,17 +418,18 @@ impl Tier {
             return;
         }
         let stride = self.n_kv * hd;
-        let Picked { blocks, scores } = out;
+        let Picked { blocks, scores, lut } = out;
         scores.clear();
         scores.extend((0..n).map(|b| {
-            let best = match &self.exact {
-                Some(e) => {
+            let best = match (&self.exact, &self.sketch) {
+                (_, Some(sk)) => sk.best(query, b, g, self.n_kv, lut),
+                (Some(e), None) => {
                     let keys = &e[b * BLOCK as usize * stride..(b + 1) * BLOCK as usize * stride];
                     keys.chunks_exact(stride)
                         .flat_map(|k| query.chunks_exact(hd).map(move |qh| dot(qh, &k[g * hd..(g + 1) * hd])))
                         .fold(f32::NEG_INFINITY, f32::max)
                 }
-                None => {
+                (None, None) => {
                     let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
                     let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
                     (0..n_head)
@@ -379,6 +486,7 @@ impl Clone for Tier {
             error,
             scratch: Default::default(),
             exact: self.exact.clone(),
+            sketch: self.sketch.clone(),
         }
     }
 }
@@ -466,12 +574,79 @@ mod tests {
     #[test]
     fn exact_keys_count_and_follow_truncation() {
         let mut t = tier(RecallSelect::Exact);
-        assert_eq!(tier(RecallSelect::Bound).exact_bytes(), 0);
-        assert_eq!(t.exact_bytes(), 3 * BLOCK as usize * 2 * 4);
+        assert_eq!(tier(RecallSelect::Bound).select_bytes(), 0);
+        assert_eq!(t.select_bytes(), 3 * BLOCK as usize * 2 * 4);
         t.truncate(40, |_, k| k.fill(0.1));
         assert_eq!(t.blocks(), 1);
         assert_eq!(t.exact.as_ref().map(Vec::len), Some(40 * 2));
         assert_eq!("exact".parse::<RecallSelect>(), Ok(RecallSelect::Exact));
         assert!("best".parse::<RecallSelect>().is_err());
+    }
+
+    /// Deterministic keys in `[-1, 1)`.
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) >> 8) as f32 / 8388608.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn sketch_scores_match_a_scalar_reference_and_find_an_aligned_key() {
+        let (n_kv, hd) = (2, 20);
+        let spec = LayerSpec::new(LayerKind::Full, n_kv, hd);
+        let mut t = Tier::new(spec, 0, 0, 0, RecallSelect::Sketch);
+        let keys = noise(4 * BLOCK as usize * n_kv * hd, 1);
+        let query = noise(3 * hd, 2);
+        // Block 2 of KV head 1 holds one key along the second query head.
+        let mut keys = keys;
+        let at = ((2 * BLOCK as usize + 7) * n_kv + 1) * hd;
+        keys[at..at + hd].copy_from_slice(&query[hd..2 * hd].iter().map(|q| 3.0 * q).collect::<Vec<_>>());
+        for p in 0..4 * BLOCK {
+            let i = p as usize * n_kv * hd;
+            t.push(p, &[], &[], &keys[i..i + n_kv * hd]);
+        }
+        let sk = t.sketch.as_ref().unwrap();
+        assert_eq!(t.select_bytes(), 4 * BLOCK as usize * n_kv * 3 + 4 * (4 * n_kv * hd + n_kv * hd));
+        let mut lut = Vec::new();
+        for b in 0..4 {
+            for g in 0..n_kv {
+                let scale: Vec<f64> = (0..hd)
+                    .map(|d| {
+                        let col =
+                            (0..BLOCK as usize).map(|j| keys[((b * BLOCK as usize + j) * n_kv + g) * hd + d].abs());
+                        col.map(f64::from).sum::<f64>() / f64::from(BLOCK)
+                    })
+                    .collect();
+                let want = (0..BLOCK as usize)
+                    .flat_map(|j| query.chunks(hd).map(move |q| (j, q)))
+                    .map(|(j, q)| {
+                        let k = &keys[((b * BLOCK as usize + j) * n_kv + g) * hd..][..hd];
+                        (0..hd).map(|d| f64::from(q[d]) * scale[d] * if k[d] < 0.0 { -1.0 } else { 1.0 }).sum::<f64>()
+                    })
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let got = f64::from(sk.best(&query, b, g, n_kv, &mut lut));
+                assert!((got - want).abs() < 1e-4, "block {b} head {g}: {got} vs {want}");
+            }
+        }
+        let mut out = Picked::default();
+        t.select(&query, 1, 4 * BLOCK + 100, 8, 1, &mut out);
+        assert_eq!(out.blocks(), [2]);
+        // Truncating into a block (its keys replayed from the file) and appending the same
+        // keys again gives the same sketch.
+        let before = (sk.signs.clone(), sk.scales.clone());
+        let row = n_kv * hd;
+        let next = std::cell::Cell::new(2 * BLOCK as usize);
+        t.truncate(2 * BLOCK + 5, |_, k| {
+            k.copy_from_slice(&keys[next.get() * row..(next.get() + 1) * row]);
+            next.set(next.get() + 1);
+        });
+        assert_eq!((t.len(), next.get()), (2 * BLOCK + 5, 2 * BLOCK as usize + 5));
+        assert_eq!(t.sketch.as_ref().unwrap().scales.len(), 2 * row);
+        for p in 2 * BLOCK + 5..4 * BLOCK {
+            t.push(p, &[], &[], &keys[p as usize * row..(p as usize + 1) * row]);
+        }
+        let sk = t.sketch.as_ref().unwrap();
+        assert_eq!((&sk.signs, &sk.scales), (&before.0, &before.1));
+        assert_eq!("sketch".parse::<RecallSelect>(), Ok(RecallSelect::Sketch));
     }
 }

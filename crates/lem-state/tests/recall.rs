@@ -63,11 +63,14 @@ fn recall_starts_when_a_block_leaves_the_window_and_brings_attention_closer_to_f
     // Exact selection: recalling every block is the same attention whatever the ranking;
     // two blocks by exact scores pick other blocks than the bound somewhere, and batch
     // shape does not matter either.
-    let exact = |blocks| engine(&model, Some(KvBound { recall_select: RecallSelect::Exact, ..recall(blocks) }));
-    assert_eq!(logits_each(&exact(64), &ids, 1), everything);
-    let exact_two = logits_each(&exact(2), &ids, 1);
-    assert!((first..ids.len()).any(|p| exact_two[p] != got[p]), "exact and bound chose alike everywhere");
-    assert_chunking_invariant(&exact(2), &ids, &exact_two, &[7, 200]);
+    // The same holds for the one-bit key sketch.
+    for select in [RecallSelect::Exact, RecallSelect::Sketch] {
+        let by = |blocks| engine(&model, Some(KvBound { recall_select: select, ..recall(blocks) }));
+        assert_eq!(logits_each(&by(64), &ids, 1), everything, "{select:?}");
+        let two_by = logits_each(&by(2), &ids, 1);
+        assert!((first..ids.len()).any(|p| two_by[p] != got[p]), "{select:?} and bound chose alike everywhere");
+        assert_chunking_invariant(&by(2), &ids, &two_by, &[7, 200]);
+    }
 }
 
 #[test]
@@ -100,7 +103,8 @@ fn the_tier_survives_fork_rollback_and_snapshots_and_resident_bytes_stay_bounded
 
     // Another recall setting, or none, is another layout.
     let exact = KvBound { recall_select: RecallSelect::Exact, ..recall(2) };
-    for other in [Some(KvBound::new(SINKS, WINDOW)), Some(recall(3)), Some(exact)] {
+    let sketch = KvBound { recall_select: RecallSelect::Sketch, ..recall(2) };
+    for other in [Some(KvBound::new(SINKS, WINDOW)), Some(recall(3)), Some(exact), Some(sketch)] {
         match load_snapshot(&snap, &engine(&model, other)) {
             Err(StateError::LayoutMismatch { .. }) => {}
             r => panic!("{other:?}: {:?}", r.map(|_| ())),

@@ -63,7 +63,9 @@ pub struct KvCacheArgs {
     /// How recalled blocks are ranked: `bound` (Quest's upper bound against each block's
     /// least and greatest keys; bounded memory) or `exact` (the best exact score of any
     /// key in the block, keeping every evicted key in memory: the ceiling of any summary,
-    /// for measurement). Needs --kv-recall-blocks.
+    /// for measurement) or `sketch` (the best score against one-bit sketches of the keys:
+    /// their signs scaled per block, a sixteenth of the f16 K/V, counted as resident).
+    /// Needs --kv-recall-blocks.
     #[arg(long, value_name = "HOW", requires = "kv_recall_blocks", value_parser = clap::value_parser!(RecallSelectArg))]
     pub kv_recall_select: Option<RecallSelectArg>,
     /// Most tokens one forward processes (llama.cpp's name; default 512): prompts are

@@ -15,7 +15,7 @@ use crate::{Engine, EngineError};
 /// `sinks=N`, `window=N` (types are llama.cpp's names, each defaulting to f16; `sinks`
 /// and `window` go together), and with a bound `positions=original|rebased`,
 /// `full=0/9/19|auto[:N]` (layers left full), `recall=B` (evicted blocks recalled) and
-/// `select=bound|exact` (how they are ranked); `ubatch=N` sets the tokens per forward,
+/// `select=bound|exact|sketch` (how they are ranked); `ubatch=N` sets the tokens per forward,
 /// which size sliding-window rings (`--ubatch-size`), e.g.
 /// `k=q4_0,v=q4_0` or `sinks=4,window=512,k=q8_0` or `sinks=4,window=512,recall=4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

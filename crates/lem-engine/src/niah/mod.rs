@@ -32,7 +32,7 @@ use crate::{Engine, EngineError, GenerateRequest, generate};
 pub enum NiahError {
     /// A cache configuration that does not parse.
     #[error(
-        "bad cache configuration '{config}': {why} (expected 'full' or comma-separated k=TYPE, v=TYPE, sinks=N, window=N, positions=original|rebased, full=LAYERS|auto[:N], recall=B, select=bound|exact, ubatch=N)"
+        "bad cache configuration '{config}': {why} (expected 'full' or comma-separated k=TYPE, v=TYPE, sinks=N, window=N, positions=original|rebased, full=LAYERS|auto[:N], recall=B, select=bound|exact|sketch, ubatch=N)"
     )]
     Config {
         /// The configuration as given.
