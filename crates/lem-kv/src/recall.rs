@@ -133,10 +133,19 @@ pub(crate) struct Tier {
     error: Option<io::Error>,
     /// Raw K, raw V and f32 keys of the position being written (reused buffers).
     scratch: (Vec<u8>, Vec<u8>, Vec<f32>),
-    /// With [`RecallSelect::Exact`]: every position's keys as f32, `[position][n_kv][head_dim]`.
-    exact: Option<Vec<f32>>,
-    /// With [`RecallSelect::Sketch`]: every position's key signs and each block's scales.
-    sketch: Option<Sketch>,
+    /// What ranks the blocks beyond the summaries.
+    selector: Selector,
+}
+
+/// What a tier keeps per evicted key to rank blocks, by [`RecallSelect`].
+#[derive(Debug, Clone)]
+enum Selector {
+    /// Nothing: the summaries' bound.
+    Bound,
+    /// Every position's keys as f32, `[position][n_kv][head_dim]`.
+    Exact(Vec<f32>),
+    /// Every position's key signs and each block's scales.
+    Sketch(Sketch),
 }
 
 /// One-bit key sketches ([`RecallSelect::Sketch`]).
@@ -238,17 +247,20 @@ impl Tier {
             partial: vec![0.0; spec.n_kv * 2 * spec.head_dim],
             error,
             scratch: Default::default(),
-            exact: (select == RecallSelect::Exact).then(Vec::new),
-            sketch: (select == RecallSelect::Sketch).then(|| Sketch::new(spec.n_kv, spec.head_dim)),
+            selector: match select {
+                RecallSelect::Bound => Selector::Bound,
+                RecallSelect::Exact => Selector::Exact(Vec::new()),
+                RecallSelect::Sketch => Selector::Sketch(Sketch::new(spec.n_kv, spec.head_dim)),
+            },
         }
     }
 
     /// How this tier ranks blocks.
     pub(crate) fn select_mode(&self) -> RecallSelect {
-        match (&self.exact, &self.sketch) {
-            (Some(_), _) => RecallSelect::Exact,
-            (None, Some(_)) => RecallSelect::Sketch,
-            (None, None) => RecallSelect::Bound,
+        match self.selector {
+            Selector::Bound => RecallSelect::Bound,
+            Selector::Exact(_) => RecallSelect::Exact,
+            Selector::Sketch(_) => RecallSelect::Sketch,
         }
     }
 
@@ -299,7 +311,11 @@ impl Tier {
     /// [`RecallSelect::Exact`] or the sketches of [`RecallSelect::Sketch`] (0 for the
     /// bound, whose block summaries, a sixteenth of an f16 position's K/V, are metadata).
     pub(crate) fn select_bytes(&self) -> usize {
-        self.exact.as_ref().map_or(0, Vec::len) * 4 + self.sketch.as_ref().map_or(0, Sketch::bytes)
+        match &self.selector {
+            Selector::Bound => 0,
+            Selector::Exact(keys) => keys.len() * 4,
+            Selector::Sketch(sk) => sk.bytes(),
+        }
     }
 
     /// Complete blocks.
@@ -337,12 +353,13 @@ impl Tier {
         }
         let first = self.len.is_multiple_of(BLOCK);
         let hd = self.head_dim;
-        if let Some(e) = &mut self.exact {
-            e.truncate(self.len as usize * self.n_kv * hd);
-            e.extend_from_slice(keys);
-        }
-        if let Some(sk) = &mut self.sketch {
-            sk.push(self.len, keys, self.n_kv);
+        match &mut self.selector {
+            Selector::Bound => {}
+            Selector::Exact(e) => {
+                e.truncate(self.len as usize * self.n_kv * hd);
+                e.extend_from_slice(keys);
+            }
+            Selector::Sketch(sk) => sk.push(self.len, keys, self.n_kv),
         }
         for h in 0..self.n_kv {
             let s = &mut self.partial[h * 2 * hd..(h + 1) * 2 * hd];
@@ -372,7 +389,7 @@ impl Tier {
         }
         let start = keep - keep % BLOCK;
         self.summaries.truncate((keep / BLOCK) as usize * self.summary_len());
-        if let Some(sk) = &mut self.sketch {
+        if let Selector::Sketch(sk) = &mut self.selector {
             sk.scales.truncate((keep / BLOCK) as usize * self.n_kv * self.head_dim);
         }
         self.len = start;
@@ -421,15 +438,15 @@ impl Tier {
         let Picked { blocks, scores, lut } = out;
         scores.clear();
         scores.extend((0..n).map(|b| {
-            let best = match (&self.exact, &self.sketch) {
-                (_, Some(sk)) => sk.best(query, b, g, self.n_kv, lut),
-                (Some(e), None) => {
+            let best = match &self.selector {
+                Selector::Sketch(sk) => sk.best(query, b, g, self.n_kv, lut),
+                Selector::Exact(e) => {
                     let keys = &e[b * BLOCK as usize * stride..(b + 1) * BLOCK as usize * stride];
                     keys.chunks_exact(stride)
                         .flat_map(|k| query.chunks_exact(hd).map(move |qh| dot(qh, &k[g * hd..(g + 1) * hd])))
                         .fold(f32::NEG_INFINITY, f32::max)
                 }
-                (None, None) => {
+                Selector::Bound => {
                     let s = &self.summaries[b * self.summary_len()..(b + 1) * self.summary_len()];
                     let (lo, hi) = s[g * 2 * hd..(g + 1) * 2 * hd].split_at(hd);
                     (0..n_head)
@@ -485,8 +502,7 @@ impl Clone for Tier {
             partial: self.partial.clone(),
             error,
             scratch: Default::default(),
-            exact: self.exact.clone(),
-            sketch: self.sketch.clone(),
+            selector: self.selector.clone(),
         }
     }
 }
@@ -578,7 +594,7 @@ mod tests {
         assert_eq!(t.select_bytes(), 3 * BLOCK as usize * 2 * 4);
         t.truncate(40, |_, k| k.fill(0.1));
         assert_eq!(t.blocks(), 1);
-        assert_eq!(t.exact.as_ref().map(Vec::len), Some(40 * 2));
+        assert!(matches!(&t.selector, Selector::Exact(e) if e.len() == 40 * 2));
         assert_eq!("exact".parse::<RecallSelect>(), Ok(RecallSelect::Exact));
         assert!("best".parse::<RecallSelect>().is_err());
     }
@@ -595,17 +611,16 @@ mod tests {
         let (n_kv, hd) = (2, 20);
         let spec = LayerSpec::new(LayerKind::Full, n_kv, hd);
         let mut t = Tier::new(spec, 0, 0, 0, RecallSelect::Sketch);
-        let keys = noise(4 * BLOCK as usize * n_kv * hd, 1);
+        let mut keys = noise(4 * BLOCK as usize * n_kv * hd, 1);
         let query = noise(3 * hd, 2);
         // Block 2 of KV head 1 holds one key along the second query head.
-        let mut keys = keys;
         let at = ((2 * BLOCK as usize + 7) * n_kv + 1) * hd;
         keys[at..at + hd].copy_from_slice(&query[hd..2 * hd].iter().map(|q| 3.0 * q).collect::<Vec<_>>());
         for p in 0..4 * BLOCK {
             let i = p as usize * n_kv * hd;
             t.push(p, &[], &[], &keys[i..i + n_kv * hd]);
         }
-        let sk = t.sketch.as_ref().unwrap();
+        let Selector::Sketch(sk) = &t.selector else { panic!("not a sketch") };
         assert_eq!(t.select_bytes(), 4 * BLOCK as usize * n_kv * 3 + 4 * (4 * n_kv * hd + n_kv * hd));
         let mut lut = Vec::new();
         for b in 0..4 {
@@ -641,11 +656,11 @@ mod tests {
             next.set(next.get() + 1);
         });
         assert_eq!((t.len(), next.get()), (2 * BLOCK + 5, 2 * BLOCK as usize + 5));
-        assert_eq!(t.sketch.as_ref().unwrap().scales.len(), 2 * row);
+        assert!(matches!(&t.selector, Selector::Sketch(sk) if sk.scales.len() == 2 * row));
         for p in 2 * BLOCK + 5..4 * BLOCK {
             t.push(p, &[], &[], &keys[p as usize * row..(p as usize + 1) * row]);
         }
-        let sk = t.sketch.as_ref().unwrap();
+        let Selector::Sketch(sk) = &t.selector else { panic!("not a sketch") };
         assert_eq!((&sk.signs, &sk.scales), (&before.0, &before.1));
         assert_eq!("sketch".parse::<RecallSelect>(), Ok(RecallSelect::Sketch));
     }

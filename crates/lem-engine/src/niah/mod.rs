@@ -289,10 +289,8 @@ fn needles(spec: &CaseSpec, rng: &mut Rng) -> Vec<Needle> {
             _ => key(rng),
         };
         let value = kind.value(rng);
-        if out.iter().any(|n| n.value == value) || (key != asked && out.iter().any(|n| n.key == key)) {
-            continue;
-        }
-        if key == asked && !matches!(spec.task, Task::MultiValue { .. }) {
+        // Values are always distinct; keys are, unless they are all the asked one.
+        if out.iter().any(|n| n.value == value || (key != asked || !spec.task.plural()) && n.key == key) {
             continue;
         }
         out.push(Needle { kind, key, value });
